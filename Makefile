@@ -1,0 +1,35 @@
+# `make demo`: set up and fine-tune + classify on the bundled English sample, offline.
+# `make test`: set up and run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_MODEL ?= models/demo
+
+.PHONY: setup demo test bench-train bench-classify accuracy clean
+
+$(VENV)/.installed: requirements/requirements.txt requirements/test_requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test_requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) finetune_plm_native.py --model_fn $(DEMO_MODEL) --train_fn data/review.sample.en.tsv --n_epochs 3
+	@echo "--- classify_plm.py < data/review.unlabeled.en.txt"
+	$(PY) classify_plm.py --model_fn $(DEMO_MODEL) --with_prob < data/review.unlabeled.en.txt
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench-train: setup
+	$(PY) bench/train_speed.py
+
+bench-classify: setup
+	$(PY) bench/classify_speed.py
+
+accuracy: setup
+	$(PY) bench/accuracy.py
+
+clean:
+	rm -rf $(VENV) models .pytest_cache

@@ -1,0 +1,40 @@
+"""Pad a batch to its own longest sequence (dynamic padding), not to a fixed max_length."""
+import torch
+
+
+class TextClassificationCollator:
+    """Turns dataset items into model inputs: `input_ids`, `attention_mask`, `token_type_ids`
+    (if present), `labels` (if present) and, with with_text, the raw `texts` as a list.
+
+    Serves as `Trainer(data_collator=...)` and as `DataLoader(collate_fn=...)`."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of=None, with_text=False):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_left = tokenizer.padding_side == "left"
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.with_text = with_text
+
+    def __call__(self, items):
+        width = max(len(item["input_ids"]) for item in items)
+        if self.pad_to_multiple_of:  # tensor cores like multiples of 8 on GPU
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": self._pad([item["input_ids"] for item in items], width, self.pad_id),
+            "attention_mask": self._pad([[1] * len(item["input_ids"]) for item in items], width, 0),
+        }
+        if "token_type_ids" in items[0]:
+            batch["token_type_ids"] = self._pad([item["token_type_ids"] for item in items], width, 0)
+        if "labels" in items[0]:
+            batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        if self.with_text:
+            batch["texts"] = [item["text"] for item in items]
+        return batch
+
+    def _pad(self, rows, width, value):
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if self.pad_left:
+                out[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            else:
+                out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return out

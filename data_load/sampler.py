@@ -1,0 +1,61 @@
+"""Batches of similar length for the native trainer, sharded across processes."""
+import random
+
+
+class LengthGroupedBatchSampler:
+    """Yields lists of indices. Each epoch: shuffle, cut into chunks of `chunk_batches` batches,
+    sort each chunk by length, cut into batches, shuffle the batches. Similar lengths share a batch
+    (little padding) while the order stays random.
+
+    With group_by_length=False: plain shuffled batches. Under data parallelism each process gets
+    every world_size-th batch; batches are split until their count divides evenly, so every process
+    takes the same number of steps and every sample is seen exactly once per epoch."""
+
+    def __init__(self, lengths, batch_size, seed=0, group_by_length=True, shuffle=True,
+                 chunk_batches=50, world_size=1, rank=0):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.shuffle = shuffle
+        self.chunk_batches = chunk_batches
+        self.world_size = world_size
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def all_batches(self):
+        """This epoch's batches for every process, before sharding."""
+        indices = list(range(len(self.lengths)))
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        if self.shuffle:
+            rng.shuffle(indices)
+        if self.group_by_length:
+            chunk = self.batch_size * self.chunk_batches
+            indices = [i for start in range(0, len(indices), chunk)
+                       for i in sorted(indices[start:start + chunk], key=lambda i: -self.lengths[i])]
+        batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
+        if self.group_by_length and self.shuffle:
+            rng.shuffle(batches)
+        return _divisible(batches, self.world_size)
+
+    def __iter__(self):
+        return iter(self.all_batches()[self.rank::self.world_size])
+
+    def __len__(self):
+        n_batches = -(-len(self.lengths) // self.batch_size)
+        return -(-n_batches // self.world_size)
+
+
+def _divisible(batches, world_size):
+    """Split the largest batches in two until the count is a multiple of world_size."""
+    while len(batches) % world_size:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches[largest]
+        if len(batch) < 2:
+            raise ValueError(f"too few samples ({sum(map(len, batches))}) for {world_size} processes")
+        half = len(batch) // 2
+        batches[largest:largest + 1] = [batch[:half], batch[half:]]
+    return batches

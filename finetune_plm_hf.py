@@ -1,0 +1,181 @@
+"""Fine-tune a pretrained language model for sentence classification with transformers.Trainer.
+
+Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
+import sys
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from data_load import TextClassificationCollator, load_splits
+from utils.args import training_parser
+from utils.checkpoint import check_output, partial_dir, resume_dir, start_run
+from utils.errors import exit_on_user_error
+from utils.metrics import trainer_compute_metrics
+from utils.report import TensorBoardLogger, history_row
+from utils.run import (LOG_EVERY, build_model, evaluation, load_best_weights, log_dir, make_datasets,
+                       save_best_weights, save_run)
+from utils.runtime import StopRequest, choose_device, choose_precision, distributed_context, set_seed
+
+
+def main():
+    args = training_parser(__doc__).parse_args()
+    context = distributed_context()
+    device = choose_device(args.device, context.local_rank)
+    precision = choose_precision(args.precision, device)
+    check_output(args.model_fn, args.resume)
+    set_seed(args.seed)
+
+    # Data and model: everything that can fail on bad input fails here, before anything is written.
+    splits = load_splits(args)
+    tokenizer, model, max_length = build_model(args, splits)
+    train_set, valid_set, test_set = make_datasets(splits, tokenizer, max_length)
+
+    training_args = TrainingArguments(
+        output_dir=str(resume_dir(args.model_fn)),  # resumable states; the model itself is saved below
+        num_train_epochs=args.n_epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size * 2,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,  # Trainer exempts biases and LayerNorm weights, as the native loop does
+        lr_scheduler_type="linear",
+        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of all steps
+        max_grad_norm=args.max_grad_norm,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=device.type == "cpu",
+        train_sampling_strategy="random" if args.no_group_by_length else "group_by_length",
+        eval_strategy="epoch",
+        save_strategy="steps" if args.save_every else "epoch",
+        save_steps=args.save_every or 500,
+        save_total_limit=args.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=LOG_EVERY,
+        report_to="none",  # TensorBoard goes through the logger both trainers share
+        dataloader_pin_memory=device.type == "cuda",
+        seed=args.seed,
+        data_seed=args.seed,
+    )
+    partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
+    recorder = EpochRecorder(log_dir(args, "hf"), partial, StopRequest(context), context.is_main)
+    trainer = LossTrackingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        data_collator=TextClassificationCollator(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
+        processing_class=tokenizer,
+        compute_metrics=trainer_compute_metrics(splits.labels),
+        callbacks=[recorder],
+    )
+    recorder.trainer = trainer
+    try:
+        trainer.train(resume_from_checkpoint=True if args.resume else None)
+    except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
+        print("\nstopped at once", file=sys.stderr)
+        sys.exit(130)
+    recorder.board.close()
+    if recorder.stop.requested:
+        if context.is_main:
+            print("interrupted: state saved; continue with --resume", file=sys.stderr)
+        sys.exit(130)
+
+    # The best epoch's weights, evaluated once more on validation and once on test.
+    load_best_weights(trainer.model, partial)
+    valid = evaluation(trainer.predict(valid_set).predictions, valid_set, splits.labels)
+    test = evaluation(trainer.predict(test_set).predictions, test_set, splits.labels) if test_set else None
+    if context.is_main:
+        save_run(args, "hf", trainer.model, tokenizer, max_length, splits, recorder.history, valid, test,
+                 extra={"optimizer_steps": trainer.state.global_step, "precision": precision,
+                        "world_size": context.world_size})
+
+
+class LossTrackingTrainer(Trainer):
+    """Trainer that also sums the training loss over the epoch (as a tensor: no sync per step) and
+    evaluates in dataset order."""
+
+    epoch_loss_sum = None
+    epoch_loss_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            loss = result[0] if return_outputs else result
+            detached = loss.detach().float()
+            self.epoch_loss_sum = detached if self.epoch_loss_sum is None else self.epoch_loss_sum + detached
+            self.epoch_loss_count += 1
+        return result
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Dataset order, also when training groups by length (Trainer then shuffles evaluation too):
+        predictions must line up with the texts for errors.tsv."""
+        if self.args.world_size <= 1:
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return None  # accelerate shards in order and gathers back in order
+
+    def pop_epoch_loss(self):
+        """Mean training loss since the last call, averaged over all processes."""
+        if self.epoch_loss_sum is None:
+            return float("nan")
+        totals = torch.stack([self.epoch_loss_sum, torch.tensor(float(self.epoch_loss_count),
+                                                                device=self.epoch_loss_sum.device)])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        self.epoch_loss_sum, self.epoch_loss_count = None, 0
+        return (totals[0] / totals[1]).item()
+
+
+class EpochRecorder(TrainerCallback):
+    """History rows, TensorBoard scalars and best weights, kept the same way as the native loop keeps them.
+
+    History rows are also appended to Trainer's log_history, which its checkpoints save, so --resume
+    gets them back."""
+
+    def __init__(self, board_dir, partial, stop, is_main):
+        self.board = TensorBoardLogger(board_dir, enabled=is_main)
+        self.stop = stop
+        self.partial = partial
+        self.is_main = is_main
+        self.trainer = None
+        self.history = []
+        self.best_loss = float("inf")
+        self.epoch_started = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        done = int(state.epoch or 0)
+        self.history = [entry["history_row"] for entry in state.log_history
+                        if "history_row" in entry and entry["history_row"]["epoch"] <= done]
+        self.best_loss = min((row["valid_loss"] for row in self.history), default=float("inf"))
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_started = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.agreed():  # Ctrl-C: save a resumable state, then end training
+            control.should_save = True
+            control.should_training_stop = True
+            self.stop.requested = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.board.log({"loss": logs["loss"], "learning_rate": logs.get("learning_rate")},
+                           state.global_step, prefix="train/")
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        epoch = round(state.epoch)
+        valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
+        train_loss = self.trainer.pop_epoch_loss()
+        lr = self.trainer.lr_scheduler.get_last_lr()[0]
+        row = history_row(epoch, train_loss, valid, lr, time.time() - self.epoch_started)
+        state.log_history.append({"history_row": row, "step": state.global_step})
+        self.history.append(row)
+        if self.is_main:
+            self.board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch, prefix="epoch/")
+            self.board.log({"train_loss": train_loss}, epoch, prefix="epoch/")
+            self.best_loss = save_best_weights(model, row["valid_loss"], self.best_loss, self.partial)
+            print(f"epoch {epoch}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
+                  f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,213 @@
+"""Fine-tune a pretrained language model for sentence classification with a hand-written PyTorch loop.
+
+Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
+import contextlib
+import math
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from data_load import LengthGroupedBatchSampler, TextClassificationCollator, load_splits
+from utils.args import training_parser
+from utils.checkpoint import check_output, load_train_state, resume_dir, save_train_state, start_run
+from utils.errors import exit_on_user_error
+from utils.report import TensorBoardLogger, history_row
+from utils.run import (LOG_EVERY, build_model, evaluation, load_best_weights, log_dir, make_datasets, no_decay,
+                       save_best_weights, save_run)
+from utils.runtime import (AUTOCAST_DTYPES, StopRequest, choose_device, choose_precision, distributed_context,
+                           init_process_group, set_seed)
+
+
+def main():
+    args = training_parser(__doc__).parse_args()
+    context = distributed_context()
+    device = choose_device(args.device, context.local_rank)
+    precision = choose_precision(args.precision, device)
+    check_output(args.model_fn, args.resume)
+    set_seed(args.seed)
+
+    # Data and model: everything that can fail on bad input fails here, before anything is written.
+    splits = load_splits(args)
+    tokenizer, model, max_length = build_model(args, splits)
+    train_set, valid_set, test_set = make_datasets(splits, tokenizer, max_length)
+
+    init_process_group(context, device)
+    model.to(device)
+    if context.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None)
+    sampler = LengthGroupedBatchSampler(train_set.lengths, args.batch_size, seed=args.seed,
+                                        group_by_length=not args.no_group_by_length,
+                                        world_size=context.world_size, rank=context.rank)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
+                              pin_memory=device.type == "cuda")
+
+    # Optimizer: AdamW without weight decay on biases and LayerNorm; linear warm-up, then linear decay.
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in trainable if not no_decay(n, p)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in trainable if no_decay(n, p)], "weight_decay": 0.0},
+    ], lr=args.lr)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * args.n_epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * args.warmup_ratio), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
+
+    progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0,
+                "best_loss": math.inf, "history": []}
+    if args.resume:
+        progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
+    partial = start_run(args.model_fn) if context.is_main else None
+    context.barrier()
+    board = TensorBoardLogger(log_dir(args, "native"), enabled=context.is_main)
+
+    def save_state():
+        if context.is_main:
+            save_train_state(resume_dir(args.model_fn), progress["step"],
+                             snapshot(progress, model, optimizer, scheduler, scaler), args.save_total_limit)
+
+    stop = StopRequest(context)
+    try:
+        for epoch in range(progress["epoch"], args.n_epochs):
+            started = time.time()
+            sampler.set_epoch(epoch)
+            model.train()
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", disable=not context.is_main,
+                           initial=progress["batches_done"], total=len(train_loader), dynamic_ncols=True)
+            for i, batch in enumerate(batches):
+                if i < progress["batches_done"]:  # resuming mid-epoch: same order, skip what was done
+                    continue
+                boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with maybe_no_sync(model, not boundary), \
+                        torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32"):
+                    loss = model(**batch).loss
+                scaler.scale(loss / args.gradient_accumulation_steps).backward()
+                progress["loss_sum"] += loss.item()
+                progress["loss_count"] += 1
+                if not boundary:
+                    continue
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress["step"] += 1
+                progress["batches_done"] = i + 1
+                batches.set_postfix(loss=f"{loss.item():.4f}")
+                if progress["step"] % LOG_EVERY == 0:
+                    board.log({"loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]},
+                              progress["step"], prefix="train/")
+                if args.save_every and progress["step"] % args.save_every == 0:
+                    save_state()
+                if stop.agreed():
+                    save_state()
+                    if context.is_main:
+                        print("interrupted: state saved; continue with --resume", file=sys.stderr)
+                    sys.exit(130)
+
+            valid = evaluate(model, valid_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
+            loss_sums = context.gather((progress["loss_sum"], progress["loss_count"]))
+            train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
+            row = history_row(epoch + 1, train_loss, valid["metrics"] if valid else {}, scheduler.get_last_lr()[0],
+                              time.time() - started) if context.is_main else None
+            progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0)
+            if context.is_main:
+                progress["history"].append(row)
+                board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch + 1, prefix="epoch/")
+                board.log({"train_loss": train_loss}, epoch + 1, prefix="epoch/")
+                progress["best_loss"] = save_best_weights(model, row["valid_loss"], progress["best_loss"], partial)
+                print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
+                      f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
+            if not args.save_every or epoch + 1 == args.n_epochs:
+                save_state()
+    except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
+        print("\nstopped at once", file=sys.stderr)
+        sys.exit(130)
+    board.close()
+
+    # The best epoch's weights, evaluated once more on validation and once on test.
+    if context.is_main:
+        load_best_weights(model, partial)
+    context.barrier()
+    if context.enabled:  # every process evaluates its shard with rank 0's best weights
+        for parameter in model.module.state_dict().values():
+            torch.distributed.broadcast(parameter, src=0)
+    valid = evaluate(model, valid_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
+    test = evaluate(model, test_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
+    if context.is_main:
+        save_run(args, "native", model, tokenizer, max_length, splits, progress["history"], valid, test,
+                 extra={"optimizer_steps": progress["step"], "precision": precision,
+                        "world_size": context.world_size})
+    context.barrier()
+
+
+def evaluate(model, dataset, collate, batch_size, device, precision, context, label_names):
+    """Logits for the whole dataset, each process taking a contiguous shard; gathered on rank 0."""
+    if dataset is None:
+        return None
+    model = getattr(model, "module", model)  # plain forward: no DDP synchronisation for evaluation
+    model.eval()
+    shard = range(context.rank, len(dataset), context.world_size)
+    order = sorted(shard, key=lambda i: dataset.lengths[i])  # similar lengths together: less padding
+    logits = {}
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            batch = collate([dataset[i] for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
+            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32"):
+                output = model(**batch).logits.float().cpu().numpy()
+            logits.update(zip(indices, output))
+    model.train()
+    gathered = context.gather(logits)
+    if not context.is_main:
+        return None
+    merged = {i: row for part in gathered for i, row in part.items()}
+    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names)
+
+
+def maybe_no_sync(model, skip_sync):
+    """Under DDP, accumulate gradients locally until the last micro-batch of an optimizer step."""
+    return model.no_sync() if skip_sync and isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def snapshot(progress, model, optimizer, scheduler, scaler):
+    """Everything needed to continue exactly here: weights, optimizer, schedule, scaler, RNGs, progress."""
+    numpy_state = np.random.get_state()
+    return {
+        "progress": progress,
+        "model": getattr(model, "module", model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]},
+    }
+
+
+def restore(state, model, optimizer, scheduler, scaler):
+    getattr(model, "module", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+    return state["progress"]
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,70 @@
+"""Shared fixtures: paths, the real corpora in ../shared/data (skip when absent), a tiny model, and a
+helper that runs the real scripts as a user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SCRIPT_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+def run_script(script, *args, stdin=None, check=True, timeout=600, env=None):
+    """Run one of the entry points with this interpreter; returns the CompletedProcess (text mode)."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                            input=stdin, capture_output=True, text=True, timeout=timeout,
+                            env={**SCRIPT_ENV, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\n--- stderr\n{result.stderr[-4000:]}")
+    return result
+
+
+def shared(*parts):
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the real corpora live in ../shared/data)")
+    return path
+
+
+def emotion_rows(split, n):
+    """First n (label, text) rows of the emotion corpus (`text;label`, header line, split on the last `;`)."""
+    lines = shared("emotion", f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:n + 1]
+    return [(line.rsplit(";", 1)[1], line.rsplit(";", 1)[0]) for line in lines]
+
+
+def write_tsv(path, rows):
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def emotion_data(tmp_path_factory):
+    """1,200 training and 300 validation lines of emotion in the reference `label<TAB>sentence` format."""
+    directory = tmp_path_factory.mktemp("emotion")
+    return {"train": write_tsv(directory / "train.tsv", emotion_rows("train", 1200)),
+            "valid": write_tsv(directory / "valid.tsv", emotion_rows("val", 300))}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 2-layer BERT built from a config, with the offline model's tokenizer: fast enough for the
+    kill/resume, multi-process and reproducibility tests, and still a real transformer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from utils.model import default_model_path
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=128)
+    import torch
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def pytest_configure(config):
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,121 @@
+"""The one checkpoint format both trainers write and the classifier reads, written atomically.
+
+A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable states under
+`resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
+never leaves a half-written model, and an existing model is replaced only by a complete one.
+
+Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipeline`):
+  config.json (real id2label/label2id), model.safetensors, tokenizer files,
+  training_args.json, metrics.json, history.json, learning_curve.png, confusion_matrix.png,
+  errors.tsv, runs/ (TensorBoard)."""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+TRAINING_ARGS = "training_args.json"
+STATE_FILE = "train_state.pt"
+
+
+def partial_dir(model_fn):
+    model_fn = Path(model_fn)
+    return model_fn.parent / f".{model_fn.name}.partial"
+
+
+def resume_dir(model_fn):
+    return partial_dir(model_fn) / "resume"
+
+
+def check_output(model_fn, resume):
+    """Refuse, before anything is written, to clobber what is not ours or to drop an unfinished run."""
+    model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    if model_fn.exists() and not (model_fn / TRAINING_ARGS).exists() and (
+            not model_fn.is_dir() or any(model_fn.iterdir())):
+        raise UserError(f"{model_fn}: exists and is not a model written by this tool; "
+                        "refusing to replace it: choose another --model_fn")
+    if resume and not (partial / "resume").is_dir():
+        raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
+    if not resume and partial.exists():
+        raise UserError(f"{partial}: an interrupted run of {model_fn} is there: "
+                        f"add --resume to continue it, or delete that directory to start afresh")
+
+
+def start_run(model_fn):
+    partial = partial_dir(model_fn)
+    partial.mkdir(parents=True, exist_ok=True)
+    return partial
+
+
+def save_model(directory, model, tokenizer, training_args):
+    """Weights as safetensors, config with label names, tokenizer, and how it was trained."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    (Path(directory) / TRAINING_ARGS).write_text(json.dumps(training_args, indent=2, ensure_ascii=False) + "\n")
+
+
+def commit_run(model_fn):
+    """Move the finished partial directory into place; the old model goes only once the new one is there."""
+    model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    shutil.rmtree(partial / "resume", ignore_errors=True)
+    if model_fn.exists():
+        old = model_fn.parent / f".{model_fn.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(model_fn, old)
+        os.replace(partial, model_fn)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, model_fn)
+
+
+def load_checkpoint(model_fn, device="cpu"):
+    """(tokenizer, model, training_args) of a directory written by either trainer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model_fn = Path(model_fn)
+    if not model_fn.is_dir():
+        raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
+                        "finetune_plm_native.py --model_fn " + str(model_fn))
+    missing = [name for name in ("config.json", TRAINING_ARGS) if not (model_fn / name).exists()]
+    if missing or not any(model_fn.glob("*.safetensors")):
+        raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
+                        f"(missing {', '.join(missing) or 'model.safetensors'})")
+    try:
+        training_args = json.loads((model_fn / TRAINING_ARGS).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(model_fn)
+        model = AutoModelForSequenceClassification.from_pretrained(model_fn)
+    except Exception as error:  # safetensors, json and tokenizers each raise their own kinds
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): {first}") from None
+    return tokenizer, model.to(device).eval(), training_args
+
+
+def save_train_state(directory, step, state, keep):
+    """A resumable state `checkpoint-<step>/train_state.pt`; keep only the newest `keep`."""
+    directory = Path(directory)
+    target = directory / f"checkpoint-{step}"
+    tmp = directory / f".checkpoint-{step}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp / STATE_FILE)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # a state is either complete or absent, even after SIGKILL
+    for old in train_states(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_states(directory):
+    states = [p for p in Path(directory).glob("checkpoint-*") if (p / STATE_FILE).exists()
+              or (p / "trainer_state.json").exists()]
+    return sorted(states, key=lambda p: int(p.name.split("-")[1]))
+
+
+def load_train_state(directory):
+    states = train_states(directory)
+    if not states:
+        raise UserError(f"--resume: no saved state in {directory}")
+    print(f"resuming from {states[-1]}", file=sys.stderr)
+    return torch.load(states[-1] / STATE_FILE, map_location="cpu", weights_only=True)

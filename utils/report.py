@@ -1,0 +1,160 @@
+"""What a run leaves behind to judge the model: metrics, history, plots, TensorBoard, worst errors.
+
+Both trainers call these with the same inputs, so their artefacts are identical in form."""
+import csv
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from utils.metrics import example_losses, log_softmax, scalar_metrics
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "lr", "epoch_time_s")
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard; does nothing on non-main processes or when tensorboard is missing."""
+
+    def __init__(self, log_dir, enabled=True):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("warning: tensorboard is not installed; no TensorBoard logs", file=sys.stderr)
+                return
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, scalars, step, prefix=""):
+        if self.writer is None:
+            return
+        for key, value in scalars.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{prefix}{key}", value, step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def history_row(epoch, train_loss, valid_metrics, lr, epoch_time):
+    return {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_metrics["loss"],
+            "valid_accuracy": valid_metrics["accuracy"], "valid_macro_f1": valid_metrics["macro_f1"],
+            "lr": lr, "epoch_time_s": epoch_time}
+
+
+def format_table(rows, columns):
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
+        return str(value)
+    cells = [[cell(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(r[i]) for r in cells)) for i, column in enumerate(columns)]
+    lines = ["  ".join(column.rjust(w) for column, w in zip(columns, widths))]
+    lines += ["  ".join(value.rjust(w) for value, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def per_class_table(metrics):
+    rows = [{"label": name, **values} for name, values in metrics["per_class"].items()]
+    return format_table(rows, ("label", "precision", "recall", "f1", "support"))
+
+
+def write_report(directory, history, label_names, valid, test=None, n_errors=50):
+    """Write metrics.json, history.json, learning_curve.png, confusion_matrix.png and errors.tsv.
+
+    `valid` and `test` are EvalResult-like dicts: {"metrics", "logits", "labels", "texts"}; the
+    confusion matrix and error list come from the test set when there is one."""
+    directory = Path(directory)
+    final = test or valid
+    metrics = {"valid": valid["metrics"]}
+    if test:
+        metrics["test"] = test["metrics"]
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    (directory / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    plot_learning_curve(history, directory / "learning_curve.png")
+    plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
+    write_errors(directory / "errors.tsv", final, label_names, n_errors)
+
+    print("\n" + format_table(history, HISTORY_COLUMNS))
+    for split, result in (("valid", valid), ("test", test)):
+        if result:
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(result["metrics"]).items())
+            print(f"\n{split}: {summary}\n{per_class_table(result['metrics'])}")
+
+
+def write_errors(path, result, label_names, n):
+    """The n highest-loss examples, worst first: where mislabelled data and hard cases show up."""
+    labels = np.asarray(result["labels"])
+    losses = example_losses(result["logits"], labels)
+    probabilities = np.exp(log_softmax(result["logits"]))
+    predictions = probabilities.argmax(axis=-1)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(["loss", "gold", "predicted", "p_gold", "text"])
+        for i in np.argsort(-losses, kind="stable")[:n]:
+            writer.writerow([f"{losses[i]:.4f}", label_names[labels[i]], label_names[predictions[i]],
+                             f"{probabilities[i, labels[i]]:.4f}", result["texts"][i]])
+
+
+def plot_learning_curve(history, path):
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    ax.plot(epochs, [row["train_loss"] for row in history], "o-", label="train loss")
+    ax.plot(epochs, [row["valid_loss"] for row in history], "s-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_xticks(epochs)
+    accuracy_axis = ax.twinx()
+    accuracy_axis.plot(epochs, [row["valid_accuracy"] for row in history], "^--", color="tab:green",
+                       label="validation accuracy")
+    accuracy_axis.set_ylabel("accuracy")
+    lines = ax.get_lines() + accuracy_axis.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax.set_title("Learning curve")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(matrix, label_names, path):
+    """Row-normalised (each row sums to 1: recall on the diagonal), real label names."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix, dtype=float)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    n = len(label_names)
+    size = min(4 + 0.45 * n, 14)
+    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(label_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticklabels(label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_title("Confusion matrix (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+    try:
+        import koreanize_matplotlib  # noqa: F401  bundles NanumGothic, so Hangul label names render
+    except ImportError:
+        pass
+    # Without a Hangul font, matplotlib draws boxes and warns once per glyph; boxes are acceptable.
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+    return plt
