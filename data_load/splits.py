@@ -2,8 +2,6 @@
 import sys
 from dataclasses import dataclass, field
 
-from sklearn.model_selection import train_test_split
-
 from data_load.readers import read_examples
 from utils.errors import UserError, located
 
@@ -54,6 +52,7 @@ def split_off_validation(examples, ratio, seed):
     """Seeded split of `ratio` of the examples for validation, stratified by label where possible."""
     if not 0 < ratio < 1:
         raise UserError(f"--valid_ratio must be between 0 and 1, got {ratio}")
+    from sklearn.model_selection import train_test_split  # here, not at the top: 2 s of start-up
     labels = [example.label for example in examples]
     try:
         return train_test_split(examples, test_size=ratio, random_state=seed, stratify=labels)

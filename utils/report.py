@@ -126,8 +126,7 @@ def plot_confusion_matrix(matrix, label_names, path):
     matrix = np.asarray(matrix, dtype=float)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     n = len(label_names)
-    size = min(4 + 0.45 * n, 14)
-    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    fig, ax = plt.subplots(figsize=confusion_figure_size(n), dpi=100)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n))
@@ -145,6 +144,12 @@ def plot_confusion_matrix(matrix, label_names, path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def confusion_figure_size(n_labels):
+    """Inches (width, height): grows with the label count so ~20 names stay readable."""
+    height = min(4 + 0.45 * n_labels, 14)
+    return height + 1, height
 
 
 def _pyplot():

@@ -1,0 +1,178 @@
+"""Both trainers fine-tune the real offline MiniLM on emotion; the classifier and pipeline use the result."""
+import csv
+import json
+from collections import Counter
+
+import pytest
+from conftest import emotion_rows, run_script, write_tsv
+
+TRAINERS = ["finetune_plm_native.py", "finetune_plm_hf.py"]
+N_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def trained(emotion_data, tmp_path_factory):
+    """One short real fine-tune per trainer (1,200 lines, 3 epochs), with a test file."""
+    directory = tmp_path_factory.mktemp("trained")
+    test_fn = write_tsv(directory / "test.tsv", emotion_rows("val", 600)[300:])
+    models = {}
+    for script in TRAINERS:
+        model_fn = directory / script.split("_")[-1].replace(".py", "")
+        result = run_script(script, "--model_fn", model_fn, "--train_fn", emotion_data["train"],
+                            "--valid_fn", emotion_data["valid"], "--test_fn", test_fn, "--n_epochs", N_EPOCHS,
+                            "--n_errors", 20)
+        models[script] = {"dir": model_fn, "stdout": result.stdout, "stderr": result.stderr}
+    return models
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_fine_tuning_beats_chance(trained, emotion_data, script):
+    metrics = json.loads((trained[script]["dir"] / "metrics.json").read_text())
+    gold = Counter(line.split("\t")[0] for line in emotion_data["valid"].read_text().splitlines())
+    majority = max(gold.values()) / sum(gold.values())
+    assert metrics["valid"]["accuracy"] > majority + 0.2, metrics["valid"]
+    assert metrics["valid"]["macro_f1"] > 0.35
+    assert metrics["test"]["accuracy"] > majority + 0.15
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_checkpoint_format(trained, script):
+    model_fn = trained[script]["dir"]
+    config = json.loads((model_fn / "config.json").read_text())
+    assert config["id2label"] == {"0": "anger", "1": "fear", "2": "joy", "3": "love", "4": "sadness", "5": "surprise"}
+    assert config["label2id"]["joy"] == 2
+    for name in ("model.safetensors", "tokenizer.json", "training_args.json", "metrics.json", "history.json",
+                 "learning_curve.png", "confusion_matrix.png", "errors.tsv"):
+        assert (model_fn / name).is_file(), name
+    assert not list(model_fn.glob("*.bin")) and not list(model_fn.glob("*.pt")), "no pickles in the checkpoint"
+    assert not (model_fn / "resume").exists() and not (model_fn / "best_model.safetensors").exists()
+    assert not (model_fn.parent / f".{model_fn.name}.partial").exists()
+    record = json.loads((model_fn / "training_args.json").read_text())
+    assert record["trainer"] == ("native" if "native" in script else "hf")
+    assert record["optimizer_steps"] == N_EPOCHS * 38  # ceil(1200 / 32) steps per epoch
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_metrics_history_and_errors(trained, script):
+    model_fn = trained[script]["dir"]
+    metrics = json.loads((model_fn / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        m = metrics[split]
+        for key in ("accuracy", "macro_f1", "weighted_f1"):
+            assert 0 <= m[key] <= 1
+        assert -1 <= m["mcc"] <= 1 and m["loss"] > 0 and m["n_examples"] == 300
+        assert set(m["per_class"]) == {"anger", "fear", "joy", "love", "sadness", "surprise"}
+        assert sum(c["support"] for c in m["per_class"].values()) == 300
+        assert sum(map(sum, m["confusion_matrix"])) == 300
+    history = json.loads((model_fn / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, N_EPOCHS + 1))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert min(row["valid_loss"] for row in history) == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
+    with open(model_fn / "errors.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 20
+    losses = [float(row["loss"]) for row in rows]
+    assert losses == sorted(losses, reverse=True)
+    assert all(row["gold"] in metrics["test"]["per_class"] and row["text"] for row in rows)
+    # the per-class report and history table are printed at the end
+    assert "precision" in trained[script]["stdout"] and "valid_accuracy" in trained[script]["stdout"]
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_pictures_decode(trained, script):
+    from PIL import Image
+    from utils.report import confusion_figure_size
+    width, height = confusion_figure_size(6)
+    for name, size in (("learning_curve.png", (700, 450)), ("confusion_matrix.png", (width * 100, height * 100))):
+        with Image.open(trained[script]["dir"] / name) as image:
+            image.load()
+            assert image.size == pytest.approx(size, abs=1), name
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_tensorboard_events(trained, script):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    trainer = "native" if "native" in script else "hf"
+    events = EventAccumulator(str(trained[script]["dir"] / "runs" / trainer))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "epoch/valid_loss", "epoch/valid_accuracy",
+            "epoch/valid_macro_f1", "epoch/train_loss"} <= tags
+    assert [e.step for e in events.Scalars("epoch/valid_accuracy")] == list(range(1, N_EPOCHS + 1))
+    assert len(events.Scalars("train/loss")) == N_EPOCHS * 38 // 10
+
+
+def classify(model_fn, text, *flags, check=True):
+    return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin=text, check=check)
+
+
+def test_classifier_output_format_and_order(trained, emotion_data):
+    model_fn = trained["finetune_plm_native.py"]["dir"]
+    sentences = [text for _, text in emotion_rows("val", 340)[300:]]
+    stdin = "\n\n".join(sentences[:20]) + "\n   \n" + "\n".join(sentences[20:]) + "\n"
+    result = classify(model_fn, stdin)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(sentences)
+    labels = {"anger", "fear", "joy", "love", "sadness", "surprise"}
+    assert all(line.split("\t")[0] in labels for line in lines)
+    assert [line.split("\t", 1)[1] for line in lines] == sentences
+    assert "sentences/s" in result.stderr
+
+    top = classify(model_fn, "\n".join(sentences[:5]), "--top_k", "2", "--with_prob").stdout.splitlines()
+    for line, sentence, single in zip(top, sentences, lines):
+        predicted, probabilities, text = line.split("\t")
+        assert text == sentence and len(predicted.split(" ")) == 2
+        assert predicted.split(" ")[0] == single.split("\t")[0]
+        p1, p2 = map(float, probabilities.split(" "))
+        assert 1 >= p1 >= p2 >= 0
+
+
+def test_classifier_empty_input(trained):
+    result = classify(trained["finetune_plm_hf.py"]["dir"], "")
+    assert result.returncode == 0 and result.stdout == ""
+
+
+def test_sorted_batches_match_one_at_a_time(trained):
+    model_fn = trained["finetune_plm_hf.py"]["dir"]
+    stdin = "\n".join(text for _, text in emotion_rows("val", 120)) + "\n"
+    sorted_batches = classify(model_fn, stdin, "--with_prob", "--chunk_size", "50", "--batch_size", "16").stdout
+    one_by_one = classify(model_fn, stdin, "--with_prob", "--batch_size", "1").stdout
+    assert sorted_batches.splitlines() == one_by_one.splitlines()
+
+
+def test_int8_quantized_classifier(trained):
+    model_fn = trained["finetune_plm_native.py"]["dir"]
+    stdin = "\n".join(text for _, text in emotion_rows("val", 200)) + "\n"
+    fp32 = [line.split("\t")[0] for line in classify(model_fn, stdin).stdout.splitlines()]
+    result = classify(model_fn, stdin, "--quantize", "int8")
+    int8 = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert len(int8) == 200 and "Warning" not in result.stderr
+    assert sum(a == b for a, b in zip(fp32, int8)) / 200 >= 0.9
+
+
+def test_korean_and_garbage_lines_pass_through(trained):
+    model_fn = trained["finetune_plm_native.py"]["dir"]
+    korean = ["아 더빙.. 진짜 짜증나네요 목소리", "굳 ㅋ", "뭐야 이 평점들은.... 나쁘진 않지만"]
+    result = classify(model_fn, "\n".join(korean) + "\n")
+    assert [line.split("\t", 1)[1] for line in result.stdout.splitlines()] == korean
+
+    import subprocess
+    import sys
+    from conftest import ROOT, SCRIPT_ENV
+    garbage = b"ok line\n\xff\xfe\x00\x81binary\x00junk\nlast line\r\n" + bytes(range(256)) + b"\n"
+    run = subprocess.run([sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model_fn)],
+                         input=garbage, capture_output=True, env=SCRIPT_ENV, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.decode("utf-8").split("\n")[:-1]  # 5 input lines: bytes(range(256)) holds a \n
+    assert len(out) == 5 and out[0].endswith("\tok line") and out[2].endswith("\tlast line")
+    assert "\ufffd" in out[1]
+
+
+def test_pipeline_loads_checkpoint_with_label_names(trained):
+    from transformers import pipeline
+    for script in TRAINERS:
+        classifier = pipeline("text-classification", model=str(trained[script]["dir"]), device="cpu")
+        result = classifier(["i feel so happy and grateful today", "i am terrified of the dark"])
+        assert all(r["label"] in {"anger", "fear", "joy", "love", "sadness", "surprise"} for r in result)
+        scores = classifier("i feel so happy and grateful today", top_k=None)
+        assert len(scores) == 6 and sum(s["score"] for s in scores) == pytest.approx(1, abs=1e-4)
