@@ -85,25 +85,27 @@ def clamp_max_length(max_length, model, tokenizer):
     return max_length
 
 
-def unknown_token_share(tokenizer, texts):
-    """Share of tokens that are the unknown token, over the given texts."""
+def unknown_word_share(tokenizer, texts):
+    """Share of words (whitespace-separated) the tokenizer maps, at least in part, to its unknown token.
+    Counted by word, not token: WordPiece turns a whole unknown word into a single [UNK]."""
     if tokenizer.unk_token_id is None:
         return 0.0
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
-    total = sum(len(ids) for ids in encoded)
-    unknown = sum(ids.count(tokenizer.unk_token_id) for ids in encoded)
-    return unknown / total if total else 0.0
+    words = [word for text in texts for word in text.split()]
+    if not words:
+        return 0.0
+    encoded = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return sum(tokenizer.unk_token_id in ids for ids in encoded) / len(words)
 
 
 def check_vocabulary(tokenizer, examples, sample_size=2000):
     """Warn when the model's vocabulary does not cover the training language."""
     texts = [example.text for example in examples[:sample_size]]
-    share = unknown_token_share(tokenizer, texts)
+    share = unknown_word_share(tokenizer, texts)
     if share > UNK_WARN_SHARE:
         hangul = sum(_is_hangul(ch) for text in texts for ch in text)
         suggestion = ("a Korean model such as beomi/kcbert-base or monologg/koelectra-base-v3-discriminator"
                       if hangul else "a model pretrained on this language")
-        print(f"warning: {share:.1%} of training tokens are unknown to this model's vocabulary; "
+        print(f"warning: {share:.1%} of the words in the training texts are unknown to this model's vocabulary; "
               f"use {suggestion} (--pretrained_model_name), or --extend_vocab", file=sys.stderr)
     return share
 
