@@ -9,7 +9,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from data_load import TextClassificationCollator, load_splits
 from utils.args import training_parser
-from utils.checkpoint import check_output, partial_dir, resume_dir, start_run
+from utils.checkpoint import check_output, latest_train_state, partial_dir, resume_dir, start_run
 from utils.errors import exit_on_user_error
 from utils.metrics import trainer_compute_metrics
 from utils.report import TensorBoardLogger, history_row
@@ -42,6 +42,9 @@ def main():
         lr_scheduler_type="linear",
         warmup_steps=args.warmup_ratio,  # a float below 1 is a share of all steps
         max_grad_norm=args.max_grad_norm,
+        # Sequence classifiers return a per-batch mean loss; with this on, Trainer multiplies it by the
+        # process count (as if it were a token sum) and trains on and reports N times the loss under DDP.
+        average_tokens_across_devices=False,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=device.type == "cpu",
@@ -70,8 +73,9 @@ def main():
         callbacks=[recorder],
     )
     recorder.trainer = trainer
+    resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
     try:
-        trainer.train(resume_from_checkpoint=True if args.resume else None)
+        trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
         print("\nstopped at once", file=sys.stderr)
         sys.exit(130)

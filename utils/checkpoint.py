@@ -108,14 +108,22 @@ def save_train_state(directory, step, state, keep):
 
 
 def train_states(directory):
+    """Complete resumable states, oldest first. A state is complete once its last file is written
+    (train_state.pt here; trainer_state.json, which Trainer writes last); a SIGKILL mid-save leaves
+    an incomplete one, which is skipped."""
     states = [p for p in Path(directory).glob("checkpoint-*") if (p / STATE_FILE).exists()
               or (p / "trainer_state.json").exists()]
     return sorted(states, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_train_state(directory):
+def latest_train_state(directory):
     states = train_states(directory)
     if not states:
-        raise UserError(f"--resume: no saved state in {directory}")
+        raise UserError(f"--resume: no complete saved state in {directory}; delete {Path(directory).parent} "
+                        "to start afresh")
     print(f"resuming from {states[-1]}", file=sys.stderr)
-    return torch.load(states[-1] / STATE_FILE, map_location="cpu", weights_only=True)
+    return states[-1]
+
+
+def load_train_state(directory):
+    return torch.load(latest_train_state(directory) / STATE_FILE, map_location="cpu", weights_only=True)
