@@ -28,6 +28,8 @@ CASES = {
     "invalid_utf8": (b"positive\tok\nnegative\t\xc0\xaf bad\n", None, ["train.tsv:2: is not valid UTF-8"]),
     "nul_bytes": (b"positive\tok\x00\n", None, ["train.tsv:1: contains a NUL byte"]),
     "header_only_csv": ("text,label\n", None, ["no examples found"]),
+    "empty_label_csv": ("text,label\nfine,1\nmissing,\n", None, ["train.csv:3: empty value in label column"]),
+    "too_many_labels": ("".join(f"id{i}\ttext {i}\n" for i in range(10_001)), None, ["probably not the label column"]),
 }
 
 
@@ -45,7 +47,7 @@ def test_trainer_rejects_bad_data(tmp_path, script, case):
         pytest.skip("the data path is shared; the Trainer entry point is checked on a few cases")
     train, valid, expected = CASES[case]
     train_fn = tmp_path / ("missing.tsv" if case == "missing_file" else
-                           "train.csv" if case == "header_only_csv" else "train.tsv")
+                           "train.csv" if case.endswith("_csv") else "train.tsv")
     args = ["--model_fn", tmp_path / "model", "--train_fn", write(train_fn, train)]
     if valid is not None:
         args += ["--valid_fn", write(tmp_path / "valid.tsv", valid)]

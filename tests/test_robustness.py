@@ -15,7 +15,7 @@ TRAIN_FN = ROOT / "data" / "review.sample.en.tsv"  # 480 lines: 432 train, 48 va
 
 def train_args(model_fn, tiny_model, *extra):
     return ["--model_fn", model_fn, "--train_fn", TRAIN_FN, "--pretrained_model_name", tiny_model,
-            "--batch_size", 8, "--n_epochs", 3, "--lr", "5e-4", *extra]  # 54 steps an epoch
+            "--batch_size", 8, "--n_epochs", 2, "--lr", "5e-4", *extra]  # 54 steps an epoch
 
 
 def start(script, args, log):
@@ -65,10 +65,10 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_model, uninterrupted, scri
     assert "resuming from" in resumed.stderr
     steps, metrics = result(model_fn)
     expected_steps, expected = uninterrupted[script]
-    assert steps == expected_steps == 3 * 54
+    assert steps == expected_steps == 2 * 54
     assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=0.1)
     assert metrics["loss"] == pytest.approx(expected["loss"], rel=0.2)
-    assert len(json.loads((model_fn / "history.json").read_text())) == 3
+    assert len(json.loads((model_fn / "history.json").read_text())) == 2
     assert not (tmp_path / ".model.partial").exists()
 
 
@@ -86,7 +86,7 @@ def test_ctrl_c_saves_state_and_resume_finishes(tmp_path, tiny_model, script):
     again = run_script(script, *train_args(model_fn, tiny_model), check=False)
     assert again.returncode == 2 and "add --resume to continue it" in again.stderr
     run_script(script, *train_args(model_fn, tiny_model, "--resume"))
-    assert result(model_fn)[0] == 3 * 54
+    assert result(model_fn)[0] == 2 * 54
 
 
 def test_crash_never_replaces_a_finished_model(tmp_path, tiny_model):
@@ -107,7 +107,7 @@ def test_two_processes_on_cpu(tmp_path, tiny_model, script):
     model_fn = tmp_path / "model"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                str(29400 + os.getpid() % 500 + len(script)), str(ROOT / script),
-               *map(str, train_args(model_fn, tiny_model, "--n_epochs", 2))]
+               *map(str, train_args(model_fn, tiny_model))]
     run = subprocess.run(command, cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

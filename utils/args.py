@@ -35,7 +35,9 @@ def training_parser(description):
     train.add_argument("--n_epochs", type=int, default=4)
     train.add_argument("--batch_size", type=int, default=32, help="samples per step per device")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "
+                            "(MiniLM, small BERTs), 5e-5 above (BERT-base, KcBERT, RoBERTa)")
     train.add_argument("--weight_decay", type=float, default=0.01,
                        help="AdamW weight decay (not applied to biases and LayerNorm weights)")
     train.add_argument("--warmup_ratio", type=float, default=0.1,

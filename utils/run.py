@@ -11,8 +11,8 @@ import torch
 from data_load import TextClassificationDataset
 from utils.checkpoint import commit_run, partial_dir, save_model
 from utils.metrics import classification_metrics
-from utils.model import (check_vocabulary, clamp_max_length, extend_vocabulary, load_classifier, load_tokenizer,
-                         resolve_model_name)
+from utils.model import (check_vocabulary, clamp_max_length, default_learning_rate, extend_vocabulary,
+                         load_classifier, load_tokenizer, resolve_model_name)
 from utils.report import write_report
 
 BEST_WEIGHTS = "best_model.safetensors"
@@ -29,6 +29,9 @@ def build_model(args, splits):
         added = extend_vocabulary(tokenizer, model, splits.train)
         print(f"--extend_vocab: added {added} characters to the vocabulary", file=sys.stderr)
     check_vocabulary(tokenizer, splits.train)
+    if args.lr is None:
+        args.lr = default_learning_rate(model)
+        print(f"learning rate {args.lr:g} (default for hidden size {model.config.hidden_size})", file=sys.stderr)
     return tokenizer, model, clamp_max_length(args.max_length, model, tokenizer)
 
 

@@ -1,0 +1,71 @@
+"""Data and helpers the benchmarks share: corpus samples from ../shared/data, tables, machine info."""
+import os
+import platform
+import random
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+
+def emotion(split, n=None, seed=0):
+    """(label, text) rows of the emotion corpus (`text;label`, header, split on the last `;`)."""
+    lines = (SHARED_DATA / "emotion" / f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
+    rows = [(line.rsplit(";", 1)[1], line.rsplit(";", 1)[0]) for line in lines]
+    return _sample(rows, n, seed)
+
+
+def nsmc(split, n=None, seed=0):
+    """(label, text) rows of NSMC (`id<TAB>document<TAB>label`, header; empty documents dropped)."""
+    lines = (SHARED_DATA / "nsmc" / f"ratings_{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
+    rows = [(fields[2], fields[1]) for fields in (line.split("\t") for line in lines) if fields[1].strip()]
+    return _sample(rows, n, seed)
+
+
+DATASETS = {"emotion": emotion, "nsmc": nsmc}
+
+
+def _sample(rows, n, seed):
+    if n is None or n >= len(rows):
+        return rows
+    return random.Random(seed).sample(rows, n)
+
+
+def write_tsv(path, rows):
+    Path(path).write_text("".join(f"{label}\t{text}\n" for label, text in rows), encoding="utf-8")
+    return Path(path)
+
+
+def require_shared():
+    if not SHARED_DATA.is_dir():
+        sys.exit(f"benchmarks need the corpora in {SHARED_DATA}")
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def table(rows, columns):
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine():
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"{gpu}")
