@@ -7,29 +7,20 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from data_load import TextClassificationCollator, load_splits
+from data_load import TextClassificationCollator
 from utils.args import training_parser
-from utils.checkpoint import check_output, latest_train_state, partial_dir, resume_dir, start_run
+from utils.checkpoint import latest_train_state, partial_dir, resume_dir, start_run
 from utils.errors import exit_on_user_error
 from utils.metrics import trainer_compute_metrics
 from utils.report import TensorBoardLogger, history_row
-from utils.run import (LOG_EVERY, build_model, evaluation, load_best_weights, log_dir, make_datasets,
-                       save_best_weights, save_run)
-from utils.runtime import StopRequest, choose_device, choose_precision, distributed_context, set_seed
+from utils.run import LOG_EVERY, evaluation, load_best_weights, log_dir, prepare, save_best_weights, save_run
+from utils.runtime import StopRequest
 
 
 def main():
     args = training_parser(__doc__).parse_args()
-    context = distributed_context()
-    device = choose_device(args.device, context.local_rank)
-    precision = choose_precision(args.precision, device)
-    check_output(args.model_fn, args.resume)
-    set_seed(args.seed)
-
-    # Data and model: everything that can fail on bad input fails here, before anything is written.
-    splits = load_splits(args)
-    tokenizer, model, max_length = build_model(args, splits)
-    train_set, valid_set, test_set = make_datasets(splits, tokenizer, max_length)
+    run = prepare(args)  # device, data, model; bad input fails here, before anything is written
+    context, device, precision = run.context, run.device, run.precision
 
     training_args = TrainingArguments(
         output_dir=str(resume_dir(args.model_fn)),  # resumable states; the model itself is saved below
@@ -63,13 +54,13 @@ def main():
     partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
     recorder = EpochRecorder(log_dir(args, "hf"), partial, StopRequest(context), context.is_main)
     trainer = LossTrackingTrainer(
-        model=model,
+        model=run.model,
         args=training_args,
-        train_dataset=train_set,
-        eval_dataset=valid_set,
-        data_collator=TextClassificationCollator(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
-        processing_class=tokenizer,
-        compute_metrics=trainer_compute_metrics(splits.labels),
+        train_dataset=run.train_set,
+        eval_dataset=run.valid_set,
+        data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
+        processing_class=run.tokenizer,
+        compute_metrics=trainer_compute_metrics(run.splits.labels),
         callbacks=[recorder],
     )
     recorder.trainer = trainer
@@ -87,10 +78,11 @@ def main():
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial)
-    valid = evaluation(trainer.predict(valid_set).predictions, valid_set, splits.labels)
-    test = evaluation(trainer.predict(test_set).predictions, test_set, splits.labels) if test_set else None
+    valid = evaluation(trainer.predict(run.valid_set).predictions, run.valid_set, run.splits.labels)
+    test = (evaluation(trainer.predict(run.test_set).predictions, run.test_set, run.splits.labels)
+            if run.test_set else None)
     if context.is_main:
-        save_run(args, "hf", trainer.model, tokenizer, max_length, splits, recorder.history, valid, test,
+        save_run(args, "hf", trainer.model, run.tokenizer, run.max_length, run.splits, recorder.history, valid, test,
                  extra={"optimizer_steps": trainer.state.global_step, "precision": precision,
                         "world_size": context.world_size})
 

@@ -14,39 +14,29 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from data_load import LengthGroupedBatchSampler, TextClassificationCollator, load_splits
+from data_load import LengthGroupedBatchSampler, TextClassificationCollator
 from utils.args import training_parser
-from utils.checkpoint import check_output, load_train_state, resume_dir, save_train_state, start_run
+from utils.checkpoint import load_train_state, resume_dir, save_train_state, start_run
 from utils.errors import exit_on_user_error
 from utils.report import TensorBoardLogger, history_row
-from utils.run import (LOG_EVERY, build_model, evaluation, load_best_weights, log_dir, make_datasets, no_decay,
-                       save_best_weights, save_run)
-from utils.runtime import (AUTOCAST_DTYPES, StopRequest, choose_device, choose_precision, distributed_context,
-                           init_process_group, set_seed)
+from utils.run import LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights, save_run
+from utils.runtime import AUTOCAST_DTYPES, StopRequest, init_process_group
 
 
 def main():
     args = training_parser(__doc__).parse_args()
-    context = distributed_context()
-    device = choose_device(args.device, context.local_rank)
-    precision = choose_precision(args.precision, device)
-    check_output(args.model_fn, args.resume)
-    set_seed(args.seed)
-
-    # Data and model: everything that can fail on bad input fails here, before anything is written.
-    splits = load_splits(args)
-    tokenizer, model, max_length = build_model(args, splits)
-    train_set, valid_set, test_set = make_datasets(splits, tokenizer, max_length)
+    run = prepare(args)  # device, data, model; bad input fails here, before anything is written
+    context, device, precision, model = run.context, run.device, run.precision, run.model
 
     init_process_group(context, device)
     model.to(device)
     if context.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None)
-    sampler = LengthGroupedBatchSampler(train_set.lengths, args.batch_size, seed=args.seed,
+    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None)
+    sampler = LengthGroupedBatchSampler(run.train_set.lengths, args.batch_size, seed=args.seed,
                                         group_by_length=not args.no_group_by_length,
                                         world_size=context.world_size, rank=context.rank)
-    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
+    train_loader = DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate,
                               pin_memory=device.type == "cuda")
 
     # Optimizer: AdamW without weight decay on biases and LayerNorm; linear warm-up, then linear decay.
@@ -114,7 +104,7 @@ def main():
                         print("interrupted: state saved; continue with --resume", file=sys.stderr)
                     sys.exit(130)
 
-            valid = evaluate(model, valid_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
+            valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
             loss_sums = context.gather((progress["loss_sum"], progress["loss_count"]))
             train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
             row = history_row(epoch + 1, train_loss, valid["metrics"] if valid else {}, scheduler.get_last_lr()[0],
@@ -141,10 +131,10 @@ def main():
     if context.enabled:  # every process evaluates its shard with rank 0's best weights
         for parameter in model.module.state_dict().values():
             torch.distributed.broadcast(parameter, src=0)
-    valid = evaluate(model, valid_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
-    test = evaluate(model, test_set, collate, args.batch_size * 2, device, precision, context, splits.labels)
+    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
+    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
     if context.is_main:
-        save_run(args, "native", model, tokenizer, max_length, splits, progress["history"], valid, test,
+        save_run(args, "native", model, run.tokenizer, run.max_length, run.splits, progress["history"], valid, test,
                  extra={"optimizer_steps": progress["step"], "precision": precision,
                         "world_size": context.world_size})
     context.barrier()

@@ -34,6 +34,10 @@ def resume_dir(model_fn):
 def check_output(model_fn, resume):
     """Refuse, before anything is written, to clobber what is not ours or to drop an unfinished run."""
     model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    old = model_fn.parent / f".{model_fn.name}.old"
+    if old.is_dir() and not model_fn.exists():  # a crash between commit_run's two renames
+        os.replace(old, model_fn)
+        print(f"warning: restored {model_fn} from {old} (an earlier run stopped while replacing it)", file=sys.stderr)
     if model_fn.exists() and not (model_fn / TRAINING_ARGS).exists() and (
             not model_fn.is_dir() or any(model_fn.iterdir())):
         raise UserError(f"{model_fn}: exists and is not a model written by this tool; "

@@ -3,20 +3,51 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_load import TextClassificationDataset
-from utils.checkpoint import commit_run, partial_dir, save_model
+from data_load import Splits, TextClassificationDataset, load_splits
+from utils.checkpoint import check_output, commit_run, partial_dir, save_model
 from utils.metrics import classification_metrics
 from utils.model import (check_vocabulary, clamp_max_length, default_learning_rate, extend_vocabulary,
                          load_classifier, load_tokenizer, resolve_model_name)
 from utils.report import write_report
+from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
 
 BEST_WEIGHTS = "best_model.safetensors"
 LOG_EVERY = 10  # optimizer steps between step-wise loss/lr logs
+
+
+@dataclass
+class Prepared:
+    """What a trainer needs before its loop: where to run, the data, the model."""
+    context: DistributedContext
+    device: torch.device
+    precision: str
+    splits: Splits
+    tokenizer: object
+    model: torch.nn.Module
+    max_length: int
+    train_set: TextClassificationDataset
+    valid_set: TextClassificationDataset
+    test_set: TextClassificationDataset | None
+
+
+def prepare(args):
+    """Device and precision, data, tokenizer and model. Every bad input or flag fails here, before
+    anything is written."""
+    context = distributed_context()
+    device = choose_device(args.device, context.local_rank)
+    precision = choose_precision(args.precision, device)
+    check_output(args.model_fn, args.resume)
+    set_seed(args.seed)
+    splits = load_splits(args)
+    tokenizer, model, max_length = build_model(args, splits)
+    train_set, valid_set, test_set = make_datasets(splits, tokenizer, max_length)
+    return Prepared(context, device, precision, splits, tokenizer, model, max_length, train_set, valid_set, test_set)
 
 
 def build_model(args, splits):
