@@ -18,7 +18,7 @@ def main():
     p.add_argument("--dataset", default="emotion", choices=list(DATASETS))
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--fused", action="store_true", help="fused AdamW kernel (as the native trainer uses)")
+    p.add_argument("--fused", action="store_true", help="fused AdamW kernel (what both trainers use)")
     args = p.parse_args()
     require_shared()
     from data_load import Example, LengthGroupedBatchSampler, TextClassificationCollator, TextClassificationDataset
