@@ -40,7 +40,7 @@ def test_same_seed_same_metrics(tmp_path, tiny_model, korean_train, script):
     runs = []
     for name in ("a", "b"):
         run_script(script, "--model_fn", tmp_path / name, "--train_fn", korean_train,
-                   "--pretrained_model_name", tiny_model, "--n_epochs", 2, "--valid_ratio", 0.25, "--seed", 7)
+                   "--pretrained_model_name", tiny_model, "--n_epochs", 1, "--valid_ratio", 0.25, "--seed", 7)
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text())["valid"])
     for key in ("loss", "accuracy", "macro_f1", "mcc"):
         assert round(runs[0][key], 4) == round(runs[1][key], 4), key
@@ -49,7 +49,7 @@ def test_same_seed_same_metrics(tmp_path, tiny_model, korean_train, script):
         return
     # a different seed splits and shuffles differently
     run_script(script, "--model_fn", tmp_path / "c", "--train_fn", korean_train,
-               "--pretrained_model_name", tiny_model, "--n_epochs", 2, "--valid_ratio", 0.25, "--seed", 8)
+               "--pretrained_model_name", tiny_model, "--n_epochs", 1, "--valid_ratio", 0.25, "--seed", 8)
     other = json.loads((tmp_path / "c" / "metrics.json").read_text())["valid"]
     assert round(other["loss"], 4) != round(runs[0]["loss"], 4)
 
