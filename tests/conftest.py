@@ -43,9 +43,9 @@ def write_tsv(path, rows):
 
 @pytest.fixture(scope="session")
 def emotion_data(tmp_path_factory):
-    """640 training and 300 validation lines of emotion in the reference `label<TAB>sentence` format."""
+    """960 training and 300 validation lines of emotion in the reference `label<TAB>sentence` format."""
     directory = tmp_path_factory.mktemp("emotion")
-    return {"train": write_tsv(directory / "train.tsv", emotion_rows("train", 640)),
+    return {"train": write_tsv(directory / "train.tsv", emotion_rows("train", 960)),
             "valid": write_tsv(directory / "valid.tsv", emotion_rows("val", 300))}
 
 

@@ -12,7 +12,7 @@ N_EPOCHS = 3
 
 @pytest.fixture(scope="session")
 def trained(emotion_data, tmp_path_factory):
-    """One short real fine-tune per trainer (640 lines, 3 epochs), with a test file."""
+    """One short real fine-tune per trainer (960 lines, 3 epochs), with a test file."""
     directory = tmp_path_factory.mktemp("trained")
     test_fn = write_tsv(directory / "test.tsv", emotion_rows("val", 600)[300:])
     models = {}
@@ -49,7 +49,7 @@ def test_checkpoint_format(trained, script):
     assert not (model_fn.parent / f".{model_fn.name}.partial").exists()
     record = json.loads((model_fn / "training_args.json").read_text())
     assert record["trainer"] == ("native" if "native" in script else "hf")
-    assert record["optimizer_steps"] == N_EPOCHS * 20  # 640 / 32 steps per epoch
+    assert record["optimizer_steps"] == N_EPOCHS * 30  # 960 / 32 steps per epoch
 
 
 @pytest.mark.parametrize("script", TRAINERS)
@@ -99,7 +99,7 @@ def test_tensorboard_events(trained, script):
     assert {"train/loss", "train/learning_rate", "epoch/valid_loss", "epoch/valid_accuracy",
             "epoch/valid_macro_f1", "epoch/train_loss"} <= tags
     assert [e.step for e in events.Scalars("epoch/valid_accuracy")] == list(range(1, N_EPOCHS + 1))
-    assert len(events.Scalars("train/loss")) == N_EPOCHS * 20 // 10
+    assert len(events.Scalars("train/loss")) == N_EPOCHS * 30 // 10
 
 
 def classify(model_fn, text, *flags, check=True):
