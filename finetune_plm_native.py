@@ -3,7 +3,6 @@
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
 import contextlib
 import math
-import random
 import sys
 import time
 
@@ -16,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator
 from utils.args import training_parser
-from utils.checkpoint import load_train_state, resume_dir, save_train_state, start_run
+from utils.checkpoint import load_train_state, restore, resume_dir, save_train_state, snapshot, start_run
 from utils.errors import exit_on_user_error
 from utils.report import TensorBoardLogger, history_row
 from utils.run import LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights, save_run
@@ -169,35 +168,6 @@ def evaluate(model, dataset, collate, batch_size, device, precision, context, la
 def maybe_no_sync(model, skip_sync):
     """Under DDP, accumulate gradients locally until the last micro-batch of an optimizer step."""
     return model.no_sync() if skip_sync and isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
-
-
-def snapshot(progress, model, optimizer, scheduler, scaler):
-    """Everything needed to continue exactly here: weights, optimizer, schedule, scaler, RNGs, progress."""
-    numpy_state = np.random.get_state()
-    return {
-        "progress": progress,
-        "model": getattr(model, "module", model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]},
-    }
-
-
-def restore(state, model, optimizer, scheduler, scaler):
-    getattr(model, "module", model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
-    return state["progress"]
 
 
 if __name__ == "__main__":

@@ -15,20 +15,20 @@ def emotion(split, n=None, seed=0):
     """(label, text) rows of the emotion corpus (`text;label`, header, split on the last `;`)."""
     lines = (SHARED_DATA / "emotion" / f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
     rows = [(line.rsplit(";", 1)[1], line.rsplit(";", 1)[0]) for line in lines]
-    return _sample(rows, n, seed)
+    return sample(rows, n, seed)
 
 
 def nsmc(split, n=None, seed=0):
     """(label, text) rows of NSMC (`id<TAB>document<TAB>label`, header; empty documents dropped)."""
     lines = (SHARED_DATA / "nsmc" / f"ratings_{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
     rows = [(fields[2], fields[1]) for fields in (line.split("\t") for line in lines) if fields[1].strip()]
-    return _sample(rows, n, seed)
+    return sample(rows, n, seed)
 
 
 DATASETS = {"emotion": emotion, "nsmc": nsmc}
 
 
-def _sample(rows, n, seed):
+def sample(rows, n, seed):
     if n is None or n >= len(rows):
         return rows
     return random.Random(seed).sample(rows, n)

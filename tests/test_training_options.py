@@ -70,7 +70,7 @@ def test_extend_vocab_removes_unknown_hangul(tmp_path, tiny_model, korean_train)
     model_fn = tmp_path / "ext"
     result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", korean_train,
                         "--pretrained_model_name", tiny_model, "--n_epochs", 1, "--extend_vocab")
-    assert "--extend_vocab: added" in result.stderr
+    assert "--extend_vocab yes: added" in result.stderr
     assert "unknown to this model's vocabulary" not in result.stderr
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_fn)

@@ -27,12 +27,13 @@ def training_parser(description):
                        help="truncate inputs to this many tokens (clamped to what the model allows)")
     model.add_argument("--freeze_encoder", action="store_true",
                        help="train only the classification head; the encoder gets no gradient")
-    model.add_argument("--extend_vocab", action="store_true",
+    model.add_argument("--extend_vocab", nargs="?", const="yes", choices=["no", "yes", "auto"], default="no",
                        help="add characters of the training data the tokenizer cannot represent "
-                            "(e.g. Hangul for an English model) to its vocabulary")
+                            "(e.g. Hangul for an English model) to its vocabulary; auto: only when more than "
+                            "5%% of the training words are unknown to it")
 
     train = p.add_argument_group("training")
-    train.add_argument("--n_epochs", type=int, default=4)
+    train.add_argument("--n_epochs", type=int, default=3)
     train.add_argument("--batch_size", type=int, default=32, help="samples per step per device")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr", type=float, default=None,

@@ -10,13 +10,15 @@ Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipe
   errors.tsv, runs/ (TensorBoard)."""
 import json
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 TRAINING_ARGS = "training_args.json"
 STATE_FILE = "train_state.pt"
@@ -93,8 +95,8 @@ def load_checkpoint(model_fn, device="cpu"):
         tokenizer = AutoTokenizer.from_pretrained(model_fn)
         model = AutoModelForSequenceClassification.from_pretrained(model_fn)
     except Exception as error:  # safetensors, json and tokenizers each raise their own kinds
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): {first}") from None
+        raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
+                        f"{first_line(error)}") from None
     return tokenizer, model.to(device).eval(), training_args
 
 
@@ -131,3 +133,33 @@ def latest_train_state(directory):
 
 def load_train_state(directory):
     return torch.load(latest_train_state(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def snapshot(progress, model, optimizer, scheduler, scaler):
+    """Everything needed to continue exactly here: weights, optimizer, schedule, scaler, RNGs, progress."""
+    numpy_state = np.random.get_state()
+    return {
+        "progress": progress,
+        "model": getattr(model, "module", model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]},
+    }
+
+
+def restore(state, model, optimizer, scheduler, scaler):
+    """Put a snapshot() back into place; returns its progress."""
+    getattr(model, "module", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
+    return state["progress"]

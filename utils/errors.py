@@ -11,6 +11,12 @@ def located(path, line, message):
     return UserError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
+def first_line(error):
+    """The first line of an exception's message (library errors can run to pages), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def exit_on_user_error(main):
     """Run `main()`; turn a UserError into `error: ...` and exit code 2."""
     try:

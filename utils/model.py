@@ -6,7 +6,7 @@ import unicodedata
 from pathlib import Path
 from urllib.parse import urlparse
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 DEFAULT_MODEL_HELP = ("local model directory or Hugging Face hub id (e.g. beomi/kcbert-base, "
                       "klue/roberta-base, distilbert-base-uncased). Default: all-MiniLM-L6-v2 as shipped "
@@ -45,7 +45,7 @@ def load_tokenizer(name):
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load a tokenizer from '{name}': {_first_line(error)}") from None
+        raise UserError(f"cannot load a tokenizer from '{name}': {first_line(error)}") from None
 
 
 def load_classifier(name, labels, freeze_encoder=False):
@@ -59,7 +59,7 @@ def load_classifier(name, labels, freeze_encoder=False):
             name, num_labels=len(labels),
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load a model from '{name}': {_first_line(error)}") from None
+        raise UserError(f"cannot load a model from '{name}': {first_line(error)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if freeze_encoder:
@@ -103,22 +103,31 @@ def unknown_word_share(tokenizer, texts):
     return sum(tokenizer.unk_token_id in ids for ids in encoded) / len(words)
 
 
-def check_vocabulary(tokenizer, examples, sample_size=2000):
-    """Warn when the model's vocabulary does not cover the training language."""
+def check_vocabulary(tokenizer, examples, extend_vocab="no", sample_size=2000):
+    """Share of training words unknown to the model's vocabulary; warns when it is high and the
+    vocabulary is not going to be extended."""
     texts = [example.text for example in examples[:sample_size]]
     share = unknown_word_share(tokenizer, texts)
-    if share > UNK_WARN_SHARE:
+    if share > UNK_WARN_SHARE and extend_vocab == "no":
         hangul = sum(_is_hangul(ch) for text in texts for ch in text)
         suggestion = ("a Korean model such as beomi/kcbert-base or monologg/koelectra-base-v3-discriminator"
                       if hangul else "a model pretrained on this language")
         print(f"warning: {share:.1%} of the words in the training texts are unknown to this model's vocabulary; "
               f"use {suggestion} (--pretrained_model_name), or --extend_vocab", file=sys.stderr)
+    elif share > UNK_WARN_SHARE:
+        print(f"{share:.1%} of the words in the training texts are unknown to this model's vocabulary",
+              file=sys.stderr)
     return share
 
 
 def extend_vocabulary(tokenizer, model, examples):
     """Add every character of the training texts that tokenizes to the unknown token, as a whole token,
-    and give the new tokens embedding rows. Returns the number added."""
+    and give the new tokens embedding rows. Returns the number added.
+
+    A new row starts at the mean embedding of the pieces of the character the vocabulary does know
+    (the jamo of a Hangul syllable, after Unicode decomposition), or at the mean of all rows, plus
+    noise of half the embeddings' spread. Without the noise every new character would start from
+    one and the same vector (transformers' mean resizing), and NSMC fine-tuning stayed at chance."""
     if tokenizer.unk_token_id is None:
         return 0
     chars = sorted({ch for example in examples for text in (example.text, example.text_pair or "")
@@ -127,12 +136,27 @@ def extend_vocabulary(tokenizer, model, examples):
     missing = [ch for ch, ids in zip(chars, encoded) if tokenizer.unk_token_id in ids]
     if not missing:
         return 0
+    import torch
     from tokenizers import AddedToken
+    known_pieces = [_known_pieces(tokenizer, ch) for ch in missing]
     # normalized=False: match on the raw text, because uncased BERT normalisation decomposes a Hangul
     # syllable into jamo (NFD) before the vocabulary is consulted, and the syllable would never match.
     added = tokenizer.add_tokens([AddedToken(ch, normalized=False) for ch in missing])
-    model.resize_token_embeddings(len(tokenizer))
+    old = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = model.get_input_embeddings().weight
+    spread = old.std(dim=0)
+    with torch.no_grad():
+        for ch, pieces in zip(missing, known_pieces):
+            base = old[pieces].mean(dim=0) if pieces else old.mean(dim=0)
+            weight[tokenizer.convert_tokens_to_ids(ch)] = base + 0.5 * spread * torch.randn_like(spread)
     return added
+
+
+def _known_pieces(tokenizer, ch):
+    """Vocabulary ids of the parts of a character (its Unicode decomposition) that the tokenizer knows."""
+    ids = [tokenizer.convert_tokens_to_ids(part) for part in unicodedata.normalize("NFD", ch)]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
 def _is_hangul(ch):
@@ -156,7 +180,3 @@ def _hub_reachable(timeout=3.0):
             return True
     except OSError:
         return False
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -12,7 +12,7 @@ import torch
 from data_load import Splits, TextClassificationDataset, load_splits
 from utils.checkpoint import check_output, commit_run, partial_dir, save_model
 from utils.metrics import classification_metrics
-from utils.model import (check_vocabulary, clamp_max_length, default_learning_rate, extend_vocabulary,
+from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate, extend_vocabulary,
                          load_classifier, load_tokenizer, resolve_model_name)
 from utils.report import write_report
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
@@ -56,10 +56,10 @@ def build_model(args, splits):
     args.pretrained_model_name = name
     tokenizer = load_tokenizer(name)
     model = load_classifier(name, splits.labels, args.freeze_encoder)
-    if args.extend_vocab:
+    unknown_share = check_vocabulary(tokenizer, splits.train, args.extend_vocab)
+    if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train)
-        print(f"--extend_vocab: added {added} characters to the vocabulary", file=sys.stderr)
-    check_vocabulary(tokenizer, splits.train)
+        print(f"--extend_vocab {args.extend_vocab}: added {added} characters to the vocabulary", file=sys.stderr)
     if args.lr is None:
         args.lr = default_learning_rate(model)
         print(f"learning rate {args.lr:g} (default for hidden size {model.config.hidden_size})", file=sys.stderr)
