@@ -1,6 +1,7 @@
 """Fine-tune a pretrained language model for sentence classification with transformers.Trainer.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
+import math
 import sys
 import time
 
@@ -13,7 +14,8 @@ from utils.checkpoint import latest_train_state, partial_dir, resume_dir, start_
 from utils.errors import exit_on_user_error
 from utils.metrics import trainer_compute_metrics
 from utils.report import TensorBoardLogger, history_row
-from utils.run import LOG_EVERY, evaluation, load_best_weights, log_dir, prepare, save_best_weights, save_run
+from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, prepare, save_best_weights, save_run,
+                       selection_score)
 from utils.runtime import StopRequest
 
 
@@ -52,7 +54,7 @@ def main():
         data_seed=args.seed,
     )
     partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
-    recorder = EpochRecorder(log_dir(args, "hf"), partial, StopRequest(context), context.is_main)
+    recorder = EpochRecorder(log_dir(args, "hf"), partial, StopRequest(context), context.is_main, args.best_metric)
     trainer = LossTrackingTrainer(
         model=run.model,
         args=training_args,
@@ -127,21 +129,22 @@ class EpochRecorder(TrainerCallback):
     History rows are also appended to Trainer's log_history, which its checkpoints save, so --resume
     gets them back."""
 
-    def __init__(self, board_dir, partial, stop, is_main):
+    def __init__(self, board_dir, partial, stop, is_main, best_metric):
+        self.best_metric = best_metric
         self.board = TensorBoardLogger(board_dir, enabled=is_main)
         self.stop = stop
         self.partial = partial
         self.is_main = is_main
         self.trainer = None
         self.history = []
-        self.best_loss = float("inf")
+        self.best_score = -math.inf
         self.epoch_started = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         done = int(state.epoch or 0)
         self.history = [entry["history_row"] for entry in state.log_history
                         if "history_row" in entry and entry["history_row"]["epoch"] <= done]
-        self.best_loss = min((row["valid_loss"] for row in self.history), default=float("inf"))
+        self.best_score = max((selection_score(row, self.best_metric) for row in self.history), default=-math.inf)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch_started = time.time()
@@ -168,7 +171,8 @@ class EpochRecorder(TrainerCallback):
         if self.is_main:
             self.board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch, prefix="epoch/")
             self.board.log({"train_loss": train_loss}, epoch, prefix="epoch/")
-            self.best_loss = save_best_weights(model, row["valid_loss"], self.best_loss, self.partial)
+            self.best_score = save_best_weights(model, selection_score(row, self.best_metric), self.best_score,
+                                                self.partial)
             print(f"epoch {epoch}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
                   f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
 

@@ -18,7 +18,8 @@ from utils.args import training_parser
 from utils.checkpoint import load_train_state, restore, resume_dir, save_train_state, snapshot, start_run
 from utils.errors import exit_on_user_error
 from utils.report import TensorBoardLogger, history_row
-from utils.run import LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights, save_run
+from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights,
+                       save_run, selection_score)
 from utils.runtime import AUTOCAST_DTYPES, StopRequest, init_process_group
 
 
@@ -51,7 +52,7 @@ def main():
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
     progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0,
-                "best_loss": math.inf, "history": []}
+                "best_score": -math.inf, "history": []}
     if args.resume:
         progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
     partial = start_run(args.model_fn) if context.is_main else None
@@ -114,7 +115,8 @@ def main():
                 progress["history"].append(row)
                 board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch + 1, prefix="epoch/")
                 board.log({"train_loss": train_loss}, epoch + 1, prefix="epoch/")
-                progress["best_loss"] = save_best_weights(model, row["valid_loss"], progress["best_loss"], partial)
+                progress["best_score"] = save_best_weights(model, selection_score(row, args.best_metric),
+                                                           progress["best_score"], partial)
                 print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
                       f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
             if not args.save_every or epoch + 1 == args.n_epochs:

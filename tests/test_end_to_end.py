@@ -67,7 +67,10 @@ def test_metrics_history_and_errors(trained, script):
     history = json.loads((model_fn / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, N_EPOCHS + 1))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert min(row["valid_loss"] for row in history) == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
+    # the saved weights are the epoch with the best validation macro-F1 (the default --best_metric)
+    best = max(history, key=lambda row: row["valid_macro_f1"])
+    assert best["valid_macro_f1"] == pytest.approx(metrics["valid"]["macro_f1"], abs=1e-3)
+    assert best["valid_loss"] == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
     with open(model_fn / "errors.tsv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 20

@@ -52,6 +52,9 @@ def training_parser(description):
     train.add_argument("--seed", type=int, default=42, help="seeds Python, NumPy, torch, splits and data order")
 
     run = p.add_argument_group("reporting and checkpoints")
+    run.add_argument("--best_metric", choices=["macro_f1", "accuracy", "mcc", "loss"], default="macro_f1",
+                     help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
+                          "can prefer an early epoch that predicts only the majority class")
     run.add_argument("--log_dir", help="TensorBoard directory (default: <model_fn>/runs)")
     run.add_argument("--n_errors", type=int, default=50,
                      help="highest-loss validation/test examples written to errors.tsv")

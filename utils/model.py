@@ -114,9 +114,6 @@ def check_vocabulary(tokenizer, examples, extend_vocab="no", sample_size=2000):
                       if hangul else "a model pretrained on this language")
         print(f"warning: {share:.1%} of the words in the training texts are unknown to this model's vocabulary; "
               f"use {suggestion} (--pretrained_model_name), or --extend_vocab", file=sys.stderr)
-    elif share > UNK_WARN_SHARE:
-        print(f"{share:.1%} of the words in the training texts are unknown to this model's vocabulary",
-              file=sys.stderr)
     return share
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from utils.metrics import example_losses, log_softmax, scalar_metrics
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "lr", "epoch_time_s")
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "valid_mcc", "lr", "epoch_time_s")
 
 
 class TensorBoardLogger:
@@ -42,6 +42,7 @@ class TensorBoardLogger:
 def history_row(epoch, train_loss, valid_metrics, lr, epoch_time):
     return {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_metrics["loss"],
             "valid_accuracy": valid_metrics["accuracy"], "valid_macro_f1": valid_metrics["macro_f1"],
+            "valid_mcc": valid_metrics["mcc"],
             "lr": lr, "epoch_time_s": epoch_time}
 
 

@@ -59,7 +59,8 @@ def build_model(args, splits):
     unknown_share = check_vocabulary(tokenizer, splits.train, args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train)
-        print(f"--extend_vocab {args.extend_vocab}: added {added} characters to the vocabulary", file=sys.stderr)
+        print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
+              f"added {added} characters to the vocabulary", file=sys.stderr)
     if args.lr is None:
         args.lr = default_learning_rate(model)
         print(f"learning rate {args.lr:g} (default for hidden size {model.config.hidden_size})", file=sys.stderr)
@@ -95,16 +96,22 @@ def no_decay(name, parameter):
     return parameter.ndim < 2
 
 
-def save_best_weights(model, valid_loss, best_loss, directory):
-    """Keep the weights with the lowest validation loss so far on disk; returns the new best loss."""
-    if valid_loss >= best_loss:
-        return best_loss
+def selection_score(row, metric):
+    """The number the best epoch is chosen by, higher is better: a validation metric, or minus the loss."""
+    return -row["valid_loss"] if metric == "loss" else row[f"valid_{metric}"]
+
+
+def save_best_weights(model, score, best_score, directory):
+    """Keep the weights with the highest selection score so far on disk (an earlier epoch wins a tie);
+    returns the new best score."""
+    if score <= best_score:
+        return best_score
     from safetensors.torch import save_model as save_safetensors
     model = getattr(model, "module", model)
     tmp = Path(directory) / f".{BEST_WEIGHTS}.tmp"
     save_safetensors(model, str(tmp))
     os.replace(tmp, Path(directory) / BEST_WEIGHTS)
-    return valid_loss
+    return score
 
 
 def load_best_weights(model, directory):
