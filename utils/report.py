@@ -11,7 +11,8 @@ import numpy as np
 
 from utils.metrics import example_losses, log_softmax, scalar_metrics
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "valid_mcc", "lr", "epoch_time_s")
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "valid_mcc", "lr",
+                   "epoch_time_s")
 
 
 class TensorBoardLogger:

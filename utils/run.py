@@ -12,8 +12,8 @@ import torch
 from data_load import Splits, TextClassificationDataset, load_splits
 from utils.checkpoint import check_output, commit_run, partial_dir, save_model
 from utils.metrics import classification_metrics
-from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate, extend_vocabulary,
-                         load_classifier, load_tokenizer, resolve_model_name)
+from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
+                         extend_vocabulary, load_classifier, load_tokenizer, resolve_model_name)
 from utils.report import write_report
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
 
