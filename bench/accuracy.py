@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA, machine, require_shared, sample, table
+from common import ROOT, SHARED_DATA, emotion, machine, nsmc, require_shared, sample, table
 
 # name: (train subset, eval subset, metrics, published reference); None = the whole split.
 # Sizes keep the full report near 90 minutes on a 2-core CPU: emotion is whole (its 92% target is
@@ -57,11 +57,10 @@ models and the full training sets, and are not measured here."""
 def load(name, n_train, n_eval, seed=0):
     """(train rows, eval rows); a row is (label, text, pair or None)."""
     d = SHARED_DATA / name
-    if name == "emotion":
-        def read(split):
-            lines = (d / f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
-            return [(l.rsplit(";", 1)[1], l.rsplit(";", 1)[0], None) for l in lines]
-        train, test = read("train"), read("val")
+    if name in ("emotion", "nsmc"):  # bench/common.py reads these two for the speed benchmarks too
+        read = {"emotion": emotion, "nsmc": nsmc}[name]
+        train, test = ([(label, text, None) for label, text in read(split)]
+                       for split in ("train", "val" if name == "emotion" else "test"))
     elif name == "sst2":
         def read(split):
             rows = list(csv.reader(open(d / f"{split}.tsv", encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -83,12 +82,6 @@ def load(name, n_train, n_eval, seed=0):
         rows = [(r[0], r[1], r[2].replace("\\", " ")) for r in csv.reader(open(d / "test.csv", encoding="utf-8"))]
         from sklearn.model_selection import train_test_split
         train, test = train_test_split(rows, test_size=0.2, random_state=seed, stratify=[r[0] for r in rows])
-        rows = None
-    elif name == "nsmc":
-        def read(split):
-            lines = (d / f"ratings_{split}.txt").read_text(encoding="utf-8").splitlines()[1:]
-            return [(f[2], f[1], None) for f in (l.split("\t") for l in lines) if f[1].strip()]
-        train, test = read("train"), read("test")
     elif name == "korean_hate_speech":
         def read(split):
             lines = (d / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
@@ -96,11 +89,11 @@ def load(name, n_train, n_eval, seed=0):
         train, test = read("train"), read("dev")
     else:
         raise ValueError(name)
-    clean = [(label, text.replace("\t", " "), pair.replace("\t", " ") if pair else None)
-             for label, text, pair in sample(train, n_train, seed)]
-    return clean, [(l, t.replace("\t", " "), p.replace("\t", " ") if p else None) for l, t, p in
-                   sample(test, n_eval, seed + 1)]
 
+    def one_line(rows):  # the reference format is tab-separated
+        return [(label, text.replace("\t", " "), pair.replace("\t", " ") if pair else None)
+                for label, text, pair in rows]
+    return one_line(sample(train, n_train, seed)), one_line(sample(test, n_eval, seed + 1))
 
 def write(path, rows):
     with open(path, "w", encoding="utf-8") as f:
@@ -180,19 +173,22 @@ def other_vocab_setting():
     return ["--extend_vocab", "no" if default != "no" else "yes"]
 
 
+MAIN_SYSTEMS = ["tfidf", "frozen", "native", "hf"]
+SYSTEMS = [*MAIN_SYSTEMS, "native-vocab"]  # native-vocab: native with the other --extend_vocab setting
+
+
 def systems(name, train, test, train_fn, test_fn, directory, extra):
-    """name -> a function returning predicted labels for the evaluation rows."""
-    runs = {"tfidf": lambda: tfidf(train, test), "frozen": lambda: frozen(train, test),
-            "native": lambda: finetune("finetune_plm_native.py", train_fn, test_fn, directory / "native", extra),
-            "hf": lambda: finetune("finetune_plm_hf.py", train_fn, test_fn, directory / "hf", extra)}
+    """name -> (label shown in the report, a function returning predicted labels for the evaluation rows)."""
+    runs = {"tfidf": ("tfidf", lambda: tfidf(train, test)), "frozen": ("frozen", lambda: frozen(train, test)),
+            "native": ("native", lambda: finetune("finetune_plm_native.py", train_fn, test_fn, directory / "native",
+                                                  extra)),
+            "hf": ("hf", lambda: finetune("finetune_plm_hf.py", train_fn, test_fn, directory / "hf", extra))}
     if name in KOREAN:
         flags = other_vocab_setting()
-        runs["native-vocab"] = lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
-                                                directory / "native-vocab", extra + flags)
+        runs["native-vocab"] = ("native " + " ".join(flags),
+                                lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
+                                                 directory / "native-vocab", extra + flags))
     return runs
-
-
-SYSTEMS = ["tfidf", "frozen", "native", "hf", "native-vocab"]  # native-vocab: the other --extend_vocab
 
 
 def git_commit():
@@ -217,14 +213,13 @@ def run_dataset(name, quick, directory, only=None, result=None):
         result = {"systems": {}}
     result.update({"train": len(train), "eval": len(test), "metrics": metrics, "published": published,
                    "commit": git_commit(), "machine": machine()})
-    for system, run in systems(name, train, test, train_fn, test_fn, directory, extra).items():
+    for system, (label, run) in systems(name, train, test, train_fn, test_fn, directory, extra).items():
         if only and system not in only:
             continue
         started = time.time()
         predicted = run()
         seconds = time.time() - started
         scores = {metric: score(gold, predicted, metric) for metric in metrics}
-        label = "native " + " ".join(other_vocab_setting()) if system == "native-vocab" else system
         result["systems"][system] = {"label": label, "scores": scores, "seconds": round(seconds, 1),
                                      "commit": git_commit()}
         print(f"{name} {label}: " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()) + f" in {seconds:.0f} s",
@@ -234,7 +229,6 @@ def run_dataset(name, quick, directory, only=None, result=None):
 
 def render(results):
     """One table: a row per dataset and metric; score columns, then seconds columns."""
-    main_systems = ["tfidf", "frozen", "native", "hf"]
     rows, extra_rows = [], []
     for name in [n for n in PLAN if n in results]:
         result = results[name]
@@ -243,17 +237,17 @@ def render(results):
                    "published (not measured here)": result["published"],
                    "commit": ", ".join(sorted({run.get("commit", result["commit"])
                                                 for run in result["systems"].values()}))}
-            for system in main_systems:
+            for system in MAIN_SYSTEMS:
                 if system in result["systems"]:
                     row[system] = f"{result['systems'][system]['scores'][metric]:.4f}"
                     row[f"{system} s"] = f"{result['systems'][system]['seconds']:.0f}"
             rows.append(row)
-            for system in sorted(set(result["systems"]) - set(main_systems)):
+            for system in sorted(set(result["systems"]) - set(MAIN_SYSTEMS)):
                 extra_rows.append({"dataset": name, "metric": metric, "system": result["systems"][system]["label"],
                                    "score": f"{result['systems'][system]['scores'][metric]:.4f}",
                                    "native (defaults)": row.get("native", ""), "tfidf": row.get("tfidf", ""),
                                    "s": f"{result['systems'][system]['seconds']:.0f}"})
-    columns = ["dataset", "train/eval", "metric", *main_systems, *(f"{s} s" for s in main_systems),
+    columns = ["dataset", "train/eval", "metric", *MAIN_SYSTEMS, *(f"{s} s" for s in MAIN_SYSTEMS),
                "published (not measured here)", "commit"]
     text = table(rows, columns)
     if extra_rows:
