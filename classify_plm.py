@@ -14,7 +14,7 @@ import torch
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
-from utils.runtime import AUTOCAST_DTYPES, choose_device, choose_precision
+from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 
 
 def parse_args():
@@ -49,14 +49,15 @@ def main():
     top_k = min(args.top_k, len(labels))
     max_length = args.max_length or training_args.get("max_length", 128)
     pairs = training_args.get("has_pairs", False)
-    collate = TextClassificationCollator(tokenizer)
+    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
+    autocast = autocast_context(device, precision)
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
         examples = [as_example(line, pairs) for line in chunk]
-        probabilities = classify(model, tokenizer, collate, examples, max_length, args.batch_size, device, precision)
+        probabilities = classify(model, tokenizer, collate, examples, max_length, args.batch_size, device, autocast)
         scores, best = probabilities.topk(top_k, dim=-1)
         for line, row, ids in zip(chunk, scores.tolist(), best.tolist()):
             predicted = " ".join(labels[i] for i in ids)
@@ -88,7 +89,7 @@ def as_example(line, pairs):
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, precision):
+def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
     """Class probabilities in input order; batches are formed from length-sorted examples."""
     dataset = TextClassificationDataset(examples, tokenizer, max_length)
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
@@ -96,7 +97,7 @@ def classify(model, tokenizer, collate, examples, max_length, batch_size, device
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32"):
+        with autocast:
             logits = model(**batch).logits
         probabilities[indices] = logits.float().softmax(dim=-1).cpu()
     return probabilities

@@ -16,7 +16,7 @@ from utils.metrics import trainer_compute_metrics
 from utils.report import TensorBoardLogger, history_row
 from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, prepare, save_best_weights, save_run,
                        selection_score)
-from utils.runtime import StopRequest
+from utils.runtime import StopRequest, pad_to_multiple_of
 
 
 def main():
@@ -60,7 +60,7 @@ def main():
         args=training_args,
         train_dataset=run.train_set,
         eval_dataset=run.valid_set,
-        data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
+        data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision)),
         processing_class=run.tokenizer,
         compute_metrics=trainer_compute_metrics(run.splits.labels),
         callbacks=[recorder],

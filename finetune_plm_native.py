@@ -20,7 +20,7 @@ from utils.errors import exit_on_user_error
 from utils.report import TensorBoardLogger, history_row
 from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights,
                        save_run, selection_score)
-from utils.runtime import AUTOCAST_DTYPES, StopRequest, init_process_group
+from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
 
 
 def main():
@@ -32,7 +32,8 @@ def main():
     model.to(device)
     if context.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None)
+    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
+    autocast = autocast_context(device, precision)
     sampler = LengthGroupedBatchSampler(run.train_set.lengths, args.batch_size, seed=args.seed,
                                         group_by_length=not args.no_group_by_length,
                                         world_size=context.world_size, rank=context.rank)
@@ -77,8 +78,7 @@ def main():
                     continue
                 boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with maybe_no_sync(model, not boundary), \
-                        torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32"):
+                with maybe_no_sync(model, not boundary), autocast:
                     loss = model(**batch).loss
                 scaler.scale(loss / args.gradient_accumulation_steps).backward()
                 progress["loss_sum"] += loss.item()
@@ -156,7 +156,7 @@ def evaluate(model, dataset, collate, batch_size, device, precision, context, la
             indices = order[start:start + batch_size]
             batch = collate([dataset[i] for i in indices])
             batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
-            with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "fp32"):
+            with autocast_context(device, precision):
                 output = model(**batch).logits.float().cpu().numpy()
             logits.update(zip(indices, output))
     model.train()

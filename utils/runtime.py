@@ -1,4 +1,5 @@
 """Seeds, device and precision, and the process group under torchrun/accelerate launch."""
+import contextlib
 import os
 import random
 import signal
@@ -40,7 +41,17 @@ def choose_precision(precision, device):
     return precision
 
 
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+def autocast_context(device, precision):
+    """The mixed-precision context for forward passes, built once and reused (as nanoGPT does):
+    fp16/bf16 autocast on CUDA, nothing at all in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
+
+
+def pad_to_multiple_of(precision):
+    """Batch width multiple: 8 in half precision, where tensor cores work on multiples of 8; none in fp32."""
+    return None if precision == "fp32" else 8
 
 
 @dataclass
