@@ -1,11 +1,11 @@
 # `make demo`: set up and fine-tune + classify on the bundled English sample, offline.
-# `make test`: set up and run the test suite.
+# `make test`: set up and run the test suite (what CI runs); `make test-fast`: the in-process tier only.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL ?= models/demo
 
-.PHONY: setup demo test bench-train bench-classify accuracy clean
+.PHONY: setup demo test test-fast bench-train bench-classify accuracy clean
 
 $(VENV)/.installed: requirements/requirements.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench-train: setup
 	$(PY) bench/train_speed.py

@@ -1,7 +1,6 @@
 """Fine-tune a pretrained language model for sentence classification with transformers.Trainer.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
-import math
 import sys
 import time
 
@@ -9,13 +8,13 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from data_load import TextClassificationCollator
+from training.finish import evaluation, save_run
+from training.prepare import prepare, print_plan
+from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
 from utils.checkpoint import latest_train_state, partial_dir, resume_dir, start_run
 from utils.errors import exit_on_user_error
 from utils.metrics import trainer_compute_metrics
-from utils.report import TensorBoardLogger, history_row
-from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, prepare, save_best_weights, save_run,
-                       selection_score)
 from utils.runtime import StopRequest, pad_to_multiple_of
 
 
@@ -30,7 +29,7 @@ def main():
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size * 2,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.lr,
+        learning_rate=run.lr,
         weight_decay=args.weight_decay,  # Trainer exempts biases and LayerNorm weights, as the native loop does
         lr_scheduler_type="linear",
         warmup_steps=args.warmup_ratio,  # a float below 1 is a share of all steps
@@ -54,7 +53,8 @@ def main():
         data_seed=args.seed,
     )
     partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
-    recorder = EpochRecorder(log_dir(args, "hf"), partial, StopRequest(context), context.is_main, args.best_metric)
+    recorder = EvaluationRecorder(log_dir(args, "hf"), partial, args.best_metric, context.is_main)
+    callback = RecorderCallback(recorder, StopRequest(context))
     trainer = LossTrackingTrainer(
         model=run.model,
         args=training_args,
@@ -63,17 +63,18 @@ def main():
         data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision)),
         processing_class=run.tokenizer,
         compute_metrics=trainer_compute_metrics(run.splits.labels),
-        callbacks=[recorder],
+        callbacks=[callback],
     )
-    recorder.trainer = trainer
+    callback.trainer = trainer
     resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
+    print_plan(run, args, "hf")
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
         print("\nstopped at once", file=sys.stderr)
         sys.exit(130)
-    recorder.board.close()
-    if recorder.stop.requested:
+    recorder.close()
+    if callback.stop.requested:
         if context.is_main:
             print("interrupted: state saved; continue with --resume", file=sys.stderr)
         sys.exit(130)
@@ -84,9 +85,8 @@ def main():
     test = (evaluation(trainer.predict(run.test_set).predictions, run.test_set, run.splits.labels)
             if run.test_set else None)
     if context.is_main:
-        save_run(args, "hf", trainer.model, run.tokenizer, run.max_length, run.splits, recorder.history, valid, test,
-                 extra={"optimizer_steps": trainer.state.global_step, "precision": precision,
-                        "world_size": context.world_size})
+        save_run(args, "hf", run, trainer.model, recorder.history, valid, test,
+                 extra={"optimizer_steps": trainer.state.global_step})
 
 
 class LossTrackingTrainer(Trainer):
@@ -123,28 +123,21 @@ class LossTrackingTrainer(Trainer):
         return (totals[0] / totals[1]).item()
 
 
-class EpochRecorder(TrainerCallback):
-    """History rows, TensorBoard scalars and best weights, kept the same way as the native loop keeps them.
+class RecorderCallback(TrainerCallback):
+    """Hands Trainer's evaluations to the EvaluationRecorder both trainers share, and turns Ctrl-C
+    into a saved state. History rows also go into Trainer's log_history, which its checkpoints save,
+    so --resume gets them back."""
 
-    History rows are also appended to Trainer's log_history, which its checkpoints save, so --resume
-    gets them back."""
-
-    def __init__(self, board_dir, partial, stop, is_main, best_metric):
-        self.best_metric = best_metric
-        self.board = TensorBoardLogger(board_dir, enabled=is_main)
+    def __init__(self, recorder, stop):
+        self.recorder = recorder
         self.stop = stop
-        self.partial = partial
-        self.is_main = is_main
         self.trainer = None
-        self.history = []
-        self.best_score = -math.inf
         self.epoch_started = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         done = int(state.epoch or 0)
-        self.history = [entry["history_row"] for entry in state.log_history
-                        if "history_row" in entry and entry["history_row"]["epoch"] <= done]
-        self.best_score = max((selection_score(row, self.best_metric) for row in self.history), default=-math.inf)
+        self.recorder.restore(entry["history_row"] for entry in state.log_history
+                              if "history_row" in entry and entry["history_row"]["epoch"] <= done)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch_started = time.time()
@@ -157,24 +150,14 @@ class EpochRecorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.board.log({"loss": logs["loss"], "learning_rate": logs.get("learning_rate")},
-                           state.global_step, prefix="train/")
+            self.recorder.log_step(state.global_step, logs["loss"], logs.get("learning_rate"))
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        epoch = round(state.epoch)
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
-        train_loss = self.trainer.pop_epoch_loss()
-        lr = self.trainer.lr_scheduler.get_last_lr()[0]
-        row = history_row(epoch, train_loss, valid, lr, time.time() - self.epoch_started)
+        row = self.recorder.record(model, round(state.epoch), state.global_step, self.trainer.pop_epoch_loss(),
+                                   valid, self.trainer.lr_scheduler.get_last_lr()[0],
+                                   time.time() - self.epoch_started)
         state.log_history.append({"history_row": row, "step": state.global_step})
-        self.history.append(row)
-        if self.is_main:
-            self.board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch, prefix="epoch/")
-            self.board.log({"train_loss": train_loss}, epoch, prefix="epoch/")
-            self.best_score = save_best_weights(model, selection_score(row, self.best_metric), self.best_score,
-                                                self.partial)
-            print(f"epoch {epoch}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
-                  f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

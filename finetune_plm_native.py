@@ -2,7 +2,6 @@
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
 import contextlib
-import math
 import sys
 import time
 
@@ -14,19 +13,19 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator
+from training.finish import evaluation, save_run
+from training.prepare import prepare, print_plan
+from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
-from utils.checkpoint import load_train_state, restore, resume_dir, save_train_state, snapshot, start_run
+from utils.checkpoint import load_train_state, partial_dir, restore, resume_dir, save_train_state, snapshot, start_run
 from utils.errors import exit_on_user_error
-from utils.report import TensorBoardLogger, history_row
-from utils.run import (LOG_EVERY, evaluation, load_best_weights, log_dir, no_decay, prepare, save_best_weights,
-                       save_run, selection_score)
 from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
 
 
 def main():
     args = training_parser(__doc__).parse_args()
     run = prepare(args)  # device, data, model; bad input fails here, before anything is written
-    context, device, precision, model = run.context, run.device, run.precision, run.model
+    context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
 
     init_process_group(context, device)
     model.to(device)
@@ -39,32 +38,36 @@ def main():
                                         world_size=context.world_size, rank=context.rank)
     train_loader = DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate,
                               pin_memory=device.type == "cuda")
+    assert len(train_loader) == schedule.batches_per_epoch
 
     # Optimizer: AdamW (fused, as Trainer's default) without weight decay on biases and LayerNorm;
     # linear warm-up, then linear decay.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in trainable if not no_decay(n, p)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in trainable if no_decay(n, p)], "weight_decay": 0.0},
-    ], lr=args.lr, fused=True)  # one kernel for all parameters: AdamW's step went from 100 to 18 ms a batch
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * args.n_epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * args.warmup_ratio), total_steps)
+        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
+    ], lr=run.lr, fused=True)  # one kernel for all parameters: AdamW's step went from 100 to 18 ms a batch
+    scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup_steps, schedule.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
-    progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0,
-                "best_score": -math.inf, "history": []}
+    progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
     if args.resume:
         progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
-    partial = start_run(args.model_fn) if context.is_main else None
+    partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
     context.barrier()
-    board = TensorBoardLogger(log_dir(args, "native"), enabled=context.is_main)
+    recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main)
+    recorder.restore(progress["history"])
+    # The epoch's training loss stays on the device: reading it (.item()) waits for the GPU, so it is
+    # read only every LOG_EVERY steps and at the end of the epoch.
+    loss_sum = torch.tensor(progress["loss_sum"], device=device)
 
     def save_state():
         if context.is_main:
+            progress.update(loss_sum=loss_sum.item(), history=recorder.history)
             save_train_state(resume_dir(args.model_fn), progress["step"],
                              snapshot(progress, model, optimizer, scheduler, scaler), args.save_total_limit)
 
+    print_plan(run, args, "native")
     stop = StopRequest(context)
     try:
         for epoch in range(progress["epoch"], args.n_epochs):
@@ -81,7 +84,7 @@ def main():
                 with maybe_no_sync(model, not boundary), autocast:
                     loss = model(**batch).loss
                 scaler.scale(loss / args.gradient_accumulation_steps).backward()
-                progress["loss_sum"] += loss.item()
+                loss_sum += loss.detach()
                 progress["loss_count"] += 1
                 if not boundary:
                     continue
@@ -93,10 +96,9 @@ def main():
                 optimizer.zero_grad(set_to_none=True)
                 progress["step"] += 1
                 progress["batches_done"] = i + 1
-                batches.set_postfix(loss=f"{loss.item():.4f}")
                 if progress["step"] % LOG_EVERY == 0:
-                    board.log({"loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]},
-                              progress["step"], prefix="train/")
+                    batches.set_postfix(loss=f"{loss.item():.4f}")
+                    recorder.log_step(progress["step"], loss.item(), scheduler.get_last_lr()[0])
                 if args.save_every and progress["step"] % args.save_every == 0:
                     save_state()
                 if stop.agreed():
@@ -105,26 +107,21 @@ def main():
                         print("interrupted: state saved; continue with --resume", file=sys.stderr)
                     sys.exit(130)
 
-            valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
-            loss_sums = context.gather((progress["loss_sum"], progress["loss_count"]))
+            valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
+                             run.splits.labels)
+            loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
             train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
-            row = history_row(epoch + 1, train_loss, valid["metrics"] if valid else {}, scheduler.get_last_lr()[0],
-                              time.time() - started) if context.is_main else None
-            progress.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0)
             if context.is_main:
-                progress["history"].append(row)
-                board.log({k: v for k, v in row.items() if k.startswith("valid_")}, epoch + 1, prefix="epoch/")
-                board.log({"train_loss": train_loss}, epoch + 1, prefix="epoch/")
-                progress["best_score"] = save_best_weights(model, selection_score(row, args.best_metric),
-                                                           progress["best_score"], partial)
-                print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {row['valid_loss']:.4f}, "
-                      f"accuracy {row['valid_accuracy']:.4f}, macro-F1 {row['valid_macro_f1']:.4f}", file=sys.stderr)
+                recorder.record(model, epoch + 1, progress["step"], train_loss, valid["metrics"],
+                                scheduler.get_last_lr()[0], time.time() - started)
+            loss_sum.zero_()
+            progress.update(epoch=epoch + 1, batches_done=0, loss_count=0)
             if not args.save_every or epoch + 1 == args.n_epochs:
                 save_state()
     except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
         print("\nstopped at once", file=sys.stderr)
         sys.exit(130)
-    board.close()
+    recorder.close()
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     if context.is_main:
@@ -133,16 +130,15 @@ def main():
     if context.enabled:  # every process evaluates its shard with rank 0's best weights
         for parameter in model.module.state_dict().values():
             torch.distributed.broadcast(parameter, src=0)
-    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
-    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, precision, context, run.splits.labels)
+    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels)
+    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels)
     if context.is_main:
-        save_run(args, "native", model, run.tokenizer, run.max_length, run.splits, progress["history"], valid, test,
-                 extra={"optimizer_steps": progress["step"], "precision": precision,
-                        "world_size": context.world_size})
+        save_run(args, "native", run, model, recorder.history, valid, test,
+                 extra={"optimizer_steps": progress["step"]})
     context.barrier()
 
 
-def evaluate(model, dataset, collate, batch_size, device, precision, context, label_names):
+def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names):
     """Logits for the whole dataset, each process taking a contiguous shard; gathered on rank 0."""
     if dataset is None:
         return None
@@ -156,7 +152,7 @@ def evaluate(model, dataset, collate, batch_size, device, precision, context, la
             indices = order[start:start + batch_size]
             batch = collate([dataset[i] for i in indices])
             batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
-            with autocast_context(device, precision):
+            with autocast:
                 output = model(**batch).logits.float().cpu().numpy()
             logits.update(zip(indices, output))
     model.train()
@@ -165,6 +161,11 @@ def evaluate(model, dataset, collate, batch_size, device, precision, context, la
         return None
     merged = {i: row for part in gathered for i, row in part.items()}
     return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names)
+
+
+def no_decay(parameter):
+    """Biases and LayerNorm weights (the 1-D parameters) get no weight decay, as in Trainer."""
+    return parameter.ndim < 2
 
 
 def maybe_no_sync(model, skip_sync):

@@ -1,4 +1,4 @@
-"""Read labelled (or unlabelled) sentences from TSV, CSV and JSONL files.
+"""Read labelled sentences from TSV, CSV and JSONL files.
 
 Formats, chosen by file extension and flags:
   * reference format (default for .tsv/.txt without column flags): `label<TAB>sentence`
@@ -33,8 +33,8 @@ class Example:
     line: int = 0  # 1-based line in the source file, for error messages
 
 
-def read_examples(path, text_column=None, text_pair_column=None, label_column=None, with_labels=True):
-    """Read a whole file into a list of Examples. Raises UserError with `file:line` on bad input."""
+def read_examples(path, text_column=None, text_pair_column=None, label_column=None):
+    """Read a whole labelled file into a list of Examples. Raises UserError with `file:line` on bad input."""
     path = Path(path)
     text = decode_file(path)
     suffix = path.suffix.lower()
@@ -43,7 +43,7 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
     elif suffix == ".csv" or text_column or label_column or text_pair_column:
         rows = _table_rows(path, text, delimiter="," if suffix == ".csv" else "\t", quoted=suffix == ".csv")
     else:
-        return _reference_examples(path, text, with_labels)
+        return _reference_examples(path, text)
 
     rows = list(rows)
     if not rows:
@@ -60,8 +60,7 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
     text_key = _pick_column(path, columns, text_column, DEFAULT_TEXT_COLUMNS, "--text_column")
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
                 if text_pair_column else None)
-    label_key = (_pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
-                 if with_labels else None)
+    label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
 
     examples, n_empty = [], 0
     for line, row in rows:
@@ -73,11 +72,9 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
         example = Example(text=text_value, line=line)
         if pair_key is not None:
             example.text_pair = _field(path, line, record, pair_key)
-        if label_key is not None:
-            example.label = _field(path, line, record, label_key).strip()
-            if not example.label:
-                raise located(path, line, f"empty value in label column '{label_key}': "
-                                           "fill it in or remove the row")
+        example.label = _field(path, line, record, label_key).strip()
+        if not example.label:
+            raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
         examples.append(example)
     _warn_empty(path, n_empty)
     if not examples:
@@ -106,14 +103,11 @@ def decode_file(path):
                                   f"`iconv -f cp949 -t utf-8 {path} > fixed.tsv`") from None
 
 
-def _reference_examples(path, text, with_labels):
+def _reference_examples(path, text):
     """`label<TAB>sentence[<TAB>sentence_pair]` without header; blank lines are skipped."""
     examples, n_empty = [], 0
     for line, raw in enumerate(LINE_BREAK.split(text), start=1):
         if not raw.strip():
-            continue
-        if not with_labels:
-            examples.append(Example(text=raw, line=line))
             continue
         fields = raw.split("\t")
         if len(fields) < 2:

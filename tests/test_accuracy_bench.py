@@ -1,6 +1,9 @@
 """bench/accuracy.py --quick runs every system end to end on a tiny emotion subset (accuracy itself is a
 benchmark, see docs/accuracy.md, not a test)."""
+import pytest
 from conftest import ROOT, run_script, shared
+
+pytestmark = pytest.mark.slow  # runs the real scripts
 
 
 def test_accuracy_report_quick(tmp_path):

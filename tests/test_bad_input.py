@@ -1,9 +1,16 @@
-"""Bad input: a one-line error naming the file (and line), exit code 2, no traceback, nothing written."""
+"""Bad input: a one-line error naming the file (and line), exit code 2, no traceback, nothing written.
+
+Every data case is checked in-process against the shared data path (fast tier); one case per trainer
+goes through the real script for the exit code, the single line and the absence of leftovers."""
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from conftest import run_script
+
+from data_load import load_splits
+from utils.errors import UserError
 
 
 def assert_clean_failure(result, *expected, model_fn=None):
@@ -40,20 +47,40 @@ def write(path, content):
     return path
 
 
-@pytest.mark.parametrize("script", ["finetune_plm_native.py", "finetune_plm_hf.py"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_trainer_rejects_bad_data(tmp_path, script, case):
-    if script == "finetune_plm_hf.py" and case not in ("no_tab", "unseen_valid_label", "invalid_utf8"):
-        pytest.skip("the data path is shared; the Trainer entry point is checked on a few cases")
+def data_files(tmp_path, case):
     train, valid, expected = CASES[case]
     train_fn = tmp_path / ("missing.tsv" if case == "missing_file" else
                            "train.csv" if case.endswith("_csv") else "train.tsv")
-    args = ["--model_fn", tmp_path / "model", "--train_fn", write(train_fn, train)]
-    if valid is not None:
-        args += ["--valid_fn", write(tmp_path / "valid.tsv", valid)]
+    write(train_fn, train)
+    valid_fn = write(tmp_path / "valid.tsv", valid) if valid is not None else None
+    return train_fn, valid_fn, expected
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_data_is_one_clear_error(tmp_path, case):
+    train_fn, valid_fn, expected = data_files(tmp_path, case)
+    args = SimpleNamespace(train_fn=train_fn, valid_fn=valid_fn, test_fn=None, valid_ratio=0.1, seed=0,
+                           text_column=None, text_pair_column=None, label_column=None)
+    with pytest.raises(UserError) as error:
+        load_splits(args)
+    message = str(error.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, case", [("finetune_plm_native.py", "no_tab"),
+                                          ("finetune_plm_hf.py", "unseen_valid_label")])
+def test_trainer_rejects_bad_data(tmp_path, script, case):
+    train_fn, valid_fn, expected = data_files(tmp_path, case)
+    args = ["--model_fn", tmp_path / "model", "--train_fn", train_fn]
+    if valid_fn is not None:
+        args += ["--valid_fn", valid_fn]
     assert_clean_failure(run_script(script, *args, check=False), *expected, model_fn=tmp_path / "model")
 
 
+@pytest.mark.slow
 def test_refuses_to_replace_an_unrelated_directory(tmp_path):
     unrelated = tmp_path / "my_documents"
     unrelated.mkdir()
@@ -64,12 +91,14 @@ def test_refuses_to_replace_an_unrelated_directory(tmp_path):
     assert (unrelated / "thesis.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_half_precision_without_cuda(tmp_path):
     result = run_script("finetune_plm_hf.py", "--model_fn", tmp_path / "m", "--train_fn",
                         write(tmp_path / "t.tsv", GOOD), "--precision", "fp16", "--device", "cpu", check=False)
     assert_clean_failure(result, "--precision fp16 needs a CUDA GPU", model_fn=tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_unreachable_hub_id_names_the_offline_default(tmp_path):
     result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "m", "--train_fn",
                         write(tmp_path / "t.tsv", GOOD), "--pretrained_model_name", "beomi/kcbert-base",
@@ -77,6 +106,7 @@ def test_unreachable_hub_id_names_the_offline_default(tmp_path):
     assert_clean_failure(result, "beomi/kcbert-base", "offline default", "local directory", model_fn=tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_max_length_is_clamped(tmp_path, tiny_model):
     model_fn = tmp_path / "m"
     result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", write(tmp_path / "t.tsv", GOOD),
@@ -94,6 +124,7 @@ def small_checkpoint(tmp_path_factory, tiny_model):
     return directory / "m"
 
 
+@pytest.mark.slow
 def test_classifier_rejects_non_checkpoints(tmp_path, small_checkpoint):
     assert_clean_failure(run_script("classify_plm.py", "--model_fn", tmp_path / "nothing", stdin="hi\n",
                                     check=False), "no such model directory")

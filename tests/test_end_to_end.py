@@ -6,6 +6,8 @@ from collections import Counter
 import pytest
 from conftest import emotion_rows, run_script, write_tsv
 
+pytestmark = pytest.mark.slow  # runs the real scripts
+
 TRAINERS = ["finetune_plm_native.py", "finetune_plm_hf.py"]
 N_EPOCHS = 3
 

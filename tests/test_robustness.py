@@ -9,6 +9,8 @@ import time
 import pytest
 from conftest import ROOT, SCRIPT_ENV, run_script
 
+pytestmark = pytest.mark.slow  # runs the real scripts
+
 TRAINERS = ["finetune_plm_native.py", "finetune_plm_hf.py"]
 TRAIN_FN = ROOT / "data" / "review.sample.en.tsv"  # 480 lines: 432 train, 48 validation
 

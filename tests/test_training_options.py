@@ -18,6 +18,7 @@ def korean_train(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", TRAINERS)
 def test_frozen_encoder_keeps_encoder_weights(tmp_path, tiny_model, korean_train, script):
     model_fn = tmp_path / "frozen"
@@ -35,6 +36,7 @@ def test_frozen_encoder_keeps_encoder_weights(tmp_path, tiny_model, korean_train
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", TRAINERS)
 def test_same_seed_same_metrics(tmp_path, tiny_model, korean_train, script):
     runs = []
@@ -54,6 +56,7 @@ def test_same_seed_same_metrics(tmp_path, tiny_model, korean_train, script):
     assert round(other["loss"], 4) != round(runs[0]["loss"], 4)
 
 
+@pytest.mark.slow
 def test_korean_labels_and_vocabulary_warning(tmp_path, tiny_model, korean_train):
     model_fn = tmp_path / "ko"
     result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", korean_train,
@@ -66,6 +69,7 @@ def test_korean_labels_and_vocabulary_warning(tmp_path, tiny_model, korean_train
     assert out.split("\t")[0] in {"긍정", "부정"} and out.endswith("\t배송이 빨랐어요\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", [[], ["auto"]])  # `--extend_vocab` alone means yes
 def test_extend_vocab_removes_unknown_hangul(tmp_path, tiny_model, korean_train, setting):
     model_fn = tmp_path / "ext"
@@ -102,6 +106,7 @@ def test_new_characters_start_apart_from_known_pieces(tiny_model):
     assert (a - jamo).norm() < (b - jamo).norm()  # 뷁 starts nearer its first jamo ㅂ than 훑 does
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["finetune_plm_hf.py"])  # the pair path is shared; the native loop has MRPC in bench
 def test_sentence_pairs_end_to_end(tmp_path, tiny_model, script):
     rows = [("1", f"the {w} sat on the mat", f"a {w} was sitting on the mat") for w in ("cat", "dog", "bird")] + \

@@ -1,6 +1,7 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
+from utils.metrics import SCORES
 from utils.model import DEFAULT_MODEL_HELP
 
 
@@ -52,7 +53,7 @@ def training_parser(description):
     train.add_argument("--seed", type=int, default=42, help="seeds Python, NumPy, torch, splits and data order")
 
     run = p.add_argument_group("reporting and checkpoints")
-    run.add_argument("--best_metric", choices=["macro_f1", "accuracy", "mcc", "loss"], default="macro_f1",
+    run.add_argument("--best_metric", choices=list(SCORES), default="macro_f1",
                      help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
                           "can prefer an early epoch that predicts only the majority class")
     run.add_argument("--log_dir", help="TensorBoard directory (default: <model_fn>/runs)")

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import example_losses, log_softmax, scalar_metrics
-
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "valid_accuracy", "valid_macro_f1", "valid_mcc", "lr",
-                   "epoch_time_s")
+from utils.metrics import example_losses, log_softmax, scalar_metrics, summary_line
 
 
 class TensorBoardLogger:
@@ -40,11 +37,16 @@ class TensorBoardLogger:
             self.writer.close()
 
 
-def history_row(epoch, train_loss, valid_metrics, lr, epoch_time):
-    return {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_metrics["loss"],
-            "valid_accuracy": valid_metrics["accuracy"], "valid_macro_f1": valid_metrics["macro_f1"],
-            "valid_mcc": valid_metrics["mcc"],
+def history_row(epoch, step, train_loss, valid_metrics, lr, epoch_time):
+    """One evaluation in history.json: `valid_<name>` for every single-number metric."""
+    return {"epoch": epoch, "step": step, "train_loss": train_loss,
+            **{f"valid_{name}": value for name, value in scalar_metrics(valid_metrics).items()},
             "lr": lr, "epoch_time_s": epoch_time}
+
+
+def row_metrics(row):
+    """The validation metrics of a history row, by their metric names."""
+    return {key[len("valid_"):]: value for key, value in row.items() if key.startswith("valid_")}
 
 
 def format_table(rows, columns):
@@ -67,8 +69,8 @@ def per_class_table(metrics):
 def write_report(directory, history, label_names, valid, test=None, n_errors=50):
     """Write metrics.json, history.json, learning_curve.png, confusion_matrix.png and errors.tsv.
 
-    `valid` and `test` are EvalResult-like dicts: {"metrics", "logits", "labels", "texts"}; the
-    confusion matrix and error list come from the test set when there is one."""
+    `valid` and `test` are dicts {"metrics", "logits", "labels", "texts"} (training.finish.evaluation);
+    the confusion matrix and error list come from the test set when there is one."""
     directory = Path(directory)
     final = test or valid
     metrics = {"valid": valid["metrics"]}
@@ -80,11 +82,10 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
     plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
     write_errors(directory / "errors.tsv", final, label_names, n_errors)
 
-    print("\n" + format_table(history, HISTORY_COLUMNS))
+    print("\n" + format_table(history, list(history[0]) if history else []))
     for split, result in (("valid", valid), ("test", test)):
         if result:
-            summary = ", ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(result["metrics"]).items())
-            print(f"\n{split}: {summary}\n{per_class_table(result['metrics'])}")
+            print(f"\n{split}: {summary_line(result['metrics'])}\n{per_class_table(result['metrics'])}")
 
 
 def write_errors(path, result, label_names, n):

@@ -80,14 +80,6 @@ class DistributedContext:
         torch.distributed.all_gather_object(gathered, obj)
         return gathered
 
-    def broadcast(self, obj):
-        """Rank 0's object on every process."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def distributed_context():
     """Read the torchrun / accelerate launch environment; one process when it is absent."""

@@ -1,0 +1,99 @@
+"""In-process checks of what both trainers share: the one metric definition, the evaluation recorder
+and its best weights, the optimizer-step schedule, resumable states, precision helpers."""
+import contextlib
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from data_load import LengthGroupedBatchSampler
+from training.prepare import training_schedule
+from training.recorder import BEST_WEIGHTS, EvaluationRecorder, load_best_weights
+from utils.args import training_parser
+from utils.checkpoint import latest_train_state, save_train_state, train_states
+from utils.errors import UserError
+from utils.metrics import SCORES, classification_metrics, selection_score, summary_line
+from utils.report import history_row, row_metrics
+from utils.runtime import autocast_context, pad_to_multiple_of
+
+
+def metrics_of(gold, predicted, n_labels=3):
+    logits = np.eye(n_labels)[predicted] * 4.0
+    return classification_metrics(logits, gold, [f"c{i}" for i in range(n_labels)])
+
+
+def test_every_score_reaches_metrics_history_line_and_flag():
+    metrics = metrics_of([0, 1, 2, 2], [0, 1, 1, 2])
+    row = history_row(1, 10, 0.5, metrics, 1e-4, 3.0)
+    line = summary_line(metrics)
+    best_metric = next(a for a in training_parser("x")._actions if a.dest == "best_metric")
+    assert list(best_metric.choices) == list(SCORES)
+    for name, score in SCORES.items():
+        assert isinstance(metrics[name], float)
+        assert row[f"valid_{name}"] == metrics[name]
+        assert f"{score.title} {metrics[name]:.4f}" in line
+    assert row_metrics(row) == {name: metrics[name] for name in SCORES}
+    assert metrics["accuracy"] == 0.75 and metrics["confusion_matrix"][2] == [0, 1, 1]
+
+
+def test_selection_score_is_higher_for_better():
+    worse, better = metrics_of([0, 1, 2, 2], [0, 0, 0, 0]), metrics_of([0, 1, 2, 2], [0, 1, 2, 2])
+    for name in SCORES:
+        assert selection_score(better, name) >= selection_score(worse, name), name
+    assert selection_score(better, "loss") > selection_score(worse, "loss")  # lower loss wins
+
+
+def test_recorder_keeps_the_best_evaluations_weights(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    recorder = EvaluationRecorder(tmp_path / "runs", tmp_path, "macro_f1", is_main=True)
+    saved = {}
+    for epoch, predicted in enumerate([[0, 0, 0, 0], [0, 1, 2, 2], [0, 1, 2, 2]], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        recorder.record(model, epoch, epoch * 5, 1.0 / epoch, metrics_of([0, 1, 2, 2], predicted), 1e-4, 1.0)
+        saved[epoch] = (tmp_path / BEST_WEIGHTS).stat().st_mtime_ns
+    recorder.close()
+    assert [row["epoch"] for row in recorder.history] == [1, 2, 3]
+    assert saved[3] == saved[2]  # a tie keeps the earlier evaluation
+    load_best_weights(model, tmp_path)
+    assert model.weight.eq(2).all()
+
+    resumed = EvaluationRecorder(tmp_path / "runs", tmp_path, "macro_f1", is_main=True)
+    resumed.restore(recorder.history)
+    assert resumed.best_score == pytest.approx(1.0) and len(resumed.history) == 3
+
+
+@pytest.mark.parametrize("n, batch_size, accumulation, world_size", [
+    (432, 32, 1, 1), (433, 32, 3, 1), (100, 8, 2, 2), (1001, 16, 4, 3), (7, 32, 1, 1)])
+def test_schedule_matches_the_sampler(n, batch_size, accumulation, world_size):
+    args = SimpleNamespace(batch_size=batch_size, gradient_accumulation_steps=accumulation, n_epochs=3,
+                           warmup_ratio=0.1)
+    schedule = training_schedule(n, args, world_size)
+    for rank in range(world_size):
+        sampler = LengthGroupedBatchSampler(list(range(n)), batch_size, world_size=world_size, rank=rank)
+        assert len(list(sampler)) == len(sampler) == schedule.batches_per_epoch
+    assert schedule.steps_per_epoch == math.ceil(schedule.batches_per_epoch / accumulation)
+    assert schedule.total_steps == 3 * schedule.steps_per_epoch
+    assert schedule.warmup_steps == math.ceil(0.1 * schedule.total_steps)
+
+
+def test_resumable_states_keep_the_newest_complete_ones(tmp_path):
+    for step in (10, 20, 30):
+        save_train_state(tmp_path, step, {"step": step}, keep=2)
+    assert [p.name for p in train_states(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
+    (tmp_path / "checkpoint-40").mkdir()  # killed before its state file was written
+    assert latest_train_state(tmp_path).name == "checkpoint-30"
+    with pytest.raises(UserError, match="no complete saved state"):
+        latest_train_state(tmp_path / "nothing")
+
+
+def test_precision_helpers():
+    cpu = torch.device("cpu")
+    context = autocast_context(cpu, "fp32")
+    assert isinstance(context, contextlib.nullcontext)
+    with context:  # built once, entered every step
+        with context:
+            assert torch.ones(2).dtype == torch.float32
+    assert pad_to_multiple_of("fp32") is None and pad_to_multiple_of("bf16") == 8

@@ -1,0 +1,38 @@
+"""The end of a run: the best weights evaluated, the model, reports and training record written into
+the partial directory, which then moves into place."""
+import sys
+import time
+
+import numpy as np
+import torch
+
+from training.recorder import BEST_WEIGHTS
+from utils.checkpoint import commit_run, partial_dir, save_model
+from utils.metrics import classification_metrics
+from utils.report import write_report
+
+
+def evaluation(logits, dataset, label_names):
+    """Metrics plus what the report needs to list errors: logits, gold labels, texts."""
+    logits = np.asarray(logits, dtype=np.float32)
+    return {"metrics": classification_metrics(logits, dataset.labels, label_names),
+            "logits": logits, "labels": dataset.labels, "texts": dataset.texts}
+
+
+def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
+    partial = partial_dir(args.model_fn)
+    splits = run.splits
+    record = {**vars(args), **run.resolved_settings(), "trainer": trainer_name, "labels": splits.labels,
+              "has_pairs": splits.has_pairs, "n_train": len(splits.train), "n_valid": len(splits.valid),
+              "precision": run.precision, "world_size": run.context.world_size,
+              "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+    (partial / BEST_WEIGHTS).unlink(missing_ok=True)
+    save_model(partial, model, run.tokenizer, record)
+    write_report(partial, history, splits.labels, valid, test, n_errors=args.n_errors)
+    commit_run(args.model_fn)
+    print(f"\nsaved {args.model_fn}", file=sys.stderr)
+
+
+def _versions():
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__}

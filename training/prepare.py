@@ -1,0 +1,103 @@
+"""Set-up every training run shares: device and precision, data, tokenizer, model, schedule; and the
+summary of what the run is about to do. Every bad input or flag fails here, before anything is written."""
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from data_load import Splits, TextClassificationDataset, load_splits
+from utils.checkpoint import check_output
+from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
+                         extend_vocabulary, load_classifier, load_tokenizer, resolve_model_name)
+from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
+
+
+@dataclass
+class Schedule:
+    """Optimizer steps, computed the way Trainer computes them (so both trainers agree)."""
+    batches_per_epoch: int  # per process
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+@dataclass
+class Prepared:
+    """What a trainer needs before its loop, including the settings resolved from defaults."""
+    context: DistributedContext
+    device: torch.device
+    precision: str
+    splits: Splits
+    tokenizer: object
+    model: torch.nn.Module
+    model_name: str  # --pretrained_model_name resolved to a path or hub id
+    lr: float  # --lr, or the default for this model's width
+    max_length: int  # --max_length clamped to what the model allows
+    schedule: Schedule
+    train_set: TextClassificationDataset
+    valid_set: TextClassificationDataset
+    test_set: TextClassificationDataset | None
+
+    def resolved_settings(self):
+        """Flags as actually used, for training_args.json."""
+        return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length}
+
+
+def prepare(args):
+    context = distributed_context()
+    device = choose_device(args.device, context.local_rank)
+    precision = choose_precision(args.precision, device)
+    check_output(args.model_fn, args.resume)
+    set_seed(args.seed)
+    splits = load_splits(args)
+    model_name = resolve_model_name(args.pretrained_model_name)
+    tokenizer = load_tokenizer(model_name)
+    model = load_classifier(model_name, splits.labels, args.freeze_encoder)
+    unknown_share = check_vocabulary(tokenizer, splits.train, args.extend_vocab)
+    if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
+        added = extend_vocabulary(tokenizer, model, splits.train)
+        print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
+              f"added {added} characters to the vocabulary", file=sys.stderr)
+    lr = args.lr if args.lr is not None else default_learning_rate(model)
+    max_length = clamp_max_length(args.max_length, model, tokenizer)
+    label2id = splits.label2id
+    train_set = TextClassificationDataset(splits.train, tokenizer, max_length, label2id)
+    valid_set = TextClassificationDataset(splits.valid, tokenizer, max_length, label2id, with_text=True)
+    test_set = (TextClassificationDataset(splits.test, tokenizer, max_length, label2id, with_text=True)
+                if splits.test else None)
+    return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
+                    training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set)
+
+
+def training_schedule(n_train, args, world_size):
+    batches = math.ceil(math.ceil(n_train / args.batch_size) / world_size)
+    steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    total = steps_per_epoch * args.n_epochs
+    return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio))
+
+
+def print_plan(run, args, trainer_name):
+    """What the run is about to do, once, before the first step (as run_glue_no_trainer.py does)."""
+    if not run.context.is_main:
+        return
+    splits, schedule, world = run.splits, run.schedule, run.context.world_size
+    labels = ", ".join(splits.labels[:10]) + (f", ... ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
+    lr_note = "" if args.lr is not None else f" (default for hidden size {run.model.config.hidden_size})"
+    n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    lines = [
+        f"***** Running training ({trainer_name}) *****",
+        f"  model = {run.model_name} ({run.model.config.model_type}, {n_trainable / 1e6:.1f}M trainable parameters)",
+        f"  examples: train = {len(splits.train)}, valid = {len(splits.valid)}, "
+        f"test = {len(splits.test) if splits.test else 0}" + (" (sentence pairs)" if splits.has_pairs else ""),
+        f"  labels = {len(splits.labels)}: {labels}",
+        f"  max length = {run.max_length} tokens",
+        f"  epochs = {args.n_epochs}",
+        f"  batch size per device = {args.batch_size}, gradient accumulation = {args.gradient_accumulation_steps}, "
+        f"total batch size = {args.batch_size * args.gradient_accumulation_steps * world}",
+        f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "
+        f"warm-up steps = {schedule.warmup_steps}",
+        f"  learning rate = {run.lr:g}{lr_note}",
+        f"  precision = {run.precision}, device = {run.device}, world size = {world}",
+    ]
+    print("\n".join(lines), file=sys.stderr)
