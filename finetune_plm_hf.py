@@ -20,7 +20,7 @@ from utils.runtime import StopRequest, pad_to_multiple_of
 
 def main():
     args = training_parser(__doc__).parse_args()
-    run = prepare(args)  # device, data, model; bad input fails here, before anything is written
+    run = prepare(args, "hf")  # device, data, model; bad input fails here, before anything is written
     context, device, precision = run.context, run.device, run.precision
 
     training_args = TrainingArguments(
@@ -52,7 +52,7 @@ def main():
         seed=args.seed,
         data_seed=args.seed,
     )
-    partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
+    partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
     recorder = EvaluationRecorder(log_dir(args, "hf"), partial, args.best_metric, context.is_main)
     callback = RecorderCallback(recorder, StopRequest(context))
     trainer = LossTrackingTrainer(
@@ -68,11 +68,7 @@ def main():
     callback.trainer = trainer
     resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
     print_plan(run, args, "hf")
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
-        print("\nstopped at once", file=sys.stderr)
-        sys.exit(130)
+    trainer.train(resume_from_checkpoint=resume_from)
     recorder.close()
     if callback.stop.requested:
         if context.is_main:

@@ -24,7 +24,7 @@ from utils.runtime import StopRequest, autocast_context, init_process_group, pad
 
 def main():
     args = training_parser(__doc__).parse_args()
-    run = prepare(args)  # device, data, model; bad input fails here, before anything is written
+    run = prepare(args, "native")  # device, data, model; bad input fails here, before anything is written
     context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
 
     init_process_group(context, device)
@@ -53,7 +53,7 @@ def main():
     progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
     if args.resume:
         progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
-    partial = start_run(args.model_fn) if context.is_main else partial_dir(args.model_fn)
+    partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
     context.barrier()
     recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main)
     recorder.restore(progress["history"])
@@ -69,58 +69,54 @@ def main():
 
     print_plan(run, args, "native")
     stop = StopRequest(context)
-    try:
-        for epoch in range(progress["epoch"], args.n_epochs):
-            started = time.time()
-            sampler.set_epoch(epoch)
-            model.train()
-            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", disable=not context.is_main,
-                           initial=progress["batches_done"], total=len(train_loader), dynamic_ncols=True)
-            for i, batch in enumerate(batches):
-                if i < progress["batches_done"]:  # resuming mid-epoch: same order, skip what was done
-                    continue
-                boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with maybe_no_sync(model, not boundary), autocast:
-                    loss = model(**batch).loss
-                scaler.scale(loss / args.gradient_accumulation_steps).backward()
-                loss_sum += loss.detach()
-                progress["loss_count"] += 1
-                if not boundary:
-                    continue
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress["step"] += 1
-                progress["batches_done"] = i + 1
-                if progress["step"] % LOG_EVERY == 0:
-                    batches.set_postfix(loss=f"{loss.item():.4f}")
-                    recorder.log_step(progress["step"], loss.item(), scheduler.get_last_lr()[0])
-                if args.save_every and progress["step"] % args.save_every == 0:
-                    save_state()
-                if stop.agreed():
-                    save_state()
-                    if context.is_main:
-                        print("interrupted: state saved; continue with --resume", file=sys.stderr)
-                    sys.exit(130)
-
-            valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                             run.splits.labels)
-            loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
-            train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
-            if context.is_main:
-                recorder.record(model, epoch + 1, progress["step"], train_loss, valid["metrics"],
-                                scheduler.get_last_lr()[0], time.time() - started)
-            loss_sum.zero_()
-            progress.update(epoch=epoch + 1, batches_done=0, loss_count=0)
-            if not args.save_every or epoch + 1 == args.n_epochs:
+    for epoch in range(progress["epoch"], args.n_epochs):
+        started = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", disable=not context.is_main,
+                       initial=progress["batches_done"], total=len(train_loader), dynamic_ncols=True)
+        for i, batch in enumerate(batches):
+            if i < progress["batches_done"]:  # resuming mid-epoch: same order, skip what was done
+                continue
+            boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with maybe_no_sync(model, not boundary), autocast:
+                loss = model(**batch).loss
+            scaler.scale(loss / args.gradient_accumulation_steps).backward()
+            loss_sum += loss.detach()
+            progress["loss_count"] += 1
+            if not boundary:
+                continue
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress["step"] += 1
+            progress["batches_done"] = i + 1
+            if progress["step"] % LOG_EVERY == 0:
+                batches.set_postfix(loss=f"{loss.item():.4f}")
+                recorder.log_step(progress["step"], loss.item(), scheduler.get_last_lr()[0])
+            if args.save_every and progress["step"] % args.save_every == 0:
                 save_state()
-    except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is what --resume will find
-        print("\nstopped at once", file=sys.stderr)
-        sys.exit(130)
+            if stop.agreed():
+                save_state()
+                if context.is_main:
+                    print("interrupted: state saved; continue with --resume", file=sys.stderr)
+                sys.exit(130)
+
+        valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
+                         run.splits.labels)
+        loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
+        train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
+        if context.is_main:
+            recorder.record(model, epoch + 1, progress["step"], train_loss, valid["metrics"],
+                            scheduler.get_last_lr()[0], time.time() - started)
+        loss_sum.zero_()
+        progress.update(epoch=epoch + 1, batches_done=0, loss_count=0)
+        if not args.save_every or epoch + 1 == args.n_epochs:
+            save_state()
     recorder.close()
 
     # The best epoch's weights, evaluated once more on validation and once on test.

@@ -51,8 +51,13 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
     _, first = rows[0]
     if isinstance(first, dict):  # JSONL: the first object's keys name the columns
         columns = list(first)
-    elif _is_positional(text_column, text_pair_column, label_column) or not _is_header(
-            first, (text_column, text_pair_column, label_column)):
+    elif _is_positional(text_column, text_pair_column, label_column):
+        if _is_header(first, ()):
+            raise located(path, rows[0][0], f"looks like a header ({', '.join(f.strip() for f in first)}), but the "
+                                            "columns are given by position: name them instead, e.g. --label_column "
+                                            "label, so the header is not read as an example")
+        columns = list(range(len(first)))
+    elif not _is_header(first, (text_column, text_pair_column, label_column)):
         columns = list(range(len(first)))
     else:
         columns, rows = first, rows[1:]
@@ -61,6 +66,7 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
                 if text_pair_column else None)
     label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
+    _check_distinct(path, {"--text_column": text_key, "--text_pair_column": pair_key, "--label_column": label_key})
 
     examples, n_empty = [], 0
     for line, row in rows:
@@ -72,7 +78,7 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
         example = Example(text=text_value, line=line)
         if pair_key is not None:
             example.text_pair = _field(path, line, record, pair_key)
-        example.label = _field(path, line, record, label_key).strip()
+        example.label = _label(path, line, record, label_key)
         if not example.label:
             raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
         examples.append(example)
@@ -119,6 +125,9 @@ def _reference_examples(path, text):
         label = fields[0].strip()
         if not label:
             raise located(path, line, "empty label before the tab")
+        if not examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
+            raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
+                                      f"{label} --text_column {fields[1].strip()} to read the file by its header")
         if not fields[1].strip():
             n_empty += 1
             continue
@@ -201,6 +210,33 @@ def _field(path, line, record, key):
     if value is None:
         return ""
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _label(path, line, record, key):
+    """A class label as text. JSON values are checked: 1 and 1.0 are the label "1"; true, 0.5, a list
+    or an object are refused rather than turned into classes of their own."""
+    if key not in record:
+        raise located(path, line, f"no field '{key}'")
+    value = record[key]
+    if isinstance(value, bool) or isinstance(value, (list, dict)) or (
+            isinstance(value, float) and not value.is_integer()):
+        kind = ("a list: one example has one label here (multi-label data is not supported)"
+                if isinstance(value, list) else f"{json.dumps(value)}, which is not a class name or id")
+        raise located(path, line, f"label '{key}' is {kind}")
+    if isinstance(value, float):
+        value = int(value)
+    return "" if value is None else str(value).strip()
+
+
+def _check_distinct(path, keys):
+    """Two roles given one column (e.g. --label_column naming the text) would train on nonsense."""
+    seen = {}
+    for flag, key in keys.items():
+        if key is None:
+            continue
+        if key in seen:
+            raise UserError(f"{path}: {seen[key]} and {flag} both name column {key!r}: give each its own column")
+        seen[key] = flag
 
 
 def _warn_empty(path, n_empty):

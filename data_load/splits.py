@@ -1,11 +1,13 @@
 """Train/validation/test splits and the label mapping they share."""
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from data_load.readers import read_examples
 from utils.errors import UserError, located
 
 MAX_LABELS = 10_000
+MANY_LABELS = 50  # above this, a label column with more labels than half its rows is refused
 
 
 @dataclass
@@ -30,13 +32,26 @@ def label_list(examples, path):
     Sorting makes the mapping independent of file order, so two runs on shuffled copies of one
     file give the same class ids."""
     labels = {example.label for example in examples}
-    if len(labels) > MAX_LABELS:
-        raise UserError(f"{path}: {len(labels)} distinct labels: this is probably not the label column; "
-                        "choose it with --label_column")
+    # Classes repeat: when most rows carry a label of their own, the column holds texts or ids.
+    if len(labels) > MAX_LABELS or (len(labels) > MANY_LABELS and len(labels) > len(examples) / 2):
+        raise UserError(f"{path}: {len(labels)} distinct labels in {len(examples)} rows: this is probably not the "
+                        "label column; choose it with --label_column")
     if len(labels) < 2:
         raise UserError(f"{path}: only one class ({next(iter(labels))!r}): a classifier needs at least two")
     if all(_is_int(label) for label in labels):
+        by_value = {}
+        for label in sorted(labels):
+            if int(label) in by_value:
+                raise UserError(f"{path}: labels {by_value[int(label)]!r} and {label!r} are the same number written "
+                                "two ways: write it one way")
+            by_value[int(label)] = label
         return sorted(labels, key=int)
+    by_case = {}
+    for label in sorted(labels):
+        if label.casefold() in by_case:
+            print(f"warning: {path}: labels {by_case[label.casefold()]!r} and {label!r} differ only in case; they are "
+                  "two classes", file=sys.stderr)
+        by_case.setdefault(label.casefold(), label)
     return sorted(labels)
 
 
@@ -72,6 +87,12 @@ def load_splits(args):
     def read(path):
         return read_examples(path, args.text_column, args.text_pair_column, args.label_column)
 
+    for flag in ("valid_fn", "test_fn"):
+        other = getattr(args, flag)
+        if other and Path(other).exists() and Path(args.train_fn).exists() and Path(other).samefile(args.train_fn):
+            raise UserError(f"--{flag} {other} is the training file: scores on data the model trained on measure "
+                            f"nothing; give a held-out file" + (" or leave out --valid_fn to split one off"
+                                                                if flag == "valid_fn" else ""))
     train = read(args.train_fn)
     labels = label_list(train, args.train_fn)
     if args.valid_fn:

@@ -138,3 +138,57 @@ def test_classifier_rejects_non_checkpoints(tmp_path, small_checkpoint):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert_clean_failure(run_script("classify_plm.py", "--model_fn", broken, stdin="hi\n", check=False),
                          "cannot load the checkpoint")
+
+
+# --- silent surprises, now refused (or warned about) in the shared data path -----------------------
+
+ROWS_200 = "".join(f'{{"id": "r{i}", "text": "sentence {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(200))
+SURPRISES = {
+    # name: (file name, content, flags, expected words of the one-line error)
+    "jsonl_list_label": ("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": ["x"]}\n', {},
+                         ["t.jsonl:2:", "is a list"]),
+    "jsonl_bool_label": ("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": true}\n', {},
+                         ["t.jsonl:2:", "true, which is not a class"]),
+    "jsonl_fraction_label": ("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0.5}\n', {},
+                             ["t.jsonl:2:", "0.5"]),
+    "same_number_two_ways": ("t.tsv", "01\ta\n1\tb\n2\tc\n", {}, ["'01' and '1' are the same number"]),
+    "label_column_is_an_id": ("t.jsonl", ROWS_200, {"label_column": "id"}, ["200 distinct labels in 200 rows"]),
+    "label_column_is_text": ("t.jsonl", ROWS_200, {"label_column": "text"},
+                             ["--text_column and --label_column both name column 'text'"]),
+    "pair_is_text": ("t.csv", "text,label\na,x\nb,y\n", {"text_pair_column": "text"},
+                     ["--text_column and --text_pair_column both name column 'text'"]),
+    "positional_over_header": ("t.csv", "label,text\nx,a\ny,b\n", {"label_column": "0", "text_column": "1"},
+                               ["t.csv:1: looks like a header (label, text)", "--label_column"]),
+    "reference_with_header": ("t.tsv", "label\tsentence\nx\ta\ny\tb\n", {}, ["t.tsv:1: looks like a header"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SURPRISES))
+def test_surprising_data_is_refused_with_one_line(tmp_path, case):
+    name, content, flags, expected = SURPRISES[case]
+    args = SimpleNamespace(**{"train_fn": write(tmp_path / name, content), "valid_fn": None, "test_fn": None,
+                              "valid_ratio": 0.5, "seed": 0, "text_column": None, "text_pair_column": None,
+                              "label_column": None, **flags})
+    with pytest.raises(UserError) as error:
+        load_splits(args)
+    for text in expected:
+        assert text in str(error.value), str(error.value)
+
+
+def test_integral_json_numbers_are_one_label_and_case_variants_are_warned(tmp_path, capsys):
+    train = write(tmp_path / "t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "1"}\n'
+                                        '{"text": "c", "label": 1.0}\n{"text": "d", "label": 2}\n')
+    args = SimpleNamespace(train_fn=train, valid_fn=None, test_fn=None, valid_ratio=0.25, seed=0, text_column=None,
+                           text_pair_column=None, label_column=None)
+    assert load_splits(args).labels == ["1", "2"]
+    args.train_fn = write(tmp_path / "c.tsv", "Positive\ta\npositive\tb\nnegative\tc\nnegative\td\n")
+    assert load_splits(args).labels == ["Positive", "negative", "positive"]
+    assert "'Positive' and 'positive' differ only in case" in capsys.readouterr().err
+
+
+def test_validation_file_must_not_be_the_training_file(tmp_path):
+    train = write(tmp_path / "t.tsv", GOOD)
+    args = SimpleNamespace(train_fn=train, valid_fn=str(tmp_path / "." / "t.tsv"), test_fn=None, valid_ratio=0.1,
+                           seed=0, text_column=None, text_pair_column=None, label_column=None)
+    with pytest.raises(UserError, match="--valid_fn .* is the training file"):
+        load_splits(args)

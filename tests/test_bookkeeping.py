@@ -85,8 +85,20 @@ def test_resumable_states_keep_the_newest_complete_ones(tmp_path):
     assert [p.name for p in train_states(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
     (tmp_path / "checkpoint-40").mkdir()  # killed before its state file was written
     assert latest_train_state(tmp_path).name == "checkpoint-30"
-    with pytest.raises(UserError, match="no complete saved state"):
+    with pytest.raises(UserError, match="no complete, readable saved state"):
         latest_train_state(tmp_path / "nothing")
+
+
+def test_an_unreadable_newest_state_falls_back_to_the_one_before(tmp_path, capsys):
+    for step in (10, 20):
+        save_train_state(tmp_path, step, {"weights": torch.ones(1000)}, keep=2)
+    newest = tmp_path / "checkpoint-20" / "train_state.pt"
+    newest.write_bytes(newest.read_bytes()[:500])  # the disk filled up while it was written
+    assert latest_train_state(tmp_path).name == "checkpoint-10"
+    assert "checkpoint-20 cannot be read" in capsys.readouterr().err
+    (tmp_path / "checkpoint-10" / "train_state.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no complete, readable saved state"):
+        latest_train_state(tmp_path)
 
 
 def test_precision_helpers():

@@ -52,6 +52,21 @@ def test_checkpoint_format(trained, script):
     record = json.loads((model_fn / "training_args.json").read_text())
     assert record["trainer"] == ("native" if "native" in script else "hf")
     assert record["optimizer_steps"] == N_EPOCHS * 30  # 960 / 32 steps per epoch
+    assert record["lr"] == 2e-4 and record["pretrained_model_name"].endswith("model")  # resolved defaults
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_run_plan_printed_before_training(trained, script):
+    stderr = trained[script]["stderr"]
+    plan = stderr[stderr.index("***** Running training"):stderr.index("epoch 1:")]
+    for expected in ("train = 960, valid = 300, test = 300", "labels = 6: anger, fear, joy, love, sadness, surprise",
+                     "max length = 128", "batch size per device = 32, gradient accumulation = 1, total batch size = 32",
+                     f"optimizer steps = {N_EPOCHS * 30} (30 per epoch), warm-up steps = 9",
+                     "learning rate = 0.0002", "precision = fp32, device = cpu, world size = 1"):
+        assert expected in plan, plan
+    for epoch in range(1, N_EPOCHS + 1):  # one line per evaluation, every metric on it
+        line = next(l for l in stderr.splitlines() if l.startswith(f"epoch {epoch}: train loss"))
+        assert "macro-F1" in line and "MCC" in line
 
 
 @pytest.mark.parametrize("script", TRAINERS)

@@ -8,6 +8,7 @@ import torch
 
 from training.recorder import BEST_WEIGHTS
 from utils.checkpoint import commit_run, partial_dir, save_model
+from utils.errors import UserError, first_line
 from utils.metrics import classification_metrics
 from utils.report import write_report
 
@@ -26,9 +27,13 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
               "has_pairs": splits.has_pairs, "n_train": len(splits.train), "n_valid": len(splits.valid),
               "precision": run.precision, "world_size": run.context.world_size,
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+    try:
+        save_model(partial, model, run.tokenizer, record)
+        write_report(partial, history, splits.labels, valid, test, n_errors=args.n_errors)
+    except Exception as error:  # disk full or permissions: OSError, or safetensors' own error type
+        raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {args.model_fn} is unchanged") from None
+    # the best weights go only now: a failed save above keeps them for --resume
     (partial / BEST_WEIGHTS).unlink(missing_ok=True)
-    save_model(partial, model, run.tokenizer, record)
-    write_report(partial, history, splits.labels, valid, test, n_errors=args.n_errors)
     commit_run(args.model_fn)
     print(f"\nsaved {args.model_fn}", file=sys.stderr)
 

@@ -3,11 +3,13 @@ summary of what the run is about to do. Every bad input or flag fails here, befo
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from data_load import Splits, TextClassificationDataset, load_splits
-from utils.checkpoint import check_output
+from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
+from utils.errors import UserError
 from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
                          extend_vocabulary, load_classifier, load_tokenizer, resolve_model_name)
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
@@ -38,19 +40,27 @@ class Prepared:
     train_set: TextClassificationDataset
     valid_set: TextClassificationDataset
     test_set: TextClassificationDataset | None
+    fingerprint: dict  # what a --resume of this run must share with it
 
     def resolved_settings(self):
         """Flags as actually used, for training_args.json."""
         return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length}
 
 
-def prepare(args):
+def prepare(args, trainer_name):
     context = distributed_context()
     device = choose_device(args.device, context.local_rank)
     precision = choose_precision(args.precision, device)
+    if context.is_main:
+        lock_output(args.model_fn)
     check_output(args.model_fn, args.resume)
+    if args.log_dir and Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
+        raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
     splits = load_splits(args)
+    fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size)
+    if args.resume:
+        check_resume_matches(args.model_fn, fingerprint)
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, splits.labels, args.freeze_encoder)
@@ -67,7 +77,8 @@ def prepare(args):
     test_set = (TextClassificationDataset(splits.test, tokenizer, max_length, label2id, with_text=True)
                 if splits.test else None)
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
-                    training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set)
+                    training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
+                    fingerprint)
 
 
 def training_schedule(n_train, args, world_size):

@@ -1,13 +1,16 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
+from utils.cli import ArgumentParser, float_above, float_at_least, float_range, int_at_least
 from utils.metrics import SCORES
 from utils.model import DEFAULT_MODEL_HELP
 
+MIN_LENGTH = 8  # tokens: room for the special tokens ([CLS], [SEP], a pair's second [SEP]) and a few words
+
 
 def training_parser(description):
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Every numeric flag is range-checked here, so a bad value is one line before anything loads."""
+    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     io = p.add_argument_group("data and output")
     io.add_argument("--model_fn", required=True,
@@ -15,7 +18,7 @@ def training_parser(description):
     io.add_argument("--train_fn", required=True,
                     help="training data: `label<TAB>sentence` lines, or CSV/TSV with a header, or JSONL")
     io.add_argument("--valid_fn", help="validation data (same format); default: split off --valid_ratio of --train_fn")
-    io.add_argument("--valid_ratio", type=float, default=0.1,
+    io.add_argument("--valid_ratio", type=float_range(0, 1, low_open=True, high_open=True), default=0.1,
                     help="share of --train_fn held out for validation (seeded, stratified) when --valid_fn is absent")
     io.add_argument("--test_fn", help="test data, evaluated once at the end with the best model")
     io.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
@@ -24,7 +27,7 @@ def training_parser(description):
 
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model_name", default=None, help=DEFAULT_MODEL_HELP)
-    model.add_argument("--max_length", type=int, default=128,
+    model.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=128,
                        help="truncate inputs to this many tokens (clamped to what the model allows)")
     model.add_argument("--freeze_encoder", action="store_true",
                        help="train only the classification head; the encoder gets no gradient")
@@ -34,34 +37,34 @@ def training_parser(description):
                             "5%% of the training words are unknown to it")
 
     train = p.add_argument_group("training")
-    train.add_argument("--n_epochs", type=int, default=3)
-    train.add_argument("--batch_size", type=int, default=32, help="samples per step per device")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--lr", type=float, default=None,
+    train.add_argument("--n_epochs", type=int_at_least(1), default=3)
+    train.add_argument("--batch_size", type=int_at_least(1), default=32, help="samples per step per device")
+    train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
+    train.add_argument("--lr", type=float_above(0), default=None,
                        help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "
                             "(MiniLM, small BERTs), 5e-5 above (BERT-base, KcBERT, RoBERTa)")
-    train.add_argument("--weight_decay", type=float, default=0.01,
+    train.add_argument("--weight_decay", type=float_at_least(0), default=0.01,
                        help="AdamW weight decay (not applied to biases and LayerNorm weights)")
-    train.add_argument("--warmup_ratio", type=float, default=0.1,
+    train.add_argument("--warmup_ratio", type=float_range(0, 1, high_open=True), default=0.1,
                        help="share of steps with linear warm-up, then linear decay to 0")
-    train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    train.add_argument("--max_grad_norm", type=float_above(0), default=1.0, help="gradient clipping norm")
     train.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                        help="auto: bf16 on CUDA that supports it, else fp16 on CUDA, else fp32")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--no_group_by_length", action="store_true",
                        help="do not batch sentences of similar length together (slower)")
-    train.add_argument("--seed", type=int, default=42, help="seeds Python, NumPy, torch, splits and data order")
+    train.add_argument("--seed", type=int_at_least(0), default=42, help="seeds Python, NumPy, torch, splits and data order")
 
     run = p.add_argument_group("reporting and checkpoints")
     run.add_argument("--best_metric", choices=list(SCORES), default="macro_f1",
                      help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
                           "can prefer an early epoch that predicts only the majority class")
     run.add_argument("--log_dir", help="TensorBoard directory (default: <model_fn>/runs)")
-    run.add_argument("--n_errors", type=int, default=50,
+    run.add_argument("--n_errors", type=int_at_least(0), default=50,
                      help="highest-loss validation/test examples written to errors.tsv")
-    run.add_argument("--save_every", type=int, default=0,
+    run.add_argument("--save_every", type=int_at_least(0), default=0,
                      help="save a resumable state every N optimizer steps (0: once per epoch)")
-    run.add_argument("--save_total_limit", type=int, default=2, help="resumable states kept")
+    run.add_argument("--save_total_limit", type=int_at_least(1), default=2, help="resumable states kept")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same --model_fn from its latest state")
     return p

@@ -8,20 +8,25 @@ Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipe
   config.json (real id2label/label2id), model.safetensors, tokenizer files,
   training_args.json, metrics.json, history.json, learning_curve.png, confusion_matrix.png,
   errors.tsv, runs/ (TensorBoard)."""
+import atexit
+import fcntl
+import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.errors import UserError, first_line
+from utils.errors import UserError, first_line, on_failure
 
 TRAINING_ARGS = "training_args.json"
 STATE_FILE = "train_state.pt"
+RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
 
 
 def partial_dir(model_fn):
@@ -31,6 +36,81 @@ def partial_dir(model_fn):
 
 def resume_dir(model_fn):
     return partial_dir(model_fn) / "resume"
+
+
+def lock_output(model_fn):
+    """Hold --model_fn for this run: a second run on it refuses at once. The lock is an flock on
+    `.<name>.lock` beside it, which the kernel drops if the run is killed. From here on, a run that
+    fails removes what it created, except a resumable state, and says how to resume from that."""
+    model_fn = Path(model_fn)
+    created = _make_parents(model_fn.parent)
+    path = model_fn.parent / f".{model_fn.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            _remove_empty(created)
+            raise UserError(f"--model_fn {model_fn}: cannot write in {model_fn.parent} ({error.strerror}): "
+                            "choose a directory you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--model_fn {model_fn}: another run is writing this model now (it holds {path}): "
+                            "wait for it to finish, or choose another --model_fn") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # still the file on disk, not one a finishing run just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+    partial_was_there = partial_dir(model_fn).exists()  # an earlier run's: not this run's to remove
+
+    def release():
+        path.unlink(missing_ok=True)  # before closing: nobody can lock the file we remove
+        os.close(fd)
+        _remove_empty(created)
+
+    def clean_up_failed_run():
+        """The partial directory goes, unless it holds a resumable state: then it stays, and the
+        note says so."""
+        partial = partial_dir(model_fn)
+        if partial.is_dir() and train_states(resume_dir(model_fn)):
+            return f"the resumable state in {resume_dir(model_fn)} is kept: continue with --resume"
+        if not partial_was_there:
+            shutil.rmtree(partial, ignore_errors=True)
+        return None
+
+    atexit.register(release)
+    on_failure(clean_up_failed_run)
+
+
+def _make_parents(directory):
+    """Create missing parent directories; returns the ones created, deepest first."""
+    missing = []
+    for parent in [directory, *directory.parents]:
+        if parent.is_dir():
+            break
+        if parent.exists():
+            raise UserError(f"--model_fn: {parent} is a file, not a directory: choose another --model_fn")
+        missing.append(parent)
+    try:
+        for parent in reversed(missing):
+            parent.mkdir()
+    except OSError as error:
+        _remove_empty(missing)
+        raise UserError(f"--model_fn: cannot create {error.filename} ({error.strerror}): "
+                        "choose a directory you can write to") from None
+    return missing
+
+
+def _remove_empty(directories):
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
 
 
 def check_output(model_fn, resume):
@@ -51,10 +131,55 @@ def check_output(model_fn, resume):
                         f"add --resume to continue it, or delete that directory to start afresh")
 
 
-def start_run(model_fn):
+def start_run(model_fn, fingerprint):
+    """The partial directory, with the fingerprint a later --resume is checked against."""
     partial = partial_dir(model_fn)
     partial.mkdir(parents=True, exist_ok=True)
+    if not (partial / RUN_FILE).exists():
+        (partial / RUN_FILE).write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False) + "\n")
     return partial
+
+
+def run_fingerprint(args, trainer, labels, world_size, ignore=("model_fn", "resume", "save_every",
+                                                                "save_total_limit", "n_errors", "log_dir",
+                                                                "test_fn", "device")):
+    """What a resumed run must share with the interrupted one: the flags that shape training, the
+    data (by content, not name), the labels, the trainer and the process count."""
+    flags = {key: value for key, value in vars(args).items() if key not in ignore}
+    data = {key: file_digest(getattr(args, key)) for key in ("train_fn", "valid_fn") if getattr(args, key)}
+    return {"trainer": trainer, "flags": flags, "data": data, "labels": labels, "world_size": world_size}
+
+
+def check_resume_matches(model_fn, fingerprint):
+    """--resume continues only the same run: otherwise the restored state does not fit (labels) or
+    silently mixes two runs (data, batch size)."""
+    path = partial_dir(model_fn) / RUN_FILE
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a run interrupted before this check existed
+    if before.get("trainer") != fingerprint["trainer"]:
+        raise UserError(f"--resume: the interrupted run of {model_fn} was started by "
+                        f"finetune_plm_{before.get('trainer')}.py: resume it with that script")
+    changed = [f"--{key} ({before['flags'].get(key)!r} then, {value!r} now)"
+               for key, value in fingerprint["flags"].items() if before.get("flags", {}).get(key) != value]
+    changed += [f"the contents of --{key}" for key, digest in fingerprint["data"].items()
+                if before.get("data", {}).get(key) != digest]
+    if before.get("labels") != fingerprint["labels"]:
+        changed.append("the labels")
+    if before.get("world_size") != fingerprint["world_size"]:
+        changed.append(f"the number of processes ({before.get('world_size')} then, {fingerprint['world_size']} now)")
+    if changed:
+        raise UserError(f"--resume: this run differs from the interrupted one in {', '.join(changed)}: rerun with "
+                        f"the same flags and data, or delete {partial_dir(model_fn)} to start afresh")
+
+
+def file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_model(directory, model, tokenizer, training_args):
@@ -66,22 +191,33 @@ def save_model(directory, model, tokenizer, training_args):
 
 
 def commit_run(model_fn):
-    """Move the finished partial directory into place; the old model goes only once the new one is there."""
+    """Move the finished partial directory into place; the old model goes only once the new one is
+    there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
     model_fn, partial = Path(model_fn), partial_dir(model_fn)
-    shutil.rmtree(partial / "resume", ignore_errors=True)
-    if model_fn.exists():
-        old = model_fn.parent / f".{model_fn.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(model_fn, old)
-        os.replace(partial, model_fn)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, model_fn)
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        shutil.rmtree(partial / "resume", ignore_errors=True)
+        (partial / RUN_FILE).unlink(missing_ok=True)
+        if model_fn.exists():
+            old = model_fn.parent / f".{model_fn.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(model_fn, old)
+            os.replace(partial, model_fn)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, model_fn)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def load_checkpoint(model_fn, device="cpu"):
-    """(tokenizer, model, training_args) of a directory written by either trainer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(tokenizer, model, training_args) of a directory written by either trainer; an edited or
+    damaged one is a one-line error, not a traceback."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from utils.model import load_tokenizer
     model_fn = Path(model_fn)
     if not model_fn.is_dir():
         raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
@@ -90,14 +226,45 @@ def load_checkpoint(model_fn, device="cpu"):
     if missing or not any(model_fn.glob("*.safetensors")):
         raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
                         f"(missing {', '.join(missing) or 'model.safetensors'})")
+    training_args = _json_object(model_fn / TRAINING_ARGS)
+    check_label_names(model_fn / "config.json")
+    tokenizer = load_tokenizer(model_fn)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report would come before our one line
     try:
-        training_args = json.loads((model_fn / TRAINING_ARGS).read_text())
-        tokenizer = AutoTokenizer.from_pretrained(model_fn)
         model = AutoModelForSequenceClassification.from_pretrained(model_fn)
-    except Exception as error:  # safetensors, json and tokenizers each raise their own kinds
+    except Exception as error:  # safetensors, json and torch each raise their own kinds
         raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                         f"{first_line(error)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return tokenizer, model.to(device).eval(), training_args
+
+
+def check_label_names(config_path):
+    """id2label must name classes 0..n-1, as many as the classifier has outputs."""
+    config = _json_object(config_path)
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise UserError(f"{config_path}: no id2label: the label names are missing")
+    try:
+        ids = sorted(int(key) for key in id2label)
+    except ValueError:
+        raise UserError(f"{config_path}: id2label keys must be class ids 0, 1, ...; found {list(id2label)[:5]}") from None
+    if ids != list(range(len(ids))):
+        gap = next(i for i, key in enumerate(ids) if i != key)
+        raise UserError(f"{config_path}: id2label has no class {gap}: class ids must run 0..{len(ids) - 1} "
+                        "without gaps")
+
+
+def _json_object(path):
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot read it as JSON ({first_line(error)})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def save_train_state(directory, step, state, keep):
@@ -123,12 +290,37 @@ def train_states(directory):
 
 
 def latest_train_state(directory):
+    """The newest saved state that can be read back; an unreadable one (a disk that filled up, a file
+    cut short) is passed over with a warning for the one before it."""
     states = train_states(directory)
-    if not states:
-        raise UserError(f"--resume: no complete saved state in {directory}; delete {Path(directory).parent} "
-                        "to start afresh")
-    print(f"resuming from {states[-1]}", file=sys.stderr)
-    return states[-1]
+    for state in reversed(states):
+        problem = _unreadable(state)
+        if problem is None:
+            print(f"resuming from {state}", file=sys.stderr)
+            return state
+        print(f"warning: {state} cannot be read ({problem}); trying the state before it", file=sys.stderr)
+    raise UserError(f"--resume: no complete, readable saved state in {directory}; delete {Path(directory).parent} "
+                    "to start afresh")
+
+
+def _unreadable(state):
+    """None if every file of the state loads, else what is wrong."""
+    try:
+        if (state / STATE_FILE).exists():
+            torch.load(state / STATE_FILE, map_location="cpu", weights_only=True)
+            return None
+        json.loads((state / "trainer_state.json").read_text())  # Trainer's: weights, optimizer, schedule
+        from safetensors import safe_open
+        for weights in state.glob("*.safetensors"):
+            with safe_open(str(weights), "pt") as f:
+                for key in f.keys():
+                    f.get_tensor(key)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            if (state / name).exists():
+                torch.load(state / name, map_location="cpu", weights_only=True)
+        return None
+    except Exception as error:  # torch, safetensors and json each raise their own kinds
+        return first_line(error)
 
 
 def load_train_state(directory):

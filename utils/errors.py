@@ -1,4 +1,4 @@
-"""User-facing errors: one line on stderr, exit code 2, no traceback."""
+"""User-facing errors: one line on stderr, exit code 2, no traceback; and what a failed run undoes."""
 import sys
 
 
@@ -17,10 +17,28 @@ def first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
+_failure_cleanups = []
+
+
+def on_failure(cleanup):
+    """Register `cleanup()` to run when the program ends on an error or an interrupt; it may return a
+    note (e.g. where a resumable state was kept) for the error line."""
+    _failure_cleanups.append(cleanup)
+
+
 def exit_on_user_error(main):
-    """Run `main()`; turn a UserError into `error: ...` and exit code 2."""
+    """Run `main()`. A UserError, an OS error (disk full, permission denied: the environment, not a
+    bug) or Ctrl-C ends in one line on stderr, after the registered clean-ups: exit code 2, or 130 for
+    an interrupt."""
     try:
         return main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        message, code = f"error: {error}", 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        message, code = f"error: {where}{error.strerror or first_line(error)}", 2
+    except KeyboardInterrupt:
+        message, code = "interrupted: stopped at once", 130
+    notes = [note for note in (cleanup() for cleanup in _failure_cleanups) if note]
+    print("; ".join([message, *notes]), file=sys.stderr)
+    sys.exit(code)

