@@ -9,8 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# Under `pytest -n 2` (make test) two scripts run at once on this 2-core machine: one thread each,
+# else four threads fight over two cores.
 SCRIPT_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")}
 
 
 def run_script(script, *args, stdin=None, check=True, timeout=600, env=None):

@@ -220,6 +220,21 @@ def test_disk_full_at_the_final_save_keeps_a_resumable_state(tmp_path, tiny_mode
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="a read-only mount needs root")
+def test_read_only_directory_is_refused_before_loading(tmp_path):
+    disk = tmp_path / "read_only"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run_script("finetune_plm_native.py", "--model_fn", disk / "m", "--train_fn",
+                            ROOT / "data" / "review.sample.en.tsv", check=False)
+        assert_one_line_error(result, f"cannot write in {disk}", "Read-only file system")
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.slow
 def test_fine_tuned_checkpoint_fine_tunes_again_on_new_labels(tmp_path, checkpoint):
     train = tmp_path / "three.tsv"
     train.write_text("".join(f"{'abc'[i % 3]}\tsentence {i} about {'abc'[i % 3]}\n" for i in range(60)))
