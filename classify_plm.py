@@ -9,12 +9,7 @@ import sys
 import time
 from itertools import islice
 
-import torch
-
-from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
-from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 
 
 def parse_args():
@@ -38,28 +33,16 @@ def main():
     args = parse_args()
     if args.top_k < 1:
         raise UserError("--top_k must be at least 1")
-    device = choose_device(args.device)
-    precision = choose_precision(args.precision, device)
-    tokenizer, model, training_args = load_checkpoint(args.model_fn, device)
-    if args.quantize == "int8":
-        if device.type != "cpu":
-            raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
-        model = quantize_int8(model)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    classifier = load_classifier(args)
+    labels = classifier.labels
     top_k = min(args.top_k, len(labels))
-    max_length = args.max_length or training_args.get("max_length", 128)
-    pairs = training_args.get("has_pairs", False)
-    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
-    autocast = autocast_context(device, precision)
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        examples = [as_example(line, pairs) for line in chunk]
-        probabilities = classify(model, tokenizer, collate, examples, max_length, args.batch_size, device, autocast)
-        scores, best = probabilities.topk(top_k, dim=-1)
-        for line, row, ids in zip(chunk, scores.tolist(), best.tolist()):
+        scores, best = classifier.top_k([split_pair(line, classifier.pairs) for line in chunk], top_k)
+        for line, row, ids in zip(chunk, scores, best):
             predicted = " ".join(labels[i] for i in ids)
             if args.with_prob:
                 predicted += "\t" + " ".join(f"{score:.4f}" for score in row)
@@ -69,6 +52,12 @@ def main():
     elapsed = time.time() - started
     print(f"classified {n_sentences} sentences in {elapsed:.2f} s "
           f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)", file=sys.stderr)
+
+
+def load_classifier(args):
+    """The classifier; torch and transformers are imported here, not before the arguments are checked."""
+    from utils.torch_classifier import TorchClassifier
+    return TorchClassifier(args)
 
 
 def read_lines(stream):
@@ -81,39 +70,12 @@ def read_lines(stream):
             yield line
 
 
-def as_example(line, pairs):
+def split_pair(line, pairs):
+    """(text, pair): a pair model reads `sentence<TAB>sentence_pair` (an empty pair when there is no tab)."""
     if pairs and "\t" in line:
         text, pair = line.split("\t", 1)
-        return Example(text=text, text_pair=pair)
-    return Example(text=line, text_pair="" if pairs else None)
-
-
-@torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
-    """Class probabilities in input order; batches are formed from length-sorted examples."""
-    dataset = TextClassificationDataset(examples, tokenizer, max_length)
-    order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
-    probabilities = torch.empty(len(dataset), model.config.num_labels)
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-        with autocast:
-            logits = model(**batch).logits
-        probabilities[indices] = logits.float().softmax(dim=-1).cpu()
-    return probabilities
-
-
-def quantize_int8(model):
-    """Dynamic int8 quantization of every Linear layer: int8 weights with one scale per output channel
-    (a single scale per tensor cost 0.9 points of accuracy on emotion; per channel 0.05), activations
-    quantized per batch."""
-    import warnings
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, but in torch 2.13 it is still the
-        # fastest int8 path on x86 CPUs (see docs/benchmarks.md); its notices are not the user's to act on.
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+        return text, pair
+    return line, "" if pairs else None
 
 
 if __name__ == "__main__":

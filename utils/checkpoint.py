@@ -7,7 +7,9 @@ never leaves a half-written model, and an existing model is replaced only by a c
 Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipeline`):
   config.json (real id2label/label2id), model.safetensors, tokenizer files,
   training_args.json, metrics.json, history.json, learning_curve.png, confusion_matrix.png,
-  errors.tsv, runs/ (TensorBoard)."""
+  errors.tsv, runs/ (TensorBoard); after export_plm.py also model.onnx and model.int8.onnx.
+
+torch is imported only by the functions that need it: the ONNX classifier reads checkpoints without it."""
 import json
 import os
 import random
@@ -16,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from utils.errors import UserError, first_line
 
@@ -79,17 +80,23 @@ def commit_run(model_fn):
         os.replace(partial, model_fn)
 
 
-def load_checkpoint(model_fn, device="cpu"):
-    """(tokenizer, model, training_args) of a directory written by either trainer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def check_checkpoint(model_fn, needed=("config.json", TRAINING_ARGS, "*.safetensors")):
+    """The checkpoint directory as a Path; stops with a clear message when it is absent or lacks a file."""
     model_fn = Path(model_fn)
     if not model_fn.is_dir():
         raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
                         "finetune_plm_native.py --model_fn " + str(model_fn))
-    missing = [name for name in ("config.json", TRAINING_ARGS) if not (model_fn / name).exists()]
-    if missing or not any(model_fn.glob("*.safetensors")):
+    missing = [name.replace("*", "model") for name in needed if not any(model_fn.glob(name))]
+    if missing:
         raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
-                        f"(missing {', '.join(missing) or 'model.safetensors'})")
+                        f"(missing {', '.join(missing)})")
+    return model_fn
+
+
+def load_checkpoint(model_fn, device="cpu"):
+    """(tokenizer, model, training_args) of a directory written by either trainer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model_fn = check_checkpoint(model_fn)
     try:
         training_args = json.loads((model_fn / TRAINING_ARGS).read_text())
         tokenizer = AutoTokenizer.from_pretrained(model_fn)
@@ -102,6 +109,7 @@ def load_checkpoint(model_fn, device="cpu"):
 
 def save_train_state(directory, step, state, keep):
     """A resumable state `checkpoint-<step>/train_state.pt`; keep only the newest `keep`."""
+    import torch
     directory = Path(directory)
     target = directory / f"checkpoint-{step}"
     tmp = directory / f".checkpoint-{step}.tmp"
@@ -132,11 +140,13 @@ def latest_train_state(directory):
 
 
 def load_train_state(directory):
+    import torch
     return torch.load(latest_train_state(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def snapshot(progress, model, optimizer, scheduler, scaler):
     """Everything needed to continue exactly here: weights, optimizer, schedule, scaler, RNGs, progress."""
+    import torch
     numpy_state = np.random.get_state()
     return {
         "progress": progress,
@@ -152,6 +162,7 @@ def snapshot(progress, model, optimizer, scheduler, scaler):
 
 def restore(state, model, optimizer, scheduler, scaler):
     """Put a snapshot() back into place; returns its progress."""
+    import torch
     getattr(model, "module", model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
