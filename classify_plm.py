@@ -3,7 +3,8 @@
 Reads UTF-8 lines from stdin and prints one `label<TAB>sentence` line per non-blank input line, in
 input order. For a model trained on sentence pairs, each input line is `sentence<TAB>sentence_pair`.
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
-flat on any number of lines."""
+flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
+`export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time."""
 import argparse
 import sys
 import time
@@ -11,21 +12,28 @@ from itertools import islice
 
 from utils.errors import UserError, exit_on_user_error
 
+BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
+                "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
+                "onnxruntime on the CPU without importing torch or transformers: starts in about 0.5 s "
+                "instead of 4-5 s (docs/benchmarks.md)")
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     p.add_argument("--top_k", type=int, default=1, help="print the K most probable labels, separated by spaces")
     p.add_argument("--with_prob", action="store_true",
                    help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--chunk_size", type=int, default=8192, help="lines read, sorted and classified at a time")
     p.add_argument("--max_length", type=int, default=None, help="truncate at this many tokens (default: as trained)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+                   help="auto: bf16/fp16 on CUDA, fp32 on CPU (torch backend only)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8: dynamic int8 quantization of the Linear layers (CPU only; faster, tiny accuracy cost)")
+                   help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
+                        "quantization of the Linear layers; with --backend onnx, the int8 model export_plm.py wrote")
     return p.parse_args()
 
 
@@ -55,7 +63,14 @@ def main():
 
 
 def load_classifier(args):
-    """The classifier; torch and transformers are imported here, not before the arguments are checked."""
+    """The chosen backend; torch and transformers are imported only when it is the torch one."""
+    if args.backend == "onnx":
+        if args.device == "cuda" or args.precision in ("fp16", "bf16"):
+            flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
+            raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
+                            "use --backend torch for CUDA and half precision")
+        from utils.onnx_classifier import OnnxClassifier
+        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size)
     from utils.torch_classifier import TorchClassifier
     return TorchClassifier(args)
 
