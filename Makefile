@@ -1,4 +1,5 @@
-# `make demo`: set up and fine-tune + classify on the bundled English sample, offline.
+# `make demo`: set up and fine-tune + classify on the bundled English sample, offline; export to ONNX and
+# classify again without torch.
 # `make test`: set up and run the test suite (what CI runs); `make test-fast`: the in-process tier only.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ DEMO_MODEL ?= models/demo
 
 .PHONY: setup demo test test-fast bench-train bench-classify accuracy clean
 
-$(VENV)/.installed: requirements/requirements.txt requirements/test_requirements.txt
+$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test_requirements.txt
 	touch $@
@@ -18,6 +19,9 @@ demo: setup
 	$(PY) finetune_plm_native.py --model_fn $(DEMO_MODEL) --train_fn data/review.sample.en.tsv --n_epochs 3
 	@echo "--- classify_plm.py < data/review.unlabeled.en.txt"
 	$(PY) classify_plm.py --model_fn $(DEMO_MODEL) --with_prob < data/review.unlabeled.en.txt
+	@echo "--- export_plm.py, then classify_plm.py --backend onnx (no torch): the same labels, a fraction of the start-up"
+	$(PY) export_plm.py --model_fn $(DEMO_MODEL)
+	$(PY) classify_plm.py --model_fn $(DEMO_MODEL) --with_prob --backend onnx < data/review.unlabeled.en.txt
 
 test: setup
 	$(PY) -m pytest -q tests

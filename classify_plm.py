@@ -3,34 +3,37 @@
 Reads UTF-8 lines from stdin and prints one `label<TAB>sentence` line per non-blank input line, in
 input order. For a model trained on sentence pairs, each input line is `sentence<TAB>sentence_pair`.
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
-flat on any number of lines."""
+flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
+`export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time."""
 import argparse
 import sys
 import time
 from itertools import islice
 
-import torch
-
-from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, exit_on_user_error
-from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
+
+BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
+                "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
+                "onnxruntime on the CPU without importing torch or transformers: starts in about 0.5 s "
+                "instead of 4-5 s (docs/benchmarks.md)")
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     p.add_argument("--top_k", type=int, default=1, help="print the K most probable labels, separated by spaces")
     p.add_argument("--with_prob", action="store_true",
                    help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--chunk_size", type=int, default=8192, help="lines read, sorted and classified at a time")
     p.add_argument("--max_length", type=int, default=None, help="truncate at this many tokens (default: as trained)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+                   help="auto: bf16/fp16 on CUDA, fp32 on CPU (torch backend only)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8: dynamic int8 quantization of the Linear layers (CPU only; faster, tiny accuracy cost)")
+                   help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
+                        "quantization of the Linear layers; with --backend onnx, the int8 model export_plm.py wrote")
     return p.parse_args()
 
 
@@ -38,28 +41,16 @@ def main():
     args = parse_args()
     if args.top_k < 1:
         raise UserError("--top_k must be at least 1")
-    device = choose_device(args.device)
-    precision = choose_precision(args.precision, device)
-    tokenizer, model, training_args = load_checkpoint(args.model_fn, device)
-    if args.quantize == "int8":
-        if device.type != "cpu":
-            raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
-        model = quantize_int8(model)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    classifier = load_classifier(args)
+    labels = classifier.labels
     top_k = min(args.top_k, len(labels))
-    max_length = args.max_length or training_args.get("max_length", 128)
-    pairs = training_args.get("has_pairs", False)
-    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
-    autocast = autocast_context(device, precision)
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        examples = [as_example(line, pairs) for line in chunk]
-        probabilities = classify(model, tokenizer, collate, examples, max_length, args.batch_size, device, autocast)
-        scores, best = probabilities.topk(top_k, dim=-1)
-        for line, row, ids in zip(chunk, scores.tolist(), best.tolist()):
+        scores, best = classifier.top_k([split_pair(line, classifier.pairs) for line in chunk], top_k)
+        for line, row, ids in zip(chunk, scores, best):
             predicted = " ".join(labels[i] for i in ids)
             if args.with_prob:
                 predicted += "\t" + " ".join(f"{score:.4f}" for score in row)
@@ -69,6 +60,19 @@ def main():
     elapsed = time.time() - started
     print(f"classified {n_sentences} sentences in {elapsed:.2f} s "
           f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)", file=sys.stderr)
+
+
+def load_classifier(args):
+    """The chosen backend; torch and transformers are imported only when it is the torch one."""
+    if args.backend == "onnx":
+        if args.device == "cuda" or args.precision in ("fp16", "bf16"):
+            flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
+            raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
+                            "use --backend torch for CUDA and half precision")
+        from utils.onnx_classifier import OnnxClassifier
+        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size)
+    from utils.torch_classifier import TorchClassifier
+    return TorchClassifier(args)
 
 
 def read_lines(stream):
@@ -81,39 +85,12 @@ def read_lines(stream):
             yield line
 
 
-def as_example(line, pairs):
+def split_pair(line, pairs):
+    """(text, pair): a pair model reads `sentence<TAB>sentence_pair` (an empty pair when there is no tab)."""
     if pairs and "\t" in line:
         text, pair = line.split("\t", 1)
-        return Example(text=text, text_pair=pair)
-    return Example(text=line, text_pair="" if pairs else None)
-
-
-@torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
-    """Class probabilities in input order; batches are formed from length-sorted examples."""
-    dataset = TextClassificationDataset(examples, tokenizer, max_length)
-    order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
-    probabilities = torch.empty(len(dataset), model.config.num_labels)
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-        with autocast:
-            logits = model(**batch).logits
-        probabilities[indices] = logits.float().softmax(dim=-1).cpu()
-    return probabilities
-
-
-def quantize_int8(model):
-    """Dynamic int8 quantization of every Linear layer: int8 weights with one scale per output channel
-    (a single scale per tensor cost 0.9 points of accuracy on emotion; per channel 0.05), activations
-    quantized per batch."""
-    import warnings
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, but in torch 2.13 it is still the
-        # fastest int8 path on x86 CPUs (see docs/benchmarks.md); its notices are not the user's to act on.
-        warnings.filterwarnings("ignore", message=".*deprecated.*")
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+        return text, pair
+    return line, "" if pairs else None
 
 
 if __name__ == "__main__":

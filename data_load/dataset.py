@@ -1,9 +1,7 @@
 """Tokenize once, keep lengths: the dataset both trainers and the classifier use."""
 import torch
 
-# A token never covers less than one character, so max_length tokens fit well inside this many
-# characters per token; cutting longer texts first keeps a 1 MB line from costing seconds of tokenizing.
-CHARS_PER_TOKEN_CAP = 32
+from utils.tokens import CHARS_PER_TOKEN_CAP
 
 
 class TextClassificationDataset(torch.utils.data.Dataset):

@@ -7,7 +7,9 @@ never leaves a half-written model, and an existing model is replaced only by a c
 Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipeline`):
   config.json (real id2label/label2id), model.safetensors, tokenizer files,
   training_args.json, metrics.json, history.json, learning_curve.png, confusion_matrix.png,
-  errors.tsv, runs/ (TensorBoard)."""
+  errors.tsv, runs/ (TensorBoard); after export_plm.py also model.onnx and model.int8.onnx.
+
+torch is imported only by the functions that need it: the ONNX classifier reads checkpoints without it."""
 import atexit
 import fcntl
 import hashlib
@@ -20,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from utils.errors import UserError, first_line, on_failure
 
@@ -211,6 +212,19 @@ def commit_run(model_fn):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
+def check_checkpoint(model_fn, needed=("config.json", TRAINING_ARGS, "*.safetensors")):
+    """The checkpoint directory as a Path; stops with a clear message when it is absent or lacks a file."""
+    model_fn = Path(model_fn)
+    if not model_fn.is_dir():
+        raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
+                        "finetune_plm_native.py --model_fn " + str(model_fn))
+    missing = [name.replace("*", "model") for name in needed if not any(model_fn.glob(name))]
+    if missing:
+        raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
+                        f"(missing {', '.join(missing)})")
+    return model_fn
+
+
 def load_checkpoint(model_fn, device="cpu"):
     """(tokenizer, model, training_args) of a directory written by either trainer; an edited or
     damaged one is a one-line error, not a traceback."""
@@ -218,14 +232,7 @@ def load_checkpoint(model_fn, device="cpu"):
     from transformers.utils import logging as hf_logging
 
     from utils.model import load_tokenizer
-    model_fn = Path(model_fn)
-    if not model_fn.is_dir():
-        raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
-                        "finetune_plm_native.py --model_fn " + str(model_fn))
-    missing = [name for name in ("config.json", TRAINING_ARGS) if not (model_fn / name).exists()]
-    if missing or not any(model_fn.glob("*.safetensors")):
-        raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
-                        f"(missing {', '.join(missing) or 'model.safetensors'})")
+    model_fn = check_checkpoint(model_fn)
     training_args = _json_object(model_fn / TRAINING_ARGS)
     check_label_names(model_fn / "config.json")
     tokenizer = load_tokenizer(model_fn)
@@ -269,6 +276,7 @@ def _json_object(path):
 
 def save_train_state(directory, step, state, keep):
     """A resumable state `checkpoint-<step>/train_state.pt`; keep only the newest `keep`."""
+    import torch
     directory = Path(directory)
     target = directory / f"checkpoint-{step}"
     tmp = directory / f".checkpoint-{step}.tmp"
@@ -290,45 +298,54 @@ def train_states(directory):
 
 
 def latest_train_state(directory):
-    """The newest saved state that can be read back; an unreadable one (a disk that filled up, a file
-    cut short) is passed over with a warning for the one before it."""
-    states = train_states(directory)
-    for state in reversed(states):
-        problem = _unreadable(state)
-        if problem is None:
-            print(f"resuming from {state}", file=sys.stderr)
-            return state
-        print(f"warning: {state} cannot be read ({problem}); trying the state before it", file=sys.stderr)
+    """The newest saved state whose files all load (Trainer resumes from its path)."""
+    return _newest_readable(directory, _check_trainer_state)[0]
+
+
+def load_train_state(directory):
+    """The native trainer's newest readable state, loaded."""
+    return _newest_readable(directory, lambda state: _torch_load(state / STATE_FILE))[1]
+
+
+def _newest_readable(directory, read):
+    """(path, read(path)) of the newest state that reads; an unreadable one (a disk that filled up, a
+    file cut short) is passed over with a warning for the one before it."""
+    for state in reversed(train_states(directory)):
+        try:
+            loaded = read(state)
+        except Exception as error:  # torch, safetensors and json each raise their own kinds
+            print(f"warning: {state} cannot be read ({first_line(error)}); trying the state before it",
+                  file=sys.stderr)
+            continue
+        print(f"resuming from {state}", file=sys.stderr)
+        return state, loaded
     raise UserError(f"--resume: no complete, readable saved state in {directory}; delete {Path(directory).parent} "
                     "to start afresh")
 
 
-def _unreadable(state):
-    """None if every file of the state loads, else what is wrong."""
-    try:
-        if (state / STATE_FILE).exists():
-            torch.load(state / STATE_FILE, map_location="cpu", weights_only=True)
-            return None
-        json.loads((state / "trainer_state.json").read_text())  # Trainer's: weights, optimizer, schedule
-        from safetensors import safe_open
-        for weights in state.glob("*.safetensors"):
-            with safe_open(str(weights), "pt") as f:
-                for key in f.keys():
-                    f.get_tensor(key)
-        for name in ("optimizer.pt", "scheduler.pt"):
-            if (state / name).exists():
-                torch.load(state / name, map_location="cpu", weights_only=True)
-        return None
-    except Exception as error:  # torch, safetensors and json each raise their own kinds
-        return first_line(error)
+def _check_trainer_state(state):
+    if (state / STATE_FILE).exists():
+        return _torch_load(state / STATE_FILE)
+    json.loads((state / "trainer_state.json").read_text())  # Trainer's: progress, weights, optimizer, schedule
+    from safetensors import safe_open
+    for weights in state.glob("*.safetensors"):
+        with safe_open(str(weights), "pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if (state / name).exists():
+            _torch_load(state / name)
+    return None
 
 
-def load_train_state(directory):
-    return torch.load(latest_train_state(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+def _torch_load(path):
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def snapshot(progress, model, optimizer, scheduler, scaler):
     """Everything needed to continue exactly here: weights, optimizer, schedule, scaler, RNGs, progress."""
+    import torch
     numpy_state = np.random.get_state()
     return {
         "progress": progress,
@@ -344,6 +361,7 @@ def snapshot(progress, model, optimizer, scheduler, scaler):
 
 def restore(state, model, optimizer, scheduler, scaler):
     """Put a snapshot() back into place; returns its progress."""
+    import torch
     getattr(model, "module", model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,34 @@
+"""Export a fine-tuned model to ONNX, for the torch-free classifier (`classify_plm.py --backend onnx`).
+
+Writes two files into the checkpoint directory, next to the PyTorch weights:
+  model.onnx       fp32, dynamic batch and sequence axes (torch.onnx.export)
+  model.int8.onnx  int8 weights, dynamic activation quantization (onnxruntime.quantization)
+Both are compared with the PyTorch model on a few sentences first (the max abs logit difference is
+printed); a model that disagrees is not written. Files are written under a temporary name and
+renamed, so a crash never leaves a half-written model. transformers.pipeline still loads the
+directory as before. Needs requirements/onnx.txt (`make setup` installs it)."""
+import argparse
+import sys
+
+from utils.errors import UserError, exit_on_user_error
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    try:
+        from utils.onnx_export import export
+    except ImportError as error:
+        raise UserError(f"ONNX export needs {error.name}: pip install -r requirements/onnx.txt") from None
+    export(args.model_fn)
+    print(f"classify with: python classify_plm.py --model_fn {args.model_fn} --backend onnx [--quantize int8]",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

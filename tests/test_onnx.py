@@ -1,0 +1,206 @@
+"""ONNX export (export_plm.py) and the torch-free classifier (classify_plm.py --backend onnx).
+
+Checkpoints are written directly in the trainers' layout (utils.checkpoint.save_model), not trained:
+the real MiniLM with a seeded random head gives varied predictions, which is all a comparison of
+two backends needs, in seconds instead of minutes."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SCRIPT_ENV, run_script
+from test_bad_input import assert_clean_failure
+
+EMOTIONS = ["anger", "fear", "joy", "love", "sadness", "surprise"]
+REVIEWS = [line.split("\t")[1] for line in (ROOT / "data" / "review.sample.en.tsv").read_text().splitlines()]
+
+
+def write_checkpoint(directory, model, tokenizer, labels, pairs=False, max_length=64):
+    from utils.checkpoint import save_model
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    save_model(directory, model, tokenizer, {"max_length": max_length, "has_pairs": pairs, "labels": labels})
+    return directory
+
+
+def tiny_checkpoint(directory, kind, pairs=False):
+    """A 2-layer BERT, RoBERTa or DistilBERT with the default model's WordPiece tokenizer; RoBERTa and
+    DistilBERT get no token_type_ids, as with their own tokenizers, and RoBERTa pads with id 0."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig,
+                              RobertaConfig)
+    from utils.model import default_model_path
+    extra = {} if kind == "bert" else {"model_input_names": ["input_ids", "attention_mask"]}
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(), **extra)
+    size = dict(vocab_size=tokenizer.vocab_size, num_labels=2)
+    config = {
+        "bert": lambda: BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                   max_position_embeddings=128, **size),
+        "roberta": lambda: RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=128, max_position_embeddings=130, pad_token_id=0, **size),
+        "distilbert": lambda: DistilBertConfig(dim=64, n_layers=2, n_heads=2, hidden_dim=128,
+                                               max_position_embeddings=128, pad_token_id=0, **size),
+    }[kind]()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    return write_checkpoint(directory, model, tokenizer, ["negative", "positive"], pairs)
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    """The real default model (6 layers) with a seeded 6-class head, exported by export_plm.py."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from utils.model import default_model_path
+    directory = tmp_path_factory.mktemp("onnx") / "minilm"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=len(EMOTIONS))
+    write_checkpoint(directory, model, AutoTokenizer.from_pretrained(default_model_path()), EMOTIONS, max_length=128)
+    export = run_script("export_plm.py", "--model_fn", directory)
+    return {"dir": directory, "export": export}
+
+
+def classify(model_fn, lines, *flags):
+    return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin="\n".join(lines) + "\n")
+
+
+def test_export_writes_verified_models(minilm):
+    directory, stdout = minilm["dir"], minilm["export"].stdout
+    assert (directory / "model.onnx").is_file() and (directory / "model.int8.onnx").is_file()
+    assert not list(directory.glob(".*.tmp")), "no temporary file left behind"
+    fp32, int8 = stdout.splitlines()
+    assert "model.onnx" in fp32 and float(fp32.split("difference to PyTorch ")[1].split()[0]) < 1e-4
+    assert "model.int8.onnx" in int8 and "max abs logit difference" in int8
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert inputs == {name: ["batch", "sequence"] for name in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_pipeline_still_loads_the_directory(minilm):
+    from transformers import pipeline
+    classifier = pipeline("text-classification", model=str(minilm["dir"]), device="cpu")
+    assert classifier("Works perfectly.")[0]["label"] in EMOTIONS
+
+
+def test_onnx_backend_matches_torch(minilm):
+    sentences = REVIEWS[:200]
+    torch_out = classify(minilm["dir"], sentences, "--with_prob").stdout.splitlines()
+    onnx_out = classify(minilm["dir"], sentences, "--with_prob", "--backend", "onnx", "--chunk_size", "64",
+                        "--batch_size", "16").stdout.splitlines()
+    assert len(onnx_out) == len(torch_out) == 200
+    assert [line.split("\t")[0] for line in onnx_out] == [line.split("\t")[0] for line in torch_out]
+    assert [line.split("\t")[2] for line in onnx_out] == sentences
+    assert len({line.split("\t")[0] for line in torch_out}) > 1, "the comparison needs varied predictions"
+    for a, b in zip(onnx_out, torch_out):
+        assert float(a.split("\t")[1]) == pytest.approx(float(b.split("\t")[1]), abs=1e-3)
+
+    # a random head separates the classes by small margins, so int8 noise flips more labels here (89%)
+    # than on a fine-tuned model (98.5% on emotion, docs/benchmarks.md)
+    int8 = classify(minilm["dir"], sentences, "--backend", "onnx", "--quantize", "int8").stdout.splitlines()
+    agree = sum(a.split("\t")[0] == b.split("\t")[0] for a, b in zip(int8, torch_out))
+    assert len(int8) == 200 and agree / 200 >= 0.8
+
+
+def test_onnx_output_format(minilm):
+    stdin = "Works perfectly.\n\n   \nNever again.\r\nok\n"
+    result = run_script("classify_plm.py", "--model_fn", minilm["dir"], "--backend", "onnx", "--top_k", "3",
+                        "--with_prob", stdin=stdin)
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[2] for line in lines] == ["Works perfectly.", "Never again.", "ok"]
+    for line in lines:
+        labels, probabilities, _ = line.split("\t")
+        assert len(labels.split(" ")) == 3 and set(labels.split(" ")) <= set(EMOTIONS)
+        p = list(map(float, probabilities.split(" ")))
+        assert 1 >= p[0] >= p[1] >= p[2] >= 0
+    assert result.stderr.startswith("classified 3 sentences in ")
+    assert run_script("classify_plm.py", "--model_fn", minilm["dir"], "--backend", "onnx", stdin="").stdout == ""
+
+
+def test_onnx_backend_imports_neither_torch_nor_transformers(minilm):
+    run = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "classify_plm.py"), "--model_fn",
+                          str(minilm["dir"]), "--backend", "onnx", "--quantize", "int8"],
+                         input="Works perfectly.\n", capture_output=True, text=True, env=SCRIPT_ENV, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\t")[0] in EMOTIONS
+    modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in modules and "tokenizers" in modules  # the check sees the real imports
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "transformers", "data_load"))
+    assert heavy == []
+
+
+def test_tokenizers_alone_give_transformers_ids():
+    """FastTokenizer (tokenizers only) against transformers' tokenizer and collator, pairs and truncation too."""
+    from transformers import AutoTokenizer
+    from data_load import Example, TextClassificationCollator, TextClassificationDataset
+    from utils.model import default_model_path
+    from utils.onnx_export import VERIFY_TEXTS
+    from utils.tokens import FastTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    texts = REVIEWS[:50] + VERIFY_TEXTS + ["배송이 빨랐어요 ㅋㅋ", "naïve café – “quotes” 😀", "x" * 5000, "  spaced  "]
+    long = " ".join(REVIEWS[:30])
+    for items in ([(t, None) for t in texts],
+                  [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])] + [(long, "short"), ("short", long),
+                                                                            (long, long), ("no pair", "")]):
+        for max_length in (16, 128):
+            dataset = TextClassificationDataset([Example(text=t, text_pair=p) for t, p in items], tokenizer, max_length)
+            fast = FastTokenizer(default_model_path(), max_length)
+            ids, type_ids = fast.encode(items)
+            assert ids == dataset.input_ids and type_ids == dataset.token_type_ids
+            expected = TextClassificationCollator(tokenizer)([dataset[i] for i in range(len(dataset))])
+            arrays = fast.batch(ids, type_ids)
+            for name, tensor in expected.items():
+                assert (arrays[name] == tensor.numpy()).all(), name
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_export_model_shapes(tmp_path, kind):
+    """The export verifies itself (it raises on a disagreement); here: inputs, and the onnx backend's labels
+    against torch's on sentence pairs for RoBERTa."""
+    import onnxruntime
+    from utils.onnx_export import export
+    pairs = kind == "roberta"
+    model_fn = tiny_checkpoint(tmp_path / kind, kind, pairs=pairs)
+    export(model_fn, log=lambda message: None)
+    session = onnxruntime.InferenceSession(str(model_fn / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    expected = ["input_ids", "attention_mask"] + ["token_type_ids"] * (kind == "bert")
+    assert [i.name for i in session.get_inputs()] == expected
+    if pairs:
+        lines = [f"{a}\t{b}" for a, b in zip(REVIEWS[:40], REVIEWS[40:80])] + ["no pair on this line"]
+        torch_out = classify(model_fn, lines, "--with_prob").stdout
+        onnx_out = classify(model_fn, lines, "--with_prob", "--backend", "onnx").stdout
+        assert onnx_out == torch_out and onnx_out.endswith("\tno pair on this line\n")
+
+
+def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):
+    import utils.onnx_export
+    from utils.errors import UserError
+    model_fn = tiny_checkpoint(tmp_path / "m", "bert")
+    (model_fn / "model.onnx").write_bytes(b"an earlier export")
+    monkeypatch.setattr(utils.onnx_export, "FP32_TOLERANCE", -1.0)
+    with pytest.raises(UserError, match="disagrees with the PyTorch model"):
+        utils.onnx_export.export(model_fn, log=lambda message: None)
+    assert (model_fn / "model.onnx").read_bytes() == b"an earlier export", "the old file is left as it was"
+    assert not (model_fn / "model.int8.onnx").exists() and not list(model_fn.glob(".*.tmp"))
+
+
+def test_missing_or_corrupt_onnx_model(minilm, tmp_path):
+    import shutil
+    model_fn = tmp_path / "m"
+    shutil.copytree(minilm["dir"], model_fn)
+    (model_fn / "model.int8.onnx").unlink()
+    result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", "--quantize", "int8",
+                        stdin="hi\n", check=False)
+    assert_clean_failure(result, "no model.int8.onnx", f"export_plm.py --model_fn {model_fn}")
+    onnx = model_fn / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
+    result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", stdin="hi\n", check=False)
+    assert_clean_failure(result, "model.onnx: cannot load the ONNX model", "export it again")
+    result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", "--device", "cuda",
+                        stdin="hi\n", check=False)
+    assert_clean_failure(result, "--device cuda", "--backend torch")
+    result = run_script("classify_plm.py", "--model_fn", tmp_path / "nothing", "--backend", "onnx", stdin="hi\n",
+                        check=False)
+    assert_clean_failure(result, "no such model directory")
+    result = run_script("export_plm.py", "--model_fn", tmp_path / "nothing", check=False)
+    assert_clean_failure(result, "no such model directory")

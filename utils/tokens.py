@@ -1,0 +1,54 @@
+"""Token ids without transformers: a checkpoint's tokenizer.json, set up as transformers sets it up.
+
+The ONNX classifier tokenizes with this (tokenizers and numpy only, no torch, no transformers);
+export_plm.py checks that it gives the same ids as the transformers tokenizer before it writes a model."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+# A token never covers less than one character, so max_length tokens fit well inside this many
+# characters per token; cutting longer texts first keeps a 1 MB line from costing seconds of tokenizing.
+CHARS_PER_TOKEN_CAP = 32
+
+
+class FastTokenizer:
+    """`tokenizer(texts, pairs, truncation=True, max_length=max_length)` of transformers, from tokenizer.json:
+    truncation at max_length (longest_first for pairs, on the checkpoint's truncation side), no padding;
+    batches are padded with the checkpoint's pad token on its padding side, as the collator pads."""
+
+    def __init__(self, model_fn, max_length):
+        from tokenizers import Tokenizer
+        model_fn = Path(model_fn)
+        config_fn = model_fn / "tokenizer_config.json"
+        config = json.loads(config_fn.read_text(encoding="utf-8")) if config_fn.exists() else {}
+        self.tokenizer = Tokenizer.from_file(str(model_fn / "tokenizer.json"))
+        self.tokenizer.no_padding()  # tokenizer.json may carry a fixed padding from the pretrained model
+        self.tokenizer.enable_truncation(max_length, strategy="longest_first",
+                                         direction=config.get("truncation_side", "right"))
+        self.max_length = max_length
+        pad_token = config.get("pad_token")
+        if isinstance(pad_token, dict):  # older tokenizer_config.json files store an AddedToken
+            pad_token = pad_token.get("content")
+        pad_id = self.tokenizer.token_to_id(pad_token) if pad_token else None
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.pad_left = config.get("padding_side") == "left"
+
+    def encode(self, items):
+        """(input_ids, token_type_ids) lists for (text, pair) items; pair None for single sentences."""
+        cap = self.max_length * CHARS_PER_TOKEN_CAP
+        inputs = [text[:cap] if pair is None else (text[:cap], pair[:cap]) for text, pair in items]
+        encodings = self.tokenizer.encode_batch(inputs)
+        return [e.ids for e in encodings], [e.type_ids for e in encodings]
+
+    def batch(self, ids, type_ids):
+        """int64 `input_ids`, `attention_mask`, `token_type_ids` arrays padded to the longest row."""
+        width = max(map(len, ids))
+        arrays = {name: np.full((len(ids), width), value, dtype=np.int64)
+                  for name, value in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0))}
+        for i, (row, types) in enumerate(zip(ids, type_ids)):
+            span = slice(width - len(row), width) if self.pad_left else slice(0, len(row))
+            arrays["input_ids"][i, span] = row
+            arrays["attention_mask"][i, span] = 1
+            arrays["token_type_ids"][i, span] = types
+        return arrays
