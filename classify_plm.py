@@ -10,7 +10,9 @@ import sys
 import time
 from itertools import islice
 
+from utils.cli import ArgumentParser, int_at_least
 from utils.errors import UserError, exit_on_user_error
+from utils.tokens import MIN_LENGTH
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
                 "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
@@ -19,15 +21,16 @@ BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. 
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
-    p.add_argument("--top_k", type=int, default=1, help="print the K most probable labels, separated by spaces")
+    p.add_argument("--top_k", type=int_at_least(1), default=1, help="print the K most probable labels, separated by spaces")
     p.add_argument("--with_prob", action="store_true",
                    help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--chunk_size", type=int, default=8192, help="lines read, sorted and classified at a time")
-    p.add_argument("--max_length", type=int, default=None, help="truncate at this many tokens (default: as trained)")
+    p.add_argument("--batch_size", type=int_at_least(1), default=128)
+    p.add_argument("--chunk_size", type=int_at_least(1), default=8192, help="lines read, sorted and classified at a time")
+    p.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
+                   help="truncate at this many tokens (default: as trained; at most what the model allows)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="auto: bf16/fp16 on CUDA, fp32 on CPU (torch backend only)")
@@ -39,8 +42,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if args.top_k < 1:
-        raise UserError("--top_k must be at least 1")
     classifier = load_classifier(args)
     labels = classifier.labels
     top_k = min(args.top_k, len(labels))

@@ -10,11 +10,12 @@ directory as before. Needs requirements/onnx.txt (`make setup` installs it)."""
 import argparse
 import sys
 
+from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
     return p.parse_args()
 

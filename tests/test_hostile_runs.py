@@ -243,3 +243,28 @@ def test_fine_tuned_checkpoint_fine_tunes_again_on_new_labels(tmp_path, checkpoi
                         "--pretrained_model_name", checkpoint, "--n_epochs", 1)
     assert "is a classifier for 2 labels; its head is replaced by a new one for the 3 labels" in result.stderr
     assert json.loads((model_fn / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}
+
+
+# --- the classifier's flags --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, value", [("--batch_size", "-1"), ("--batch_size", "0"), ("--chunk_size", "0"),
+                                         ("--chunk_size", "-1"), ("--max_length", "-3"), ("--top_k", "0")])
+def test_classifier_flag_out_of_range_is_one_line(flag, value, capsys, monkeypatch):
+    import classify_plm
+    monkeypatch.setattr(sys, "argv", ["classify_plm.py", "--model_fn", "m", flag, value])
+    with pytest.raises(SystemExit) as exit_:
+        classify_plm.parse_args()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and err.startswith(f"error: argument {flag}: "), err
+
+
+@pytest.mark.slow
+def test_classifier_clamps_max_length_to_the_model(checkpoint):
+    long_line = "word " * 5000
+    result = run_script("classify_plm.py", "--model_fn", checkpoint, "--max_length", 100000,
+                        stdin=f"{long_line}\nshort\n")
+    assert "--max_length 100000 is more than the model allows; using 128" in result.stderr
+    assert [line.split("\t")[1] for line in result.stdout.splitlines()] == [long_line, "short"]
+    bad = run_script("classify_plm.py", "--model_fn", checkpoint, "--batch_size", -1, stdin="x\n", check=False)
+    assert_one_line_error(bad, "--batch_size", "at least 1")
+    assert bad.stdout == ""

@@ -11,7 +11,7 @@ from data_load import Splits, TextClassificationDataset, load_splits
 from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
 from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
-                         extend_vocabulary, load_classifier, load_tokenizer, resolve_model_name)
+                         extend_vocabulary, load_classifier, load_tokenizer, model_max_length, resolve_model_name)
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
 
 
@@ -70,7 +70,7 @@ def prepare(args, trainer_name):
         print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
               f"added {added} characters to the vocabulary", file=sys.stderr)
     lr = args.lr if args.lr is not None else default_learning_rate(model)
-    max_length = clamp_max_length(args.max_length, model, tokenizer)
+    max_length = clamp_max_length(args.max_length, model_max_length(model, tokenizer))
     label2id = splits.label2id
     train_set = TextClassificationDataset(splits.train, tokenizer, max_length, label2id)
     valid_set = TextClassificationDataset(splits.valid, tokenizer, max_length, label2id, with_text=True)

@@ -4,8 +4,7 @@ import argparse
 from utils.cli import ArgumentParser, float_above, float_at_least, float_range, int_at_least
 from utils.metrics import SCORES
 from utils.model import DEFAULT_MODEL_HELP
-
-MIN_LENGTH = 8  # tokens: room for the special tokens ([CLS], [SEP], a pair's second [SEP]) and a few words
+from utils.tokens import MIN_LENGTH
 
 
 def training_parser(description):

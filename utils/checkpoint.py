@@ -238,6 +238,7 @@ def load_checkpoint(model_fn, device="cpu"):
     tokenizer = load_tokenizer(model_fn)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its multi-line load report would come before our one line
+    hf_logging.disable_progress_bar()  # a bar for a second's load only clutters the classifier's stderr
     try:
         model = AutoModelForSequenceClassification.from_pretrained(model_fn)
     except Exception as error:  # safetensors, json and torch each raise their own kinds

@@ -105,17 +105,25 @@ def default_learning_rate(model):
     return 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
 
 
+def position_limit(config):
+    """Longest input a model's position embeddings allow, from its config (an object, or config.json as
+    a dict); RoBERTa-style models reserve two positions below their padding offset."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    positions = get("max_position_embeddings")
+    if not isinstance(positions, int) or not 0 < positions < 1_000_000:
+        return None
+    return positions - (2 if get("model_type") in ("roberta", "xlm-roberta", "camembert") else 0)
+
+
 def model_max_length(model, tokenizer):
-    """Longest input the model accepts: position embeddings bound it; special tokens need none."""
-    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    """Longest input the model accepts: its position embeddings and its tokenizer's limit bound it."""
+    limits = [position_limit(model.config), tokenizer.model_max_length]
     limits = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
-    # RoBERTa-style models reserve two positions for the padding offset
-    offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
-    return min(limits) - offset if limits else None
+    return min(limits) if limits else None
 
 
-def clamp_max_length(max_length, model, tokenizer):
-    limit = model_max_length(model, tokenizer)
+def clamp_max_length(max_length, limit):
+    """--max_length, or the model's limit with a warning when it asks for more (training and classifying)."""
     if limit and max_length > limit:
         print(f"warning: --max_length {max_length} is more than the model allows; using {limit}", file=sys.stderr)
         return limit

@@ -12,6 +12,7 @@ import numpy as np
 
 from utils.checkpoint import TRAINING_ARGS, check_checkpoint
 from utils.errors import UserError, first_line
+from utils.model import clamp_max_length, position_limit
 from utils.tokens import FastTokenizer
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
@@ -47,7 +48,9 @@ class OnnxClassifier:
             config = json.loads((model_fn / "config.json").read_text(encoding="utf-8"))
             training_args = json.loads((model_fn / TRAINING_ARGS).read_text(encoding="utf-8"))
             self.labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-            self.tokenizer = FastTokenizer(model_fn, max_length or training_args.get("max_length", 128))
+            max_length = (clamp_max_length(max_length, position_limit(config)) if max_length
+                          else training_args.get("max_length", 128))
+            self.tokenizer = FastTokenizer(model_fn, max_length)
         except Exception as error:  # json, a missing id2label key and tokenizers each raise their own kinds
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None

@@ -10,6 +10,7 @@ import numpy as np
 # A token never covers less than one character, so max_length tokens fit well inside this many
 # characters per token; cutting longer texts first keeps a 1 MB line from costing seconds of tokenizing.
 CHARS_PER_TOKEN_CAP = 32
+MIN_LENGTH = 8  # shortest --max_length: room for the special tokens ([CLS], [SEP], a pair's [SEP]) and a few words
 
 
 class FastTokenizer:

@@ -5,6 +5,7 @@ import torch
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.model import clamp_max_length, model_max_length
 from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 
 
@@ -18,7 +19,8 @@ class TorchClassifier:
                 raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
             self.model = quantize_int8(self.model)
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        self.max_length = args.max_length or training_args.get("max_length", 128)
+        self.max_length = (clamp_max_length(args.max_length, model_max_length(self.model, self.tokenizer))
+                           if args.max_length else training_args.get("max_length", 128))
         self.pairs = training_args.get("has_pairs", False)
         self.batch_size = args.batch_size
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
