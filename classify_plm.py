@@ -70,9 +70,9 @@ def load_classifier(args):
             flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
             raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
                             "use --backend torch for CUDA and half precision")
-        from utils.onnx_classifier import OnnxClassifier
+        from inference.onnx_classifier import OnnxClassifier
         return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size)
-    from utils.torch_classifier import TorchClassifier
+    from inference.torch_classifier import TorchClassifier
     return TorchClassifier(args)
 
 

@@ -23,7 +23,7 @@ def parse_args():
 def main():
     args = parse_args()
     try:
-        from utils.onnx_export import export
+        from inference.onnx_export import export
     except ImportError as error:
         raise UserError(f"ONNX export needs {error.name}: pip install -r requirements/onnx.txt") from None
     export(args.model_fn)

@@ -134,7 +134,7 @@ def test_tokenizers_alone_give_transformers_ids():
     from transformers import AutoTokenizer
     from data_load import Example, TextClassificationCollator, TextClassificationDataset
     from utils.model import default_model_path
-    from utils.onnx_export import VERIFY_TEXTS
+    from inference.onnx_export import VERIFY_TEXTS
     from utils.tokens import FastTokenizer
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     texts = REVIEWS[:50] + VERIFY_TEXTS + ["배송이 빨랐어요 ㅋㅋ", "naïve café – “quotes” 😀", "x" * 5000, "  spaced  "]
@@ -158,7 +158,7 @@ def test_export_model_shapes(tmp_path, kind):
     """The export verifies itself (it raises on a disagreement); here: inputs, and the onnx backend's labels
     against torch's on sentence pairs for RoBERTa."""
     import onnxruntime
-    from utils.onnx_export import export
+    from inference.onnx_export import export
     pairs = kind == "roberta"
     model_fn = tiny_checkpoint(tmp_path / kind, kind, pairs=pairs)
     export(model_fn, log=lambda message: None)
@@ -173,13 +173,13 @@ def test_export_model_shapes(tmp_path, kind):
 
 
 def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):
-    import utils.onnx_export
+    import inference.onnx_export
     from utils.errors import UserError
     model_fn = tiny_checkpoint(tmp_path / "m", "bert")
     (model_fn / "model.onnx").write_bytes(b"an earlier export")
-    monkeypatch.setattr(utils.onnx_export, "FP32_TOLERANCE", -1.0)
+    monkeypatch.setattr(inference.onnx_export, "FP32_TOLERANCE", -1.0)
     with pytest.raises(UserError, match="disagrees with the PyTorch model"):
-        utils.onnx_export.export(model_fn, log=lambda message: None)
+        inference.onnx_export.export(model_fn, log=lambda message: None)
     assert (model_fn / "model.onnx").read_bytes() == b"an earlier export", "the old file is left as it was"
     assert not (model_fn / "model.int8.onnx").exists() and not list(model_fn.glob(".*.tmp"))
 

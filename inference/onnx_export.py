@@ -17,7 +17,7 @@ import torch
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError, first_line
-from utils.onnx_classifier import ONNX_FILES, load_session
+from inference.onnx_classifier import ONNX_FILES, load_session
 from utils.tokens import FastTokenizer
 
 # Different lengths (so batches are padded), non-Latin text and an emoji (unknown and split tokens),
