@@ -69,8 +69,9 @@ def main():
                     predictions[name] = predicted
                     if name in startup:
                         startup[name].append(start_up(name, model_fn, texts[0], env))
-                    print(f"  {dataset} run {repeat + 1}/{args.repeats} {name}: {len(texts) / seconds:.1f} sentences/s"
-                          + (f", 1-line start-up {startup[name][-1]:.2f} s" if name in startup else ""), file=sys.stderr)
+                    note = f", 1-line start-up {startup[name][-1]:.2f} s" if name in startup else ""
+                    print(f"  {dataset} run {repeat + 1}/{args.repeats} {name}: {len(texts) / seconds:.1f} "
+                          f"sentences/s{note}", file=sys.stderr)
             base = len(texts) / median(results["pipeline"])
             torch_fp32 = len(texts) / median(results["torch fp32"])
             out = []
@@ -80,7 +81,8 @@ def main():
                             "vs torch fp32": f"{rate / torch_fp32:.2f}x",
                             "1-line start-up s": f"{median(startup[name]):.2f}" if name in startup else "",
                             "accuracy": f"{accuracy(predictions[name], gold):.2%}",
-                            "agreement with torch fp32": f"{accuracy(predictions[name], predictions['torch fp32']):.2%}"})
+                            "agreement with torch fp32":
+                                f"{accuracy(predictions[name], predictions['torch fp32']):.2%}"})
             print(f"\n{dataset}: {len(texts)} sentences from {test_split}, model fine-tuned on {args.n_train} "
                   f"{train_split} lines, {args.threads} threads, median of {args.repeats}")
             print(table(out, list(out[0])))
