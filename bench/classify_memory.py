@@ -2,6 +2,7 @@
 
     python bench/classify_memory.py --model_fn models/review              # 1,000,000 lines
     python bench/classify_memory.py --model_fn models/review --n_lines 100000
+    python bench/classify_memory.py --model_fn models/review --backend onnx    # after export_plm.py
 
 Lines are generated (emotion validation sentences, repeated) and piped in while the process runs,
 so the input never sits in a file or in this process. The peak resident set size of the
@@ -48,9 +49,10 @@ def main():
     p.add_argument("--model_fn", required=True)
     p.add_argument("--n_lines", type=int, default=1_000_000)
     p.add_argument("--quantize", choices=["none", "int8"], default="none")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     args = p.parse_args()
     lines = [text for _, text in emotion("val")]
-    extra = ["--quantize", args.quantize]
+    extra = ["--quantize", args.quantize, "--backend", args.backend]
     base, _ = peak_rss(args.model_fn, lines, 1, extra)
     peak, summary = peak_rss(args.model_fn, lines, args.n_lines, extra)
     print(f"one line: peak RSS {base:.0f} MiB\n{args.n_lines:,} lines: peak RSS {peak:.0f} MiB "

@@ -120,7 +120,8 @@ def test_onnx_output_format(minilm):
 def test_onnx_backend_imports_neither_torch_nor_transformers(minilm):
     run = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "classify_plm.py"), "--model_fn",
                           str(minilm["dir"]), "--backend", "onnx", "--quantize", "int8"],
-                         input="Works perfectly.\n", capture_output=True, text=True, env=SCRIPT_ENV, timeout=120, cwd=ROOT)
+                         input="Works perfectly.\n", capture_output=True, text=True, env=SCRIPT_ENV, timeout=120,
+                         cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\t")[0] in EMOTIONS
     modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
@@ -137,7 +138,8 @@ def test_tokenizers_alone_give_transformers_ids():
     from inference.onnx_export import VERIFY_TEXTS
     from utils.tokens import FastTokenizer
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    texts = REVIEWS[:50] + VERIFY_TEXTS + ["배송이 빨랐어요 ㅋㅋ", "naïve café – “quotes” 😀", "x" * 5000, "  spaced  "]
+    texts = REVIEWS[:50] + VERIFY_TEXTS + ["배송이 빨랐어요 ㅋㅋ", "naïve café – “quotes” 😀", "x" * 5000,
+                                          "  spaced  "]
     long = " ".join(REVIEWS[:30])
     for items in ([(t, None) for t in texts],
                   [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])] + [(long, "short"), ("short", long),
