@@ -64,6 +64,7 @@ def classify(model_fn, lines, *flags):
     return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin="\n".join(lines) + "\n")
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_export_writes_verified_models(minilm):
     directory, stdout = minilm["dir"], minilm["export"].stdout
     assert (directory / "model.onnx").is_file() and (directory / "model.int8.onnx").is_file()
@@ -77,12 +78,14 @@ def test_export_writes_verified_models(minilm):
     assert inputs == {name: ["batch", "sequence"] for name in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_pipeline_still_loads_the_directory(minilm):
     from transformers import pipeline
     classifier = pipeline("text-classification", model=str(minilm["dir"]), device="cpu")
     assert classifier("Works perfectly.")[0]["label"] in EMOTIONS
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_onnx_backend_matches_torch(minilm):
     sentences = REVIEWS[:200]
     torch_out = classify(minilm["dir"], sentences, "--with_prob").stdout.splitlines()
@@ -102,6 +105,7 @@ def test_onnx_backend_matches_torch(minilm):
     assert len(int8) == 200 and agree / 200 >= 0.8
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_onnx_output_format(minilm):
     stdin = "Works perfectly.\n\n   \nNever again.\r\nok\n"
     result = run_script("classify_plm.py", "--model_fn", minilm["dir"], "--backend", "onnx", "--top_k", "3",
@@ -117,6 +121,7 @@ def test_onnx_output_format(minilm):
     assert run_script("classify_plm.py", "--model_fn", minilm["dir"], "--backend", "onnx", stdin="").stdout == ""
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_onnx_backend_imports_neither_torch_nor_transformers(minilm):
     run = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "classify_plm.py"), "--model_fn",
                           str(minilm["dir"]), "--backend", "onnx", "--quantize", "int8"],
@@ -155,6 +160,7 @@ def test_tokenizers_alone_give_transformers_ids():
                 assert (arrays[name] == tensor.numpy()).all(), name
 
 
+@pytest.mark.slow  # runs the real scripts
 @pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
 def test_export_model_shapes(tmp_path, kind):
     """The export verifies itself (it raises on a disagreement); here: inputs, and the onnx backend's labels
@@ -186,6 +192,7 @@ def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):
     assert not (model_fn / "model.int8.onnx").exists() and not list(model_fn.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # runs the real scripts
 def test_missing_or_corrupt_onnx_model(minilm, tmp_path):
     import shutil
     model_fn = tmp_path / "m"
