@@ -23,8 +23,11 @@ demo: setup
 	$(PY) export_plm.py --model_fn $(DEMO_MODEL)
 	$(PY) classify_plm.py --model_fn $(DEMO_MODEL) --with_prob --backend onnx < data/review.unlabeled.en.txt
 
+# Two workers on two cores: most of a test's time is a script starting (imports) or a tiny model
+# training, so two files at a time finish sooner; --dist loadfile keeps a file's shared fixtures (the
+# end-to-end fine-tunes) on one worker.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
