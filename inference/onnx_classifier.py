@@ -54,6 +54,10 @@ class OnnxClassifier:
         except Exception as error:  # json, a missing id2label key and tokenizers each raise their own kinds
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None
+        if config.get("problem_type") == "multi_label_classification":
+            # the probabilities below are a softmax over the labels; a multi-label model needs its own
+            raise UserError(f"{model_fn}: a multi-label model; --backend onnx classifies single-label models "
+                            "only so far: use --backend torch")
         self.pairs = training_args.get("has_pairs", False)
         self.batch_size = batch_size
         self.session = load_session(path)

@@ -49,6 +49,9 @@ def export(model_fn, log=print):
     """Write model_fn/model.onnx and model_fn/model.int8.onnx, or nothing when either disagrees with PyTorch."""
     tokenizer, model, training_args = load_checkpoint(model_fn)
     model_fn = os.fspath(model_fn)
+    if not os.path.exists(os.path.join(model_fn, "tokenizer.json")):
+        raise UserError(f"{model_fn}: no tokenizer.json: the ONNX classifier needs the fast (tokenizers) version "
+                        "of the tokenizer, and this model has only a slow one")
     max_length = training_args.get("max_length", 128)
     pairs = training_args.get("has_pairs", False)
     items = [(text, pair if pairs else None) for text, pair in zip(VERIFY_TEXTS, VERIFY_TEXTS[1:] + VERIFY_TEXTS[:1])]

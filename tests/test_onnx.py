@@ -180,6 +180,16 @@ def test_export_model_shapes(tmp_path, kind):
         assert onnx_out == torch_out and onnx_out.endswith("\tno pair on this line\n")
 
 
+def test_multi_label_exports_but_onnx_classifies_single_label_only(tmp_path):
+    from inference.onnx_export import export
+    model_fn = tiny_checkpoint(tmp_path / "m", "bert")
+    config = json.loads((model_fn / "config.json").read_text())
+    (model_fn / "config.json").write_text(json.dumps({**config, "problem_type": "multi_label_classification"}))
+    export(model_fn, log=lambda message: None)  # the logits are verified as for any model
+    result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", stdin="hi\n", check=False)
+    assert_clean_failure(result, "multi-label", "--backend torch")
+
+
 def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):
     import inference.onnx_export
     from utils.errors import UserError
