@@ -1,6 +1,7 @@
 """Both trainers fine-tune the real offline MiniLM on emotion; the classifier and pipeline use the result."""
 import csv
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -64,9 +65,9 @@ def test_run_plan_printed_before_training(trained, script):
                      f"optimizer steps = {N_EPOCHS * 30} (30 per epoch), warm-up steps = 9",
                      "learning rate = 0.0002", "precision = fp32, device = cpu, world size = 1"):
         assert expected in plan, plan
-    for epoch in range(1, N_EPOCHS + 1):  # one line per evaluation, every metric on it
-        line = next(l for l in stderr.splitlines() if l.startswith(f"epoch {epoch}: train loss"))
-        assert "macro-F1" in line and "MCC" in line
+    for epoch in range(1, N_EPOCHS + 1):  # one line per evaluation, every metric on it (after tqdm's escapes)
+        line = re.search(rf"epoch {epoch}: train loss [^\n]*", stderr).group(0)
+        assert "macro-F1" in line and "MCC" in line, line
 
 
 @pytest.mark.parametrize("script", TRAINERS)

@@ -4,6 +4,7 @@ labels. Each ends in a working run or one `error:` line, exit 2, nothing left be
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -172,13 +173,13 @@ def test_second_run_on_the_same_model_refuses_at_once(tmp_path, tiny_model):
     model_fn = tmp_path / "m"
     train = tmp_path / "t.tsv"
     train.write_text(GOOD * 4)
-    # many short epochs, no resumable state until the end: long enough to be caught running, cheap
+    # a first run that cannot finish on its own while the second one starts, however busy the machine
     first = subprocess.Popen([sys.executable, str(ROOT / "finetune_plm_native.py"), "--model_fn", str(model_fn),
-                              "--train_fn", str(train), "--pretrained_model_name", str(tiny_model), "--n_epochs", "60",
-                              "--save_every", "100000", "--seed", "1"], cwd=ROOT, env=SCRIPT_ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                              "--train_fn", str(train), "--pretrained_model_name", str(tiny_model), "--n_epochs",
+                              "100000", "--save_every", "100000", "--seed", "1"], cwd=ROOT, env=SCRIPT_ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while not partial_dir(model_fn).exists():
             assert time.time() < deadline and first.poll() is None, "the first run did not start"
             time.sleep(0.2)
@@ -187,10 +188,13 @@ def test_second_run_on_the_same_model_refuses_at_once(tmp_path, tiny_model):
         assert_one_line_error(second, "another run is writing this model now")
         assert first.poll() is None, "the second run must not disturb the first"
     finally:
-        _, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr
-    assert json.loads((model_fn / "training_args.json").read_text())["seed"] == 1  # the first run's model
-    assert not list(tmp_path.glob(".m.*"))  # lock and partial gone
+        first.send_signal(signal.SIGINT)  # stops after its current step, saving a resumable state
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 130, stderr
+    assert "state saved; continue with --resume" in stderr
+    # the partial run is the first run's, untouched by the second
+    assert json.loads((partial_dir(model_fn) / "run.json").read_text())["flags"]["seed"] == 1
+    assert not model_fn.exists() and not (tmp_path / ".m.lock").exists()
 
 
 @pytest.mark.slow

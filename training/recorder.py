@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from utils.checkpoint import partial_dir
 from utils.metrics import selection_score, summary_line
 from utils.report import TensorBoardLogger, history_row, row_metrics
@@ -53,7 +55,8 @@ class EvaluationRecorder:
         if score > self.best_score:
             self.best_score = score
             save_best_weights(model, self.directory)
-        print(f"epoch {epoch}: train loss {train_loss:.4f}; valid {summary_line(metrics)}", file=sys.stderr)
+        # tqdm.write: Trainer's progress bar is still on the line; this prints above it, on a line of its own
+        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}; valid {summary_line(metrics)}", file=sys.stderr)
         return row
 
     def close(self):
