@@ -87,6 +87,14 @@ def test_interrupt_outside_the_loop_is_one_line_and_runs_the_clean_ups(capsys):
     assert capsys.readouterr().err.strip() == "interrupted: stopped at once; the state is kept"
 
 
+def test_a_closed_pipe_is_not_turned_into_an_error():
+    """`classify_plm.py ... | head`: classify_plm.py ends quietly when its reader goes away."""
+    def main():
+        raise BrokenPipeError(32, "Broken pipe")
+    with pytest.raises(BrokenPipeError):
+        exit_on_user_error(main)
+
+
 # --- resume must continue the same run ------------------------------------------------------------
 
 def test_resume_refuses_a_changed_run(tmp_path):

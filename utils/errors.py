@@ -32,6 +32,8 @@ def exit_on_user_error(main):
     an interrupt."""
     try:
         return main()
+    except BrokenPipeError:  # the reader went away (`... | head`): the caller decides, it is no error
+        raise
     except UserError as error:
         message, code = f"error: {error}", 2
     except OSError as error:
