@@ -96,8 +96,9 @@ def main():
             progress["step"] += 1
             progress["batches_done"] = i + 1
             if progress["step"] % LOG_EVERY == 0:
-                batches.set_postfix(loss=f"{loss.item():.4f}")
-                recorder.log_step(progress["step"], loss.item(), scheduler.get_last_lr()[0])
+                step_loss = loss.item()  # the one host-device sync of a logging interval
+                batches.set_postfix(loss=f"{step_loss:.4f}")
+                recorder.log_step(progress["step"], step_loss, scheduler.get_last_lr()[0])
             if args.save_every and progress["step"] % args.save_every == 0:
                 save_state()
             if stop.agreed():

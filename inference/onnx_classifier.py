@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.checkpoint import TRAINING_ARGS, check_checkpoint
+from utils.checkpoint import TRAINING_ARGS, check_checkpoint, check_label_names
 from utils.errors import UserError, first_line
 from utils.model import clamp_max_length, position_limit
 from utils.tokens import FastTokenizer
@@ -40,6 +40,7 @@ class OnnxClassifier:
 
     def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128):
         model_fn = check_checkpoint(model_fn, ("config.json", TRAINING_ARGS, "tokenizer.json"))
+        check_label_names(model_fn / "config.json")  # the torch backend's check: one message for a gap
         path = model_fn / ONNX_FILES[quantize]
         if not path.exists():
             raise UserError(f"{model_fn}: no {path.name} (--backend onnx{' --quantize int8' * (quantize == 'int8')} "
