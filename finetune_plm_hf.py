@@ -1,13 +1,15 @@
 """Fine-tune a pretrained language model for sentence classification with transformers.Trainer.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
+import math
 import sys
 import time
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from data_load import TextClassificationCollator
+from data_load import TextClassificationCollator, column_numpy, model_inputs
 from training.finish import evaluation, save_run
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
@@ -26,6 +28,7 @@ def main():
     training_args = TrainingArguments(
         output_dir=str(resume_dir(args.model_fn)),  # resumable states; the model itself is saved below
         num_train_epochs=args.n_epochs,
+        max_steps=args.max_steps or -1,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size * 2,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -48,6 +51,7 @@ def main():
         logging_strategy="steps",
         logging_steps=LOG_EVERY,
         report_to="none",  # TensorBoard goes through the logger both trainers share
+        remove_unused_columns=False,  # model_inputs() already keeps only what a batch needs
         dataloader_pin_memory=device.type == "cuda",
         seed=args.seed,
         data_seed=args.seed,
@@ -58,14 +62,15 @@ def main():
     trainer = LossTrackingTrainer(
         model=run.model,
         args=training_args,
-        train_dataset=run.train_set,
-        eval_dataset=run.valid_set,
+        train_dataset=model_inputs(run.train_set),
+        eval_dataset=model_inputs(run.valid_set),
         data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision)),
         processing_class=run.tokenizer,
         compute_metrics=trainer_compute_metrics(run.splits.labels),
         callbacks=[callback],
     )
     callback.trainer = trainer
+    trainer.lengths = column_numpy(run.train_set, "length")
     resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
     print_plan(run, args, "hf")
     trainer.train(resume_from_checkpoint=resume_from)
@@ -77,8 +82,8 @@ def main():
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial)
-    valid = evaluation(trainer.predict(run.valid_set).predictions, run.valid_set, run.splits.labels)
-    test = (evaluation(trainer.predict(run.test_set).predictions, run.test_set, run.splits.labels)
+    valid = evaluation(trainer.predict(model_inputs(run.valid_set)).predictions, run.valid_set, run.splits.labels)
+    test = (evaluation(trainer.predict(model_inputs(run.test_set)).predictions, run.test_set, run.splits.labels)
             if run.test_set else None)
     if context.is_main:
         save_run(args, "hf", run, trainer.model, recorder.history, valid, test,
@@ -100,6 +105,16 @@ class LossTrackingTrainer(Trainer):
             self.epoch_loss_sum = detached if self.epoch_loss_sum is None else self.epoch_loss_sum + detached
             self.epoch_loss_count += 1
         return result
+
+    lengths = None  # the training rows' token counts, a NumPy array from the Arrow column
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's length-grouped sampler, given the lengths as a list: by itself it would read them
+        one row at a time through datasets' Column (minutes on a million rows)."""
+        if self.args.train_sampling_strategy != "group_by_length" or self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=self.lengths.tolist())
 
     def _get_eval_sampler(self, eval_dataset):
         """Dataset order, also when training groups by length (Trainer then shuffles evaluation too):
@@ -150,7 +165,8 @@ class RecorderCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
-        row = self.recorder.record(model, round(state.epoch), state.global_step, self.trainer.pop_epoch_loss(),
+        # the epoch this evaluation ends (an epoch cut short by --max_steps counts as one)
+        row = self.recorder.record(model, math.ceil(state.epoch - 1e-6), state.global_step, self.trainer.pop_epoch_loss(),
                                    valid, self.trainer.lr_scheduler.get_last_lr()[0],
                                    time.time() - self.epoch_started)
         state.log_history.append({"history_row": row, "step": state.global_step})

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from data_load import LengthGroupedBatchSampler, TextClassificationCollator
+from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
 from training.finish import evaluation, save_run
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
@@ -33,10 +33,10 @@ def main():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
     autocast = autocast_context(device, precision)
-    sampler = LengthGroupedBatchSampler(run.train_set.lengths, args.batch_size, seed=args.seed,
+    sampler = LengthGroupedBatchSampler(column_numpy(run.train_set, "length"), args.batch_size, seed=args.seed,
                                         group_by_length=not args.no_group_by_length,
                                         world_size=context.world_size, rank=context.rank)
-    train_loader = DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate,
+    train_loader = DataLoader(model_inputs(run.train_set), batch_sampler=sampler, collate_fn=collate,
                               pin_memory=device.type == "cuda")
     assert len(train_loader) == schedule.batches_per_epoch
 
@@ -69,15 +69,17 @@ def main():
 
     print_plan(run, args, "native")
     stop = StopRequest(context)
-    for epoch in range(progress["epoch"], args.n_epochs):
+    for epoch in range(progress["epoch"], schedule.n_epochs):
         started = time.time()
         sampler.set_epoch(epoch)
         model.train()
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.n_epochs}", disable=not context.is_main,
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{schedule.n_epochs}", disable=not context.is_main,
                        initial=progress["batches_done"], total=len(train_loader), dynamic_ncols=True)
         for i, batch in enumerate(batches):
             if i < progress["batches_done"]:  # resuming mid-epoch: same order, skip what was done
                 continue
+            if progress["step"] == schedule.total_steps:  # --max_steps reached within this epoch
+                break
             boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with maybe_no_sync(model, not boundary), autocast:
@@ -116,7 +118,7 @@ def main():
                             scheduler.get_last_lr()[0], time.time() - started)
         loss_sum.zero_()
         progress.update(epoch=epoch + 1, batches_done=0, loss_count=0)
-        if not args.save_every or epoch + 1 == args.n_epochs:
+        if not args.save_every or epoch + 1 == schedule.n_epochs:
             save_state()
     recorder.close()
 
@@ -141,13 +143,14 @@ def evaluate(model, dataset, collate, batch_size, device, autocast, context, lab
         return None
     model = getattr(model, "module", model)  # plain forward: no DDP synchronisation for evaluation
     model.eval()
-    shard = range(context.rank, len(dataset), context.world_size)
-    order = sorted(shard, key=lambda i: dataset.lengths[i])  # similar lengths together: less padding
+    shard = np.arange(context.rank, len(dataset), context.world_size)
+    order = shard[np.argsort(column_numpy(dataset, "length")[shard], kind="stable")].tolist()  # less padding
+    inputs = model_inputs(dataset)
     logits = {}
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
-            batch = collate([dataset[i] for i in indices])
+            batch = collate(inputs.__getitems__(indices))
             batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
             with autocast:
                 output = model(**batch).logits.float().cpu().numpy()

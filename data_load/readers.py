@@ -10,7 +10,7 @@ Formats, chosen by file extension and flags:
 A column given as a number (`--label_column 1`) is a 0-based position in a file without header.
 """
 import csv
-import io
+import itertools
 import json
 import re
 import sys
@@ -22,7 +22,8 @@ from utils.errors import UserError, located
 DEFAULT_TEXT_COLUMNS = ("text", "sentence", "document", "review", "comments", "sentence1")
 DEFAULT_PAIR_COLUMNS = ("text_pair", "sentence2")
 DEFAULT_LABEL_COLUMNS = ("label", "labels", "class")
-LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# a line and its ending: \r\n, a lone \r or \n (a lone \r ends a line, as in universal newlines)
+LINE_PIECE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 @dataclass
@@ -34,46 +35,68 @@ class Example:
 
 
 def read_examples(path, text_column=None, text_pair_column=None, label_column=None):
-    """Read a whole labelled file into a list of Examples. Raises UserError with `file:line` on bad input."""
+    """A whole labelled file as a list of Examples (small files, tests); large files go through
+    iter_examples into Arrow (data_load.sources). Raises UserError with `file:line` on bad input."""
+    stats = {}
+    examples = list(iter_examples(path, text_column, text_pair_column, label_column, stats))
+    warn_empty(path, stats["n_empty"])
+    return examples
+
+
+def iter_examples(path, text_column=None, text_pair_column=None, label_column=None, stats=None):
+    """Examples one at a time, validated as they stream (the file is never held in memory).
+
+    Raises UserError with `file:line` on the first bad row; `stats["n_empty"]` counts rows skipped
+    for an empty text (the caller warns once)."""
     path = Path(path)
-    text = decode_file(path)
+    stats = {} if stats is None else stats
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path, text)
+        rows = _jsonl_rows(path)
     elif suffix == ".csv" or text_column or label_column or text_pair_column:
-        rows = _table_rows(path, text, delimiter="," if suffix == ".csv" else "\t", quoted=suffix == ".csv")
+        rows = _table_rows(path, delimiter="," if suffix == ".csv" else "\t", quoted=suffix == ".csv")
     else:
-        return _reference_examples(path, text)
+        yield from _reference_examples(path, stats)
+        return
+    yield from examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats)
 
-    rows = list(rows)
-    if not rows:
+
+def examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, columns=None):
+    """Examples from (line, row) pairs: rows are field lists (the first may be a header) or dicts
+    (JSONL objects, Arrow records; `columns` names their keys when known in advance)."""
+    rows = iter(rows)
+    stats["n_empty"] = 0
+    first = next(rows, None)
+    if first is None and columns is None:
         raise UserError(f"{path}: the file is empty")
-    _, first = rows[0]
-    if isinstance(first, dict):  # JSONL: the first object's keys name the columns
-        columns = list(first)
+    if columns is not None:
+        pending = [first] if first is not None else []
+    elif isinstance(first[1], dict):  # JSONL: the first object's keys name the columns
+        columns, pending = list(first[1]), [first]
     elif _is_positional(text_column, text_pair_column, label_column):
-        if _is_header(first, ()):
-            raise located(path, rows[0][0], f"looks like a header ({', '.join(f.strip() for f in first)}), but the "
-                                            "columns are given by position: name them instead, e.g. --label_column "
-                                            "label, so the header is not read as an example")
-        columns = list(range(len(first)))
-    elif not _is_header(first, (text_column, text_pair_column, label_column)):
-        columns = list(range(len(first)))
+        if _is_header(first[1], ()):
+            raise located(path, first[0], f"looks like a header ({', '.join(f.strip() for f in first[1])}), but the "
+                                          "columns are given by position: name them instead, e.g. --label_column "
+                                          "label, so the header is not read as an example")
+        columns, pending = list(range(len(first[1]))), [first]
+    elif not _is_header(first[1], (text_column, text_pair_column, label_column)):
+        columns, pending = list(range(len(first[1]))), [first]
     else:
-        columns, rows = first, rows[1:]
+        columns, pending = first[1], []
 
     text_key = _pick_column(path, columns, text_column, DEFAULT_TEXT_COLUMNS, "--text_column")
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
                 if text_pair_column else None)
     label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
     _check_distinct(path, {"--text_column": text_key, "--text_pair_column": pair_key, "--label_column": label_key})
+    stats["has_pairs"] = pair_key is not None
 
-    examples, n_empty = [], 0
-    for line, row in rows:
+    n_examples = 0
+    for line, row in itertools.chain(pending, rows):
         record = _as_record(path, line, row, columns)
         text_value = _field(path, line, record, text_key)
         if not text_value.strip():
-            n_empty += 1
+            stats["n_empty"] += 1
             continue
         example = Example(text=text_value, line=line)
         if pair_key is not None:
@@ -81,38 +104,42 @@ def read_examples(path, text_column=None, text_pair_column=None, label_column=No
         example.label = _label(path, line, record, label_key)
         if not example.label:
             raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
-        examples.append(example)
-    _warn_empty(path, n_empty)
-    if not examples:
+        n_examples += 1
+        yield example
+    if not n_examples:
         raise UserError(f"{path}: no examples found (only a header, or every text is empty)")
-    return examples
 
 
-def decode_file(path):
-    """The file as text: UTF-8 (a BOM is dropped), any line endings. Binary or mis-encoded files are errors."""
+def text_lines(path, keep_ends=False):
+    """(line number, line) of a UTF-8 file (a BOM is dropped), read as a stream; any line endings
+    (\\n, \\r\\n, a lone \\r) end a line. Binary or mis-encoded files are errors naming the line."""
     try:
-        data = Path(path).read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a data file") from None
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
-    if b"\x00" in data:
-        line = data[:data.index(b"\x00")].count(b"\n") + 1
-        raise located(path, line, "contains a NUL byte: this looks like a binary file, not UTF-8 text")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise located(path, line, "is not valid UTF-8: convert the file, e.g. "
-                                  f"`iconv -f cp949 -t utf-8 {path} > fixed.tsv`") from None
+    number = 0
+    with f:
+        for raw in f:
+            if b"\x00" in raw:
+                raise located(path, number + 1, "contains a NUL byte: this looks like a binary file, not UTF-8 text")
+            try:
+                text = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+            except UnicodeDecodeError:
+                raise located(path, number + 1, "is not valid UTF-8: convert the file, e.g. "
+                                                f"`iconv -f cp949 -t utf-8 {path} > fixed.tsv`") from None
+            for piece in LINE_PIECE.findall(text):
+                number += 1
+                yield number, piece if keep_ends else piece.rstrip("\r\n")
 
 
-def _reference_examples(path, text):
+def _reference_examples(path, stats):
     """`label<TAB>sentence[<TAB>sentence_pair]` without header; blank lines are skipped."""
-    examples, n_empty = [], 0
-    for line, raw in enumerate(LINE_BREAK.split(text), start=1):
+    n_examples = stats["n_empty"] = 0
+    for line, raw in text_lines(path):
         if not raw.strip():
             continue
         fields = raw.split("\t")
@@ -125,24 +152,25 @@ def _reference_examples(path, text):
         label = fields[0].strip()
         if not label:
             raise located(path, line, "empty label before the tab")
-        if not examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
+        if not n_examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
             raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
                                       f"{label} --text_column {fields[1].strip()} to read the file by its header")
         if not fields[1].strip():
-            n_empty += 1
+            stats["n_empty"] += 1
             continue
-        examples.append(Example(text=fields[1], label=label,
-                                text_pair=fields[2] if len(fields) == 3 else None, line=line))
-    _warn_empty(path, n_empty)
-    if not examples:
+        if len(fields) == 3:
+            stats["has_pairs"] = True
+        n_examples += 1
+        yield Example(text=fields[1], label=label, text_pair=fields[2] if len(fields) == 3 else None, line=line)
+    if not n_examples:
         raise UserError(f"{path}: no examples found: the file is empty")
-    return examples
 
 
-def _table_rows(path, text, delimiter, quoted):
+def _table_rows(path, delimiter, quoted):
     """(line, fields) for each non-blank row of a delimited file."""
     if quoted:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        lines = text_lines(path, keep_ends=True)
+        reader = csv.reader((piece for _, piece in lines), delimiter=delimiter)
         try:
             start = 1
             for fields in reader:
@@ -152,13 +180,13 @@ def _table_rows(path, text, delimiter, quoted):
         except csv.Error as error:
             raise located(path, reader.line_num, f"malformed CSV: {error}") from None
     else:
-        for line, raw in enumerate(LINE_BREAK.split(text), start=1):
+        for line, raw in text_lines(path):
             if raw.strip():
                 yield line, raw.split(delimiter)
 
 
-def _jsonl_rows(path, text):
-    for line, raw in enumerate(LINE_BREAK.split(text), start=1):
+def _jsonl_rows(path):
+    for line, raw in text_lines(path):
         if not raw.strip():
             continue
         try:
@@ -182,8 +210,8 @@ def _is_header(fields, asked):
 
 
 def _pick_column(path, columns, asked, defaults, flag):
-    if asked is not None and str(asked).isdigit():
-        return int(asked)
+    if asked is not None and str(asked).isdigit():  # a position: in a table with names, the name there
+        return columns[int(asked)] if int(asked) < len(columns) else int(asked)
     if asked is not None:
         if asked not in columns:
             raise UserError(f"{path}: no column '{asked}' (columns: {', '.join(map(str, columns))}); fix {flag}")
@@ -239,6 +267,6 @@ def _check_distinct(path, keys):
         seen[key] = flag
 
 
-def _warn_empty(path, n_empty):
+def warn_empty(path, n_empty):
     if n_empty:
         print(f"warning: {path}: skipped {n_empty} row(s) with empty text", file=sys.stderr)

@@ -1,5 +1,5 @@
 """Batches of similar length for the native trainer, sharded across processes."""
-import random
+import numpy as np
 
 
 class LengthGroupedBatchSampler:
@@ -9,11 +9,14 @@ class LengthGroupedBatchSampler:
 
     With group_by_length=False: plain shuffled batches. Under data parallelism each process gets
     every world_size-th batch; batches are split until their count divides evenly, so every process
-    takes the same number of steps and every sample is seen exactly once per epoch."""
+    takes the same number of steps and every sample is seen exactly once per epoch.
+
+    Lengths are a NumPy array and batches NumPy slices: 10 million rows cost ~160 MB an epoch,
+    where lists of Python ints cost over a gigabyte."""
 
     def __init__(self, lengths, batch_size, seed=0, group_by_length=True, shuffle=True,
                  chunk_batches=50, world_size=1, rank=0):
-        self.lengths = lengths
+        self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
@@ -28,21 +31,20 @@ class LengthGroupedBatchSampler:
 
     def all_batches(self):
         """This epoch's batches for every process, before sharding."""
-        indices = list(range(len(self.lengths)))
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        if self.shuffle:
-            rng.shuffle(indices)
+        n = len(self.lengths)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        indices = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.group_by_length:
             chunk = self.batch_size * self.chunk_batches
-            indices = [i for start in range(0, len(indices), chunk)
-                       for i in sorted(indices[start:start + chunk], key=lambda i: -self.lengths[i])]
-        batches = [indices[start:start + self.batch_size] for start in range(0, len(indices), self.batch_size)]
+            indices = np.concatenate([part[np.argsort(-self.lengths[part], kind="stable")]
+                                      for part in np.split(indices, range(chunk, n, chunk))]) if n else indices
+        batches = np.split(indices, range(self.batch_size, n, self.batch_size)) if n else []
         if self.group_by_length and self.shuffle:
-            rng.shuffle(batches)
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return _divisible(batches, self.world_size)
 
     def __iter__(self):
-        return iter(self.all_batches()[self.rank::self.world_size])
+        return (batch.tolist() for batch in self.all_batches()[self.rank::self.world_size])
 
     def __len__(self):
         n_batches = -(-len(self.lengths) // self.batch_size)

@@ -1,9 +1,16 @@
-"""Train/validation/test splits and the label mapping they share."""
+"""Train/validation/test splits and the label mapping they share, on Arrow tables.
+
+A split is a parsed source (data_load.sources) and, where only part of it is used (the rows left
+for training after --valid_ratio, a --max_train_samples subset), the row indices it keeps. Labels,
+class checks and the stratified split work on Arrow columns and NumPy arrays, never on a Python
+object per row."""
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from data_load.readers import read_examples
+import numpy as np
+
+from data_load.sources import file_source, hub_sources, parse, pick_splits
 from utils.errors import UserError, located
 
 MAX_LABELS = 10_000
@@ -11,11 +18,44 @@ MANY_LABELS = 50  # above this, a label column with more labels than half its ro
 
 
 @dataclass
+class Split:
+    name: str  # the file or dataset split, for messages
+    rows: object  # datasets.Dataset: text, text_pair, label, line (memory-mapped, the whole source)
+    key: str  # cache key of the parsed rows
+    digest: str  # the source's content identity (for --resume)
+    has_pairs: bool
+    indices: np.ndarray | None = None  # the rows of `rows` this split uses, in order; None: all
+    sampled: bool = False  # cut down by --max_train_samples/--max_eval_samples
+
+    def __len__(self):
+        return len(self.rows) if self.indices is None else len(self.indices)
+
+    def column(self, name):
+        """An Arrow column of this split's rows."""
+        column = self.rows.data.column(name)
+        return column if self.indices is None else column.take(self.indices)
+
+    def texts(self, limit=None):
+        """The texts and pairs of the first `limit` rows (all rows: None), as a stream of strings."""
+        n = len(self) if limit is None else min(limit, len(self))
+        rows = self.rows.select(range(n)) if self.indices is None else self.rows.select(self.indices[:n])
+        for batch in rows.select_columns(["text", "text_pair"]).iter(batch_size=10_000):
+            for pair in zip(batch["text"], batch["text_pair"]):
+                yield from (text for text in pair if text is not None)
+
+    def subset(self, indices, sampled=False):
+        """The split restricted to positions `indices` of it."""
+        positions = np.asarray(indices, dtype=np.int64)
+        kept = positions if self.indices is None else self.indices[positions]
+        return Split(self.name, self.rows, self.key, self.digest, self.has_pairs, kept, sampled or self.sampled)
+
+
+@dataclass
 class Splits:
-    train: list
-    valid: list
-    test: list | None
-    labels: list = field(default_factory=list)  # index = class id
+    train: Split
+    valid: Split
+    test: Split | None
+    labels: list  # index = class id
 
     @property
     def label2id(self):
@@ -23,18 +63,29 @@ class Splits:
 
     @property
     def has_pairs(self):
-        return any(example.text_pair is not None for example in self.train)
+        return self.train.has_pairs
+
+    def digests(self):
+        """The training and validation data by content, for the --resume fingerprint."""
+        digests = {"train_fn": self.train.digest}
+        if self.valid.rows is not self.train.rows:
+            digests["valid_fn"] = self.valid.digest
+        return digests
 
 
 def label_list(examples, path):
+    """label_list over in-memory Examples (tests, small files): see sorted_labels."""
+    return sorted_labels({example.label for example in examples}, len(examples), path)
+
+
+def sorted_labels(labels, n_rows, path):
     """Sorted distinct labels: numeric order if every label is an integer (so 2 < 10), else text order.
 
     Sorting makes the mapping independent of file order, so two runs on shuffled copies of one
     file give the same class ids."""
-    labels = {example.label for example in examples}
     # Classes repeat: when most rows carry a label of their own, the column holds texts or ids.
-    if len(labels) > MAX_LABELS or (len(labels) > MANY_LABELS and len(labels) > len(examples) / 2):
-        raise UserError(f"{path}: {len(labels)} distinct labels in {len(examples)} rows: this is probably not the "
+    if len(labels) > MAX_LABELS or (len(labels) > MANY_LABELS and len(labels) > n_rows / 2):
+        raise UserError(f"{path}: {len(labels)} distinct labels in {n_rows} rows: this is probably not the "
                         "label column; choose it with --label_column")
     if len(labels) < 2:
         raise UserError(f"{path}: only one class ({next(iter(labels))!r}): a classifier needs at least two")
@@ -55,56 +106,121 @@ def label_list(examples, path):
     return sorted(labels)
 
 
-def check_known_labels(examples, labels, path):
-    known = set(labels)
-    for example in examples:
-        if example.label not in known:
-            raise located(path, example.line, f"label {example.label!r} never occurs in the training data "
-                                              f"(known: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''})")
+def label_ids(column, labels):
+    """Class ids of an Arrow column of label texts (null where a label is not in `labels`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    return pc.index_in(column, value_set=pa.array(labels, type=pa.string())).cast(pa.int32())
 
 
-def split_off_validation(examples, ratio, seed):
-    """Seeded split of `ratio` of the examples for validation, stratified by label where possible."""
+def check_known_labels(split, labels):
+    ids = label_ids(split.column("label"), labels)
+    if ids.null_count:
+        import pyarrow.compute as pc
+        first = pc.index(pc.is_null(ids), True).as_py()
+        line = split.column("line")[first].as_py()
+        label = split.column("label")[first].as_py()
+        raise located(split.name, line, f"label {label!r} never occurs in the training data "
+                                        f"(known: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''})")
+
+
+def split_indices(label_codes, ratio, seed):
+    """(train, valid) positions: a seeded split of `ratio` for validation, stratified by label where
+    possible. Splitting positions with scikit-learn gives the split it gives the rows themselves."""
     if not 0 < ratio < 1:
         raise UserError(f"--valid_ratio must be between 0 and 1, got {ratio}")
     from sklearn.model_selection import train_test_split  # here, not at the top: 2 s of start-up
-    labels = [example.label for example in examples]
+    positions = np.arange(len(label_codes))
     try:
-        return train_test_split(examples, test_size=ratio, random_state=seed, stratify=labels)
+        return train_test_split(positions, test_size=ratio, random_state=seed, stratify=label_codes)
     except ValueError:
         # Some class has a single example (or the split is too small to hold each class):
         # fall back to an unstratified split rather than refusing to train.
         print("warning: cannot stratify the validation split (too few examples of some class); "
               "splitting at random", file=sys.stderr)
         try:
-            return train_test_split(examples, test_size=ratio, random_state=seed)
+            return train_test_split(positions, test_size=ratio, random_state=seed)
         except ValueError as error:
             raise UserError(f"cannot split off {ratio:.0%} for validation: {error}") from None
 
 
-def load_splits(args):
-    """Read --train_fn, --valid_fn (or split by --valid_ratio) and --test_fn; check labels agree."""
-    def read(path):
-        return read_examples(path, args.text_column, args.text_pair_column, args.label_column)
+def split_off_validation(examples, ratio, seed):
+    """split_indices for a list of Examples: (train, valid) lists."""
+    codes = np.unique([example.label for example in examples], return_inverse=True)[1]
+    train, valid = split_indices(codes, ratio, seed)
+    return [examples[i] for i in train], [examples[i] for i in valid]
 
+
+def seeded_subset(split, n, seed):
+    """At most n rows of the split, drawn with the seed, kept in their order (--max_*_samples)."""
+    if n is None or n >= len(split):
+        return split
+    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]), sampled=True)
+
+
+def load_splits(args):
+    """Read --train_fn (or --dataset_name), --valid_fn (or a validation split, or split off
+    --valid_ratio) and --test_fn; check the labels agree; apply --max_train_samples/--max_eval_samples."""
+    columns = (args.text_column, args.text_pair_column, args.label_column)
+    cache_dir = getattr(args, "cache_dir", None)
+    train_source, valid_source, test_source = _sources(args)
+
+    def read(source):
+        rows, meta = parse(source, columns, cache_dir)
+        return Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
+
+    train = read(train_source)
+    labels = sorted_labels(set(train.column("label").unique().to_pylist()), len(train), train.name)
+    if valid_source is not None:
+        valid = read(valid_source)
+        check_known_labels(valid, labels)
+    else:
+        # codes in text order, as np.unique orders the label texts: the split the rows would get
+        codes = label_ids(train.column("label"), sorted(labels)).to_numpy()
+        train_positions, valid_positions = split_indices(codes, args.valid_ratio, args.seed)
+        train, valid = train.subset(train_positions), train.subset(valid_positions)
+    test = None
+    if test_source is not None:
+        test = read(test_source)
+        check_known_labels(test, labels)
+    seed = args.seed
+    train = seeded_subset(train, getattr(args, "max_train_samples", None), seed)
+    valid = seeded_subset(valid, getattr(args, "max_eval_samples", None), seed)
+    test = test and seeded_subset(test, getattr(args, "max_eval_samples", None), seed)
+    return Splits(train=train, valid=valid, test=test, labels=labels)
+
+
+def _sources(args):
+    """train, valid and test Sources from the flags; a flag's file wins over a split of the dataset."""
+    dataset_name = getattr(args, "dataset_name", None)
+    if dataset_name and args.train_fn:
+        raise UserError(f"--train_fn {args.train_fn} and --dataset_name {dataset_name}: give one of them")
+    if not dataset_name and not args.train_fn:
+        raise UserError("no training data: pass --train_fn FILE (or a save_to_disk directory) or --dataset_name NAME")
     for flag in ("valid_fn", "test_fn"):
         other = getattr(args, flag)
-        if other and Path(other).exists() and Path(args.train_fn).exists() and Path(other).samefile(args.train_fn):
+        if (other and args.train_fn and Path(other).exists() and Path(args.train_fn).exists()
+                and Path(other).samefile(args.train_fn)):
             raise UserError(f"--{flag} {other} is the training file: scores on data the model trained on measure "
                             f"nothing; give a held-out file" + (" or leave out --valid_fn to split one off"
                                                                 if flag == "valid_fn" else ""))
-    train = read(args.train_fn)
-    labels = label_list(train, args.train_fn)
-    if args.valid_fn:
-        valid = read(args.valid_fn)
-        check_known_labels(valid, labels, args.valid_fn)
+    if dataset_name:
+        train, valid, test = pick_splits(hub_sources(dataset_name, getattr(args, "dataset_config_name", None)),
+                                         dataset_name)
     else:
-        train, valid = split_off_validation(train, args.valid_ratio, args.seed)
-    test = None
+        train, valid, test = pick_splits(file_source(args.train_fn), args.train_fn)
+    if args.valid_fn:
+        valid = _one_split(file_source(args.valid_fn), "--valid_fn", args.valid_fn)
     if args.test_fn:
-        test = read(args.test_fn)
-        check_known_labels(test, labels, args.test_fn)
-    return Splits(train=train, valid=valid, test=test, labels=labels)
+        test = _one_split(file_source(args.test_fn), "--test_fn", args.test_fn)
+    return train, valid, test
+
+
+def _one_split(source, flag, path):
+    if isinstance(source, dict):
+        raise UserError(f"{flag} {path}: holds several splits ({', '.join(source)}): pass the directory of one, "
+                        f"e.g. {Path(path) / next(iter(source))}")
+    return source
 
 
 def _is_int(text):

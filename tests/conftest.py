@@ -1,11 +1,19 @@
 """Shared fixtures: paths, the real corpora in ../shared/data (skip when absent), a tiny model, and a
 helper that runs the real scripts as a user would."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Parsed and tokenized data goes to a cache of the test session's own (set before datasets is
+# imported, which reads it once), not into the user's ~/.cache.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="finetune_plm_test_cache_")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

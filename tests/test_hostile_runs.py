@@ -98,20 +98,24 @@ def test_a_closed_pipe_is_not_turned_into_an_error():
 # --- resume must continue the same run ------------------------------------------------------------
 
 def test_resume_refuses_a_changed_run(tmp_path):
+    from data_load.cache import file_digest
     train = tmp_path / "t.tsv"
     train.write_text(GOOD)
     args = training_parser("x").parse_args(["--model_fn", str(tmp_path / "m"), "--train_fn", str(train)])
-    start_run(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))
-    check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))  # same: fine
+
+    def fingerprint(labels, trainer="native"):
+        return run_fingerprint(args, trainer, labels, 1, {"train_fn": file_digest(train)})
+    start_run(args.model_fn, fingerprint(["negative", "positive"]))
+    check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))  # same: fine
     args.batch_size = 16
     with pytest.raises(UserError, match=r"--batch_size \(32 then, 16 now\)"):
-        check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "positive"], 1))
+        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
     args.batch_size = 32
     train.write_text(GOOD + "neutral\tmeh\n")
     with pytest.raises(UserError, match="the contents of --train_fn, the labels"):
-        check_resume_matches(args.model_fn, run_fingerprint(args, "native", ["negative", "neutral", "positive"], 1))
+        check_resume_matches(args.model_fn, fingerprint(["negative", "neutral", "positive"]))
     with pytest.raises(UserError, match="started by finetune_plm_native.py: resume it with that script"):
-        check_resume_matches(args.model_fn, run_fingerprint(args, "hf", ["negative", "positive"], 1))
+        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"], trainer="hf"))
     shutil.rmtree(partial_dir(args.model_fn))
 
 

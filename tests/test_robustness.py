@@ -1,6 +1,7 @@
 """Crash, Ctrl-C, resume, atomic replacement and two-process training, on a tiny model built from a config."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_two_processes_on_cpu(tmp_path, tiny_model, script):
     model_fn = tmp_path / "model"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                str(29400 + os.getpid() % 500 + len(script)), str(ROOT / script),
-               *map(str, train_args(model_fn, tiny_model))]
+               *map(str, train_args(model_fn, tiny_model, "--cache_dir", tmp_path / "cache"))]
     run = subprocess.run(command, cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -117,6 +118,9 @@ def test_two_processes_on_cpu(tmp_path, tiny_model, script):
     assert record["world_size"] == 2
     assert record["optimizer_steps"] == 2 * 27  # 54 batches an epoch, split over two processes
     assert run.stdout.count("valid_accuracy") == 1  # only rank 0 prints the history table
+    # one process tokenizes the training file, the other waits and reads what it wrote
+    assert len(re.findall(r"^tokenizing [\d,]+ examples", run.stderr, re.M)) == 1, run.stderr[-3000:]
+    assert run.stderr.count("reusing tokenized") == 1
     metrics = json.loads((model_fn / "metrics.json").read_text())["valid"]
     assert metrics["n_examples"] == 48  # gathered from both processes, each example once
     out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="it broke\nlove it\n").stdout.splitlines()

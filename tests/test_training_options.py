@@ -96,7 +96,7 @@ def test_new_characters_start_apart_from_known_pieces(tiny_model):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     old = model.get_input_embeddings().weight.detach().clone()
     torch.manual_seed(0)
-    added = extend_vocabulary(tokenizer, model, [Example(text="뷁 훑", label="0")])
+    added = extend_vocabulary(tokenizer, model, ["뷁 훑"])
     assert added == 2
     new = model.get_input_embeddings().weight.detach()
     a, b = (new[tokenizer.convert_tokens_to_ids(ch)] for ch in "뷁훑")

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import torch
 
+from data_load import TextLookup, column_numpy
 from training.recorder import BEST_WEIGHTS
 from utils.checkpoint import commit_run, partial_dir, save_model
 from utils.errors import UserError, first_line
@@ -14,10 +15,11 @@ from utils.report import write_report
 
 
 def evaluation(logits, dataset, label_names):
-    """Metrics plus what the report needs to list errors: logits, gold labels, texts."""
+    """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed)."""
     logits = np.asarray(logits, dtype=np.float32)
-    return {"metrics": classification_metrics(logits, dataset.labels, label_names),
-            "logits": logits, "labels": dataset.labels, "texts": dataset.texts}
+    labels = column_numpy(dataset, "labels")
+    return {"metrics": classification_metrics(logits, labels, label_names),
+            "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
 
 
 def save_run(args, trainer_name, run, model, history, valid, test, extra=None):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from data_load import Splits, TextClassificationDataset, load_splits
+from data_load import Splits, encode_splits, load_splits
 from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
 from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
@@ -22,6 +22,7 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    n_epochs: int  # epochs started: --n_epochs, or as many as --max_steps reaches into
 
 
 @dataclass
@@ -37,9 +38,9 @@ class Prepared:
     lr: float  # --lr, or the default for this model's width
     max_length: int  # --max_length clamped to what the model allows
     schedule: Schedule
-    train_set: TextClassificationDataset
-    valid_set: TextClassificationDataset
-    test_set: TextClassificationDataset | None
+    train_set: object  # datasets.Dataset: the parsed columns, input_ids, token_type_ids, length, labels
+    valid_set: object
+    test_set: object | None
     fingerprint: dict  # what a --resume of this run must share with it
 
     def resolved_settings(self):
@@ -58,34 +59,34 @@ def prepare(args, trainer_name):
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
     splits = load_splits(args)
-    fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size)
+    fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
     if args.resume:
         check_resume_matches(args.model_fn, fingerprint)
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, splits.labels, args.freeze_encoder)
-    unknown_share = check_vocabulary(tokenizer, splits.train, args.extend_vocab)
+    unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
-        added = extend_vocabulary(tokenizer, model, splits.train)
+        added = extend_vocabulary(tokenizer, model, splits.train.texts())
         print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
               f"added {added} characters to the vocabulary", file=sys.stderr)
     lr = args.lr if args.lr is not None else default_learning_rate(model)
     max_length = clamp_max_length(args.max_length, model_max_length(model, tokenizer))
-    label2id = splits.label2id
-    train_set = TextClassificationDataset(splits.train, tokenizer, max_length, label2id)
-    valid_set = TextClassificationDataset(splits.valid, tokenizer, max_length, label2id, with_text=True)
-    test_set = (TextClassificationDataset(splits.test, tokenizer, max_length, label2id, with_text=True)
-                if splits.test else None)
+    # One process per machine tokenizes; the others wait on the cache entry's lock, then read it.
+    train_set, valid_set, test_set = encode_splits(splits, tokenizer, max_length, args.preprocessing_num_workers,
+                                                   args.cache_dir)
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
                     training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
                     fingerprint)
 
 
 def training_schedule(n_train, args, world_size):
+    """--max_steps, when given, replaces --n_epochs (as in TrainingArguments): the schedule spans it."""
     batches = math.ceil(math.ceil(n_train / args.batch_size) / world_size)
     steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-    total = steps_per_epoch * args.n_epochs
-    return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio))
+    max_steps = getattr(args, "max_steps", None)
+    total = max_steps or steps_per_epoch * args.n_epochs
+    return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio), math.ceil(total / steps_per_epoch))
 
 
 def print_plan(run, args, trainer_name):
@@ -103,7 +104,7 @@ def print_plan(run, args, trainer_name):
         f"test = {len(splits.test) if splits.test else 0}" + (" (sentence pairs)" if splits.has_pairs else ""),
         f"  labels = {len(splits.labels)}: {labels}",
         f"  max length = {run.max_length} tokens",
-        f"  epochs = {args.n_epochs}",
+        f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {args.max_steps})" if args.max_steps else ""),
         f"  batch size per device = {args.batch_size}, gradient accumulation = {args.gradient_accumulation_steps}, "
         f"total batch size = {args.batch_size * args.gradient_accumulation_steps * world}",
         f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "

@@ -7,15 +7,38 @@ from utils.model import DEFAULT_MODEL_HELP
 from utils.tokens import MIN_LENGTH
 
 
+CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: the 🤗 datasets cache, "
+              "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
+              "the data's content, the tokenizer and --max_length; delete the directory to clear it")
+
+
+class TrainingArgumentParser(ArgumentParser):
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if not parsed.train_fn and not parsed.dataset_name:
+            self.error("the training data is missing: pass --train_fn FILE (or a save_to_disk directory) "
+                       "or --dataset_name NAME")
+        if parsed.train_fn and parsed.dataset_name:
+            self.error("--train_fn and --dataset_name both name the training data: give one of them")
+        if parsed.dataset_config_name and not parsed.dataset_name:
+            self.error("--dataset_config_name needs --dataset_name")
+        return parsed
+
+
 def training_parser(description):
     """Every numeric flag is range-checked here, so a bad value is one line before anything loads."""
-    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = TrainingArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     io = p.add_argument_group("data and output")
     io.add_argument("--model_fn", required=True,
                     help="output directory for the fine-tuned model (replaced only by a complete new one)")
-    io.add_argument("--train_fn", required=True,
-                    help="training data: `label<TAB>sentence` lines, or CSV/TSV with a header, or JSONL")
+    io.add_argument("--train_fn",
+                    help="training data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet, or a "
+                         "directory written by Dataset(Dict).save_to_disk (its validation/test splits are used "
+                         "unless --valid_fn/--test_fn are given)")
+    io.add_argument("--dataset_name", help="instead of --train_fn: a 🤗 hub dataset (e.g. dair-ai/emotion) or a local "
+                                           "dataset directory, loaded with datasets.load_dataset; needs the hub")
+    io.add_argument("--dataset_config_name", help="the configuration of --dataset_name (e.g. sst2 for glue)")
     io.add_argument("--valid_fn", help="validation data (same format); default: split off --valid_ratio of --train_fn")
     io.add_argument("--valid_ratio", type=float_range(0, 1, low_open=True, high_open=True), default=0.1,
                     help="share of --train_fn held out for validation (seeded, stratified) when --valid_fn is absent")
@@ -23,6 +46,14 @@ def training_parser(description):
     io.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
     io.add_argument("--text_pair_column", help="second-sentence column for pair tasks (MRPC, NLI)")
     io.add_argument("--label_column", help="label column name (or 0-based position)")
+    io.add_argument("--max_train_samples", type=int_at_least(1), default=None,
+                    help="train on a seeded random subset of this many examples (quick runs)")
+    io.add_argument("--max_eval_samples", type=int_at_least(1), default=None,
+                    help="evaluate on a seeded random subset of this many validation (and test) examples")
+    io.add_argument("--preprocessing_num_workers", type=int_at_least(1), default=None,
+                    help="processes that tokenize the data (default: 1 below 50,000 examples, else one per "
+                         "core, at most 8)")
+    io.add_argument("--cache_dir", help=CACHE_HELP)
 
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model_name", default=None, help=DEFAULT_MODEL_HELP)
@@ -37,6 +68,9 @@ def training_parser(description):
 
     train = p.add_argument_group("training")
     train.add_argument("--n_epochs", type=int_at_least(1), default=3)
+    train.add_argument("--max_steps", type=int_at_least(1), default=None,
+                       help="stop after this many optimizer steps (overrides --n_epochs; the learning-rate "
+                            "schedule spans these steps), as TrainingArguments.max_steps")
     train.add_argument("--batch_size", type=int_at_least(1), default=32, help="samples per step per device")
     train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     train.add_argument("--lr", type=float_above(0), default=None,

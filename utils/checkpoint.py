@@ -12,7 +12,6 @@ Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipe
 torch is imported only by the functions that need it: the ONNX classifier reads checkpoints without it."""
 import atexit
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -141,13 +140,14 @@ def start_run(model_fn, fingerprint):
     return partial
 
 
-def run_fingerprint(args, trainer, labels, world_size, ignore=("model_fn", "resume", "save_every",
-                                                                "save_total_limit", "n_errors", "log_dir",
-                                                                "test_fn", "device")):
+def run_fingerprint(args, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
+                                                                      "save_total_limit", "n_errors", "log_dir",
+                                                                      "test_fn", "device", "cache_dir",
+                                                                      "preprocessing_num_workers")):
     """What a resumed run must share with the interrupted one: the flags that shape training, the
-    data (by content, not name), the labels, the trainer and the process count."""
+    data (`data`: the training and validation sources by content, not name), the labels, the trainer
+    and the process count."""
     flags = {key: value for key, value in vars(args).items() if key not in ignore}
-    data = {key: file_digest(getattr(args, key)) for key in ("train_fn", "valid_fn") if getattr(args, key)}
     return {"trainer": trainer, "flags": flags, "data": data, "labels": labels, "world_size": world_size}
 
 
@@ -173,14 +173,6 @@ def check_resume_matches(model_fn, fingerprint):
     if changed:
         raise UserError(f"--resume: this run differs from the interrupted one in {', '.join(changed)}: rerun with "
                         f"the same flags and data, or delete {partial_dir(model_fn)} to start afresh")
-
-
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(directory, model, tokenizer, training_args):

@@ -33,7 +33,7 @@ def resolve_model_name(name):
             raise UserError(f"{name}: not a model directory (no config.json): pass a directory written by "
                             "save_pretrained, or a hub id")
         return name
-    if _in_hub_cache(name) or _hub_reachable():
+    if _in_hub_cache(name) or hub_reachable():
         return name
     raise UserError(f"cannot load '{name}': it is not a local directory and the Hugging Face hub cannot be "
                     f"reached. Leave out --pretrained_model_name to use the offline default "
@@ -142,10 +142,9 @@ def unknown_word_share(tokenizer, texts):
     return sum(tokenizer.unk_token_id in ids for ids in encoded) / len(words)
 
 
-def check_vocabulary(tokenizer, examples, extend_vocab="no", sample_size=2000):
-    """Share of training words unknown to the model's vocabulary; warns when it is high and the
-    vocabulary is not going to be extended."""
-    texts = [example.text for example in examples[:sample_size]]
+def check_vocabulary(tokenizer, texts, extend_vocab="no"):
+    """Share of words in `texts` (a sample of the training texts) unknown to the model's vocabulary;
+    warns when it is high and the vocabulary is not going to be extended."""
     share = unknown_word_share(tokenizer, texts)
     if share > UNK_WARN_SHARE and extend_vocab == "no":
         hangul = sum(_is_hangul(ch) for text in texts for ch in text)
@@ -156,7 +155,7 @@ def check_vocabulary(tokenizer, examples, extend_vocab="no", sample_size=2000):
     return share
 
 
-def extend_vocabulary(tokenizer, model, examples):
+def extend_vocabulary(tokenizer, model, texts):
     """Add every character of the training texts that tokenizes to the unknown token, as a whole token,
     and give the new tokens embedding rows. Returns the number added.
 
@@ -166,8 +165,10 @@ def extend_vocabulary(tokenizer, model, examples):
     one and the same vector (transformers' mean resizing), and NSMC fine-tuning stayed at chance."""
     if tokenizer.unk_token_id is None:
         return 0
-    chars = sorted({ch for example in examples for text in (example.text, example.text_pair or "")
-                    for ch in text if not ch.isspace()})
+    chars = set()
+    for text in texts:  # a stream: every training text and pair
+        chars.update(text)
+    chars = sorted(ch for ch in chars if not ch.isspace())
     encoded = tokenizer(chars, add_special_tokens=False)["input_ids"]
     missing = [ch for ch, ids in zip(chars, encoded) if tokenizer.unk_token_id in ids]
     if not missing:
@@ -207,7 +208,7 @@ def _in_hub_cache(name):
         return False
 
 
-def _hub_reachable(timeout=3.0):
+def hub_reachable(timeout=3.0):
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

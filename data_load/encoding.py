@@ -1,0 +1,108 @@
+"""Token ids for sentences: one function for a list in memory (the classifier's chunks) and, on top of
+it, Dataset.map for an Arrow table, in parallel and cached on disk."""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
+from utils.tokens import CHARS_PER_TOKEN_CAP
+
+MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
+PARALLEL_FROM = 50_000  # rows; below this, starting worker processes costs more than it saves
+QUIET_BELOW = 10_000  # rows; smaller data is tokenized in well under a second: no progress bar
+
+
+def encode_texts(tokenizer, texts, pairs, max_length):
+    """`input_ids` (and `token_type_ids` where the tokenizer makes them), truncated at max_length,
+    not padded. Texts are first cut to CHARS_PER_TOKEN_CAP characters per token of max_length."""
+    cap = max_length * CHARS_PER_TOKEN_CAP
+    texts = [text[:cap] for text in texts]
+    if pairs is not None:
+        pairs = [(pair or "")[:cap] for pair in pairs]
+    return tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
+                     return_attention_mask=False)
+
+
+def default_workers(n_rows):
+    """--preprocessing_num_workers when not given: one process for small data, else one per core (at most 8)."""
+    return 1 if n_rows < PARALLEL_FROM else max(1, min(os.cpu_count() or 1, 8))
+
+
+def tokenizer_fingerprint(tokenizer):
+    """What the token ids depend on: the tokenizer's full definition (vocabulary, normalizer, added
+    tokens) without the truncation/padding state that calling it changes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:  # a slow (Python) tokenizer
+        state = sorted(tokenizer.get_vocab().items())
+    blob = json.dumps([type(tokenizer).__name__, tokenizer.truncation_side, state], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=None, cache_dir=None,
+             indices=None):
+    """`rows` (a parsed Arrow dataset, or the `indices` of it) with `input_ids`, `token_type_ids` where
+    the model uses them, and `length` added, from the cache when the same rows were tokenized by the
+    same tokenizer at the same max_length before (the run says which on stderr)."""
+    import datasets
+    root = cache_root(cache_dir) / "tokens"
+    index_digest = hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest() if indices is not None else None
+    key = content_key("tokens", parsed_key, index_digest, tokenizer_fingerprint(tokenizer), max_length)
+    directory = root / key
+    n_rows = len(rows) if indices is None else len(indices)
+    with build_lock(root, key):
+        meta = read_meta(directory)
+        if meta is None:
+            shutil.rmtree(directory, ignore_errors=True)
+            workers = workers or default_workers(n_rows)
+            note(f"tokenizing {n_rows:,} examples of {name} ({workers} process{'es' if workers > 1 else ''}); "
+                 f"cached in {directory}")
+            source = rows if indices is None else rows.select(indices)
+            build_entry(directory, lambda tmp: _map_tokenize(source, tokenizer, max_length, has_pairs, workers, tmp, key))
+            meta = read_meta(directory)
+        else:
+            note(f"reusing tokenized {name} ({n_rows:,} examples) from {directory}")
+    parts = [datasets.Dataset.from_file(str(directory / file)) for file in meta["files"]]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, key):
+    import datasets
+    with_types = "token_type_ids" in tokenizer("a")
+    features = rows.features.copy()
+    features["input_ids"] = datasets.List(datasets.Value("int32"))
+    if with_types:
+        features["token_type_ids"] = datasets.List(datasets.Value("int8"))
+    features["length"] = datasets.Value("int32")
+
+    def encode(batch):
+        encoded = encode_texts(tokenizer, batch["text"], batch["text_pair"] if has_pairs else None, max_length)
+        out = {"input_ids": encoded["input_ids"], "length": [len(ids) for ids in encoded["input_ids"]]}
+        if with_types:
+            out["token_type_ids"] = encoded["token_type_ids"]
+        return out
+
+    # Worker processes are forked: tokenizers' own thread pool must not have started in this one.
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    if workers > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if len(rows) < QUIET_BELOW:
+        datasets.disable_progress_bars()
+    try:
+        mapped = rows.map(encode, batched=True, batch_size=MAP_BATCH, num_proc=workers if workers > 1 else None,
+                          features=features, cache_file_name=str(directory / "data.arrow"),
+                          new_fingerprint=key, desc="tokenizing")
+    finally:
+        datasets.enable_progress_bars()
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
+    write_meta(directory, {"files": [Path(f["filename"]).name for f in mapped.cache_files], "n_rows": len(mapped)})

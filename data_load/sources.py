@@ -1,0 +1,190 @@
+"""Every input, parsed once into one Arrow table: `text`, `text_pair`, `label` (text), `line`.
+
+Sources: a TSV/CSV/JSONL file (data_load.readers), a Parquet file, a directory written by
+`Dataset.save_to_disk`/`DatasetDict.save_to_disk`, or a 🤗 hub dataset (`--dataset_name`). Rows are
+validated as they stream (the whole file is never in memory as Python objects) and written in
+batches to a memory-mapped Arrow file in the cache, keyed by the data's content and the column
+flags, so a second run on the same data reads nothing but that file."""
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_load.cache import build_entry, build_lock, cache_root, content_key, file_digest, read_meta, write_meta
+from data_load.readers import examples_from_rows, iter_examples, warn_empty
+from utils.errors import UserError, first_line
+
+WRITE_BATCH = 10_000  # rows per Arrow record batch: ~1 MB of text, few Python objects alive at once
+VALID_SPLIT_NAMES = ("validation", "valid", "dev")
+
+
+@dataclass
+class Source:
+    """One input split before parsing: what messages call it, what its content hash is, and how to
+    read it as Examples."""
+    name: str  # the file, or `directory[split]` / `hub-id[split]`, as error messages show it
+    digest: str  # content identity: a file hash, or a saved/hub dataset's fingerprint
+    kind: str  # text, parquet or arrow
+    dataset: object = None  # the datasets.Dataset of an arrow source
+
+    def examples(self, columns, stats):
+        text_column, pair_column, label_column = columns
+        if self.kind == "text":
+            return iter_examples(self.name, text_column, pair_column, label_column, stats)
+        records, names = (_parquet_records(self.name) if self.kind == "parquet"
+                          else _arrow_records(self.dataset))
+        return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names)
+
+
+def file_source(path):
+    """A data file or a save_to_disk directory given as --train_fn/--valid_fn/--test_fn; a
+    DatasetDict directory yields its splits as {name: Source}."""
+    path = Path(path)
+    if path.is_dir():
+        return _saved_sources(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        digest = file_digest(path)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+    return Source(str(path), digest, "parquet" if path.suffix.lower() == ".parquet" else "text")
+
+
+def hub_sources(name, config=None):
+    """--dataset_name: a hub dataset id (or a local dataset directory), as {split: Source}."""
+    import datasets
+    from utils.model import hub_reachable
+    if not Path(name).is_dir() and not hub_reachable():
+        raise UserError(f"--dataset_name {name}: the Hugging Face hub cannot be reached. Download the dataset where "
+                        "there is a network and pass it as files (--train_fn train.parquet ...) or as a directory "
+                        "written by DatasetDict.save_to_disk (--train_fn DIR)")
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except Exception as error:  # hub errors, missing configs, bad data files: many types
+        hint = f" (choose one with --dataset_config_name)" if "config" in str(error).lower() and not config else ""
+        raise UserError(f"--dataset_name {name}: cannot load it: {first_line(error)}{hint}") from None
+    return _dict_sources(name, loaded)
+
+
+def parse(source, columns, cache_dir):
+    """The source's rows as a memory-mapped Arrow dataset (text, text_pair, label, line), from the
+    cache when this content was parsed with these column flags before. Returns (dataset, meta)."""
+    import datasets
+    root = cache_root(cache_dir) / "parsed"
+    key = content_key("parsed", source.kind, source.digest, Path(source.name).suffix.lower(), list(columns))
+    directory = root / key
+    with build_lock(root, key):
+        meta = read_meta(directory)
+        if meta is None:
+            if directory.exists():
+                import shutil
+                shutil.rmtree(directory)
+            build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, tmp)))
+            meta = read_meta(directory)
+    warn_empty(source.name, meta["n_empty"])
+    dataset = datasets.Dataset.from_file(str(directory / "data.arrow"))
+    return dataset, {**meta, "key": key}
+
+
+def _write_examples(source, columns, directory):
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+    features = datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
+                                  "label": datasets.Value("string"), "line": datasets.Value("int64")})
+    stats = {}
+    examples = source.examples(columns, stats)
+    has_pairs = False
+    with ArrowWriter(features=features, path=str(directory / "data.arrow"), writer_batch_size=WRITE_BATCH) as writer:
+        while batch := list(itertools.islice(examples, WRITE_BATCH)):
+            pairs = [example.text_pair for example in batch]
+            has_pairs = has_pairs or any(pair is not None for pair in pairs)
+            writer.write_batch({"text": [example.text for example in batch], "text_pair": pairs,
+                                "label": [example.label for example in batch],
+                                "line": [example.line for example in batch]})
+        n_rows, _ = writer.finalize()
+    return {"source": source.name, "n_rows": n_rows, "n_empty": stats.get("n_empty", 0), "has_pairs": has_pairs}
+
+
+def _saved_sources(path):
+    import datasets
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: is a directory, but not one written by Dataset.save_to_disk or "
+                        "DatasetDict.save_to_disk: pass a data file, or such a directory") from None
+    except Exception as error:
+        raise UserError(f"{path}: cannot load the saved dataset: {first_line(error)}") from None
+    if isinstance(loaded, datasets.Dataset):
+        return Source(str(path), loaded._fingerprint, "arrow", loaded)
+    return _dict_sources(str(path), loaded)
+
+
+def _dict_sources(name, loaded):
+    import datasets
+    if isinstance(loaded, datasets.Dataset):
+        loaded = {"train": loaded}
+    return {split: Source(f"{name}[{split}]", dataset._fingerprint, "arrow", dataset)
+            for split, dataset in loaded.items()}
+
+
+def pick_splits(sources, name):
+    """train, validation and test Sources of a dataset dict (the validation split under any of its
+    usual names); a test split without labels (GLUE-style, all -1) is left out."""
+    if not isinstance(sources, dict):
+        return sources, None, None
+    if "train" not in sources:
+        raise UserError(f"{name}: no 'train' split (splits: {', '.join(sources)}): pass the training data with "
+                        "--train_fn")
+    valid = next((sources[split] for split in VALID_SPLIT_NAMES if split in sources), None)
+    test = sources.get("test")
+    if test is not None and _unlabelled(test.dataset):
+        print(f"note: {test.name} has no labels (all -1): not evaluated", file=sys.stderr)
+        test = None
+    return sources["train"], valid, test
+
+
+def _unlabelled(dataset):
+    import datasets
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            import pyarrow.compute as pc
+            return pc.max(dataset.data.column(name)).as_py() in (-1, None)
+    return False
+
+
+def _parquet_records(path):
+    import pyarrow.parquet as pq
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow's ArrowInvalid for a file that is not Parquet
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(error)})") from None
+    names = parquet.schema_arrow.names
+
+    def records():
+        row = 0
+        for batch in parquet.iter_batches(batch_size=WRITE_BATCH):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    return records(), names
+
+
+def _arrow_records(dataset):
+    """(row, record) of a datasets.Dataset; class ids of a ClassLabel column become their names."""
+    import datasets
+    names = list(dataset.column_names)
+    class_names = {name: feature for name, feature in dataset.features.items()
+                   if isinstance(feature, datasets.ClassLabel)}
+
+    def records():
+        row = 0
+        for batch in dataset.iter(batch_size=WRITE_BATCH):
+            for values in zip(*(batch[name] for name in names)):
+                row += 1
+                record = dict(zip(names, values))
+                for name, feature in class_names.items():
+                    value = record[name]
+                    record[name] = feature.int2str(value) if isinstance(value, int) and value >= 0 else None
+                yield row, record
+    return records(), names
