@@ -7,10 +7,11 @@ import time
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from data_load import TextClassificationCollator, column_numpy, model_inputs
-from training.finish import evaluation, save_run
+from data_load import LengthGroupedSampler, TextClassificationCollator, column_numpy, model_inputs
+from training.evaluation import evaluation
+from training.finish import save_run
+from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
@@ -44,7 +45,8 @@ def main():
         bf16=precision == "bf16",
         use_cpu=device.type == "cpu",
         train_sampling_strategy="random" if args.no_group_by_length else "group_by_length",
-        eval_strategy="epoch",
+        eval_strategy="steps" if args.eval_steps else "epoch",
+        eval_steps=args.eval_steps,
         save_strategy="steps" if args.save_every else "epoch",
         save_steps=args.save_every or 500,
         save_total_limit=args.save_total_limit,
@@ -57,7 +59,8 @@ def main():
         data_seed=args.seed,
     )
     partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
-    recorder = EvaluationRecorder(log_dir(args, "hf"), partial, args.best_metric, context.is_main)
+    recorder = EvaluationRecorder(log_dir(args, "hf"), partial, args.best_metric, context.is_main,
+                                  by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
     callback = RecorderCallback(recorder, StopRequest(context))
     trainer = LossTrackingTrainer(
         model=run.model,
@@ -71,6 +74,7 @@ def main():
     )
     callback.trainer = trainer
     trainer.lengths = column_numpy(run.train_set, "length")
+    trainer.loss_fn = loss_function(run.class_weights)
     resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
     print_plan(run, args, "hf")
     trainer.train(resume_from_checkpoint=resume_from)
@@ -91,30 +95,37 @@ def main():
 
 
 class LossTrackingTrainer(Trainer):
-    """Trainer that also sums the training loss over the epoch (as a tensor: no sync per step) and
-    evaluates in dataset order."""
+    """Trainer with the loss both trainers share (training/loss.py), which also sums the training loss
+    between evaluations (as a tensor: no sync per step), and evaluates in dataset order."""
 
     epoch_loss_sum = None
     epoch_loss_count = 0
+    loss_fn = None  # training.loss.loss_function(class weights)
+    # The loss is a batch mean, as in the native loop: Trainer divides it by the accumulation steps.
+    # (Left to itself it would take it as already scaled, because the model's forward takes **kwargs.)
+    loss_is_scaled_for_ga = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        # validation loss unweighted, as the native loop reports it (metrics.example_losses)
+        loss = (self.loss_fn if model.training else loss_function())(outputs.logits, labels)
         if model.training:
-            loss = result[0] if return_outputs else result
             detached = loss.detach().float()
             self.epoch_loss_sum = detached if self.epoch_loss_sum is None else self.epoch_loss_sum + detached
             self.epoch_loss_count += 1
-        return result
+        return (loss, outputs) if return_outputs else loss
 
     lengths = None  # the training rows' token counts, a NumPy array from the Arrow column
 
     def _get_train_sampler(self, train_dataset=None):
-        """Trainer's length-grouped sampler, given the lengths as a list: by itself it would read them
-        one row at a time through datasets' Column (minutes on a million rows)."""
+        """The native loop's length grouping, on the lengths as a NumPy array: Trainer's own sampler would
+        read them one row at a time through datasets' Column (minutes on a million rows), then hold every
+        index as a Python int."""
         if self.args.train_sampling_strategy != "group_by_length" or self.lengths is None:
             return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=self.lengths.tolist())
+        return LengthGroupedSampler(self.lengths, self.args.train_batch_size)
 
     def _get_eval_sampler(self, eval_dataset):
         """Dataset order, also when training groups by length (Trainer then shuffles evaluation too):
@@ -146,14 +157,17 @@ class RecorderCallback(TrainerCallback):
         self.epoch_started = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        done = int(state.epoch or 0)
         self.recorder.restore(entry["history_row"] for entry in state.log_history
-                              if "history_row" in entry and entry["history_row"]["epoch"] <= done)
+                              if "history_row" in entry and entry["history_row"]["step"] <= state.global_step)
+        if self.recorder.stalled():  # resumed after early stopping had already ended the run
+            control.should_training_stop = True
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.epoch_started = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.eval_strategy == "steps" and state.global_step == state.max_steps:
+            control.should_evaluate = True  # --eval_steps: the last step is evaluated too, as in the native loop
         if self.stop.agreed():  # Ctrl-C: save a resumable state, then end training
             control.should_save = True
             control.should_training_stop = True
@@ -165,11 +179,15 @@ class RecorderCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
-        # the epoch this evaluation ends (an epoch cut short by --max_steps counts as one)
-        row = self.recorder.record(model, math.ceil(state.epoch - 1e-6), state.global_step, self.trainer.pop_epoch_loss(),
+        # per epoch: the epoch this evaluation ends (one cut short by --max_steps counts as one)
+        epoch = round(state.epoch, 2) if self.recorder.by_steps else math.ceil(state.epoch - 1e-6)
+        row = self.recorder.record(model, epoch, state.global_step, self.trainer.pop_epoch_loss(),
                                    valid, self.trainer.lr_scheduler.get_last_lr()[0],
                                    time.time() - self.epoch_started)
         state.log_history.append({"history_row": row, "step": state.global_step})
+        self.epoch_started = time.time()
+        if self.recorder.stalled():
+            control.should_training_stop = True
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
-from training.finish import evaluation, save_run
+from training.evaluation import evaluation, predict_logits
+from training.finish import save_run
+from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
@@ -55,11 +57,29 @@ def main():
         progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
     partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
     context.barrier()
-    recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main)
+    recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main,
+                                  by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
     recorder.restore(progress["history"])
-    # The epoch's training loss stays on the device: reading it (.item()) waits for the GPU, so it is
-    # read only every LOG_EVERY steps and at the end of the epoch.
+    loss_fn = loss_function(run.class_weights)
+    # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
+    # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.
     loss_sum = torch.tensor(progress["loss_sum"], device=device)
+    started = time.time()
+
+    def evaluate_and_record(epoch):
+        """Validation, the history row and best weights (rank 0); True when early stopping says stop."""
+        nonlocal started
+        valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
+                         run.splits.labels)
+        loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
+        train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
+        if context.is_main:
+            recorder.record(model, epoch, progress["step"], train_loss, valid["metrics"],
+                            scheduler.get_last_lr()[0], time.time() - started)
+        loss_sum.zero_()
+        progress["loss_count"] = 0
+        started = time.time()
+        return any(context.gather(recorder.stalled() if context.is_main else False))
 
     def save_state():
         if context.is_main:
@@ -69,8 +89,10 @@ def main():
 
     print_plan(run, args, "native")
     stop = StopRequest(context)
+    stopped_early = recorder.stalled()  # a resumed run that had already stopped early trains no further
     for epoch in range(progress["epoch"], schedule.n_epochs):
-        started = time.time()
+        if stopped_early:
+            break
         sampler.set_epoch(epoch)
         model.train()
         batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{schedule.n_epochs}", disable=not context.is_main,
@@ -82,8 +104,9 @@ def main():
                 break
             boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
             with maybe_no_sync(model, not boundary), autocast:
-                loss = model(**batch).loss
+                loss = loss_fn(model(**batch).logits, labels)
             scaler.scale(loss / args.gradient_accumulation_steps).backward()
             loss_sum += loss.detach()
             progress["loss_count"] += 1
@@ -101,6 +124,10 @@ def main():
                 step_loss = loss.item()  # the one host-device sync of a logging interval
                 batches.set_postfix(loss=f"{step_loss:.4f}")
                 recorder.log_step(progress["step"], step_loss, scheduler.get_last_lr()[0])
+            if args.eval_steps and (progress["step"] % args.eval_steps == 0
+                                    or progress["step"] == schedule.total_steps):
+                stopped_early = evaluate_and_record(round(epoch + (i + 1) / len(train_loader), 2))
+                model.train()
             if args.save_every and progress["step"] % args.save_every == 0:
                 save_state()
             if stop.agreed():
@@ -108,17 +135,13 @@ def main():
                 if context.is_main:
                     print("interrupted: state saved; continue with --resume", file=sys.stderr)
                 sys.exit(130)
+            if stopped_early:
+                break
 
-        valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                         run.splits.labels)
-        loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
-        train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
-        if context.is_main:
-            recorder.record(model, epoch + 1, progress["step"], train_loss, valid["metrics"],
-                            scheduler.get_last_lr()[0], time.time() - started)
-        loss_sum.zero_()
-        progress.update(epoch=epoch + 1, batches_done=0, loss_count=0)
-        if not args.save_every or epoch + 1 == schedule.n_epochs:
+        if not args.eval_steps:
+            stopped_early = evaluate_and_record(epoch + 1)
+        progress.update(epoch=epoch + 1, batches_done=0)
+        if not args.save_every or epoch + 1 == schedule.n_epochs or stopped_early:
             save_state()
     recorder.close()
 
@@ -138,24 +161,10 @@ def main():
 
 
 def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names):
-    """Logits for the whole dataset, each process taking a contiguous shard; gathered on rank 0."""
+    """Logits for the whole dataset, each process taking a shard; gathered and scored on rank 0."""
     if dataset is None:
         return None
-    model = getattr(model, "module", model)  # plain forward: no DDP synchronisation for evaluation
-    model.eval()
-    shard = np.arange(context.rank, len(dataset), context.world_size)
-    order = shard[np.argsort(column_numpy(dataset, "length")[shard], kind="stable")].tolist()  # less padding
-    inputs = model_inputs(dataset)
-    logits = {}
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            batch = collate(inputs.__getitems__(indices))
-            batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
-            with autocast:
-                output = model(**batch).logits.float().cpu().numpy()
-            logits.update(zip(indices, output))
-    model.train()
+    logits = predict_logits(model, dataset, collate, batch_size, device, autocast, context.rank, context.world_size)
     gathered = context.gather(logits)
     if not context.is_main:
         return None

@@ -9,7 +9,8 @@ Per dataset, in one run, on the same train/evaluation split:
   frozen   the pretrained encoder's mean-pooled features (no fine-tuning) + logistic regression
   native   finetune_plm_native.py with default flags
   hf       finetune_plm_hf.py with default flags
-Korean datasets also run native with the other --extend_vocab setting, to measure what it does.
+Korean datasets also run native with the other --extend_vocab setting, and the imbalanced ones (emotion,
+Korean hate speech) with --class_weight balanced, to measure what they do.
 The trainers pick their best epoch on 10% of the training subset (their default); the evaluation
 split is only their --test_fn. Published figures are listed beside, not measured here.
 Results are kept per dataset in docs/accuracy.json (with the commit that produced them), so a
@@ -174,7 +175,10 @@ def other_vocab_setting():
 
 
 MAIN_SYSTEMS = ["tfidf", "frozen", "native", "hf"]
-SYSTEMS = [*MAIN_SYSTEMS, "native-vocab"]  # native-vocab: native with the other --extend_vocab setting
+# native-vocab: native with the other --extend_vocab setting (Korean datasets); native-balanced: native
+# with --class_weight balanced (the imbalanced ones)
+SYSTEMS = [*MAIN_SYSTEMS, "native-vocab", "native-balanced"]
+IMBALANCED = {"emotion", "korean_hate_speech"}
 
 
 def systems(name, train, test, train_fn, test_fn, directory, extra):
@@ -188,6 +192,10 @@ def systems(name, train, test, train_fn, test_fn, directory, extra):
         runs["native-vocab"] = ("native " + " ".join(flags),
                                 lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
                                                  directory / "native-vocab", extra + flags))
+    if name in IMBALANCED:
+        runs["native-balanced"] = ("native --class_weight balanced",
+                                   lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
+                                                    directory / "native-balanced", extra + ["--class_weight", "balanced"]))
     return runs
 
 

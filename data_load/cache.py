@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 
-CACHE_FORMAT = 1  # bump when what an entry holds changes; old entries are then ignored
+CACHE_FORMAT = 2  # bump when what an entry holds changes; old entries are then ignored
 
 
 
@@ -49,7 +49,7 @@ def build_lock(root, key):
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(root / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise UserError(f"--cache_dir {root}: cannot write there ({error.strerror}): choose a writable "
+        raise UserError(f"cannot write the data cache in {root} ({error.strerror}): choose a writable "
                         "directory with --cache_dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -60,8 +60,9 @@ def build_lock(root, key):
 
 def build_entry(directory, build):
     """Run `build(tmp)` into a temporary sibling directory, then rename it to `directory`."""
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         build(tmp)

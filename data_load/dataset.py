@@ -3,7 +3,7 @@ evaluation, and a small in-memory one for a chunk of sentences to classify."""
 import torch
 
 from data_load.encoding import encode_texts, tokenize
-from data_load.splits import label_ids
+from data_load.splits import label_ids, select_rows
 
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels")
 
@@ -15,20 +15,25 @@ def encode_splits(splits, tokenizer, max_length, workers=None, cache_dir=None):
     A source is tokenized whole (cached once, whatever the validation split or seed), unless
     --max_train_samples/--max_eval_samples leave less than half of it: then only those rows are."""
     done = {}
+    return tuple(encode_split(split, splits.labels, tokenizer, max_length, workers, cache_dir, done)
+                 for split in (splits.train, splits.valid, splits.test))
 
-    def encoded(split):
-        if split is None:
-            return None
-        subset = split.sampled and len(split) < len(split.rows) / 2
-        key = (split.key, id(split)) if subset else split.key  # a whole source is tokenized once per run
-        if key not in done:
-            table = tokenize(split.rows, split.key, split.name, tokenizer, max_length, split.has_pairs, workers,
-                             cache_dir, indices=split.indices if subset else None)
-            done[key] = table.add_column("labels", label_ids(table.data.column("label"), splits.labels))
-        table = done[key]
-        return table if subset or split.indices is None else table.select(split.indices)
 
-    return encoded(splits.train), encoded(splits.valid), encoded(splits.test)
+def encode_split(split, labels, tokenizer, max_length, workers=None, cache_dir=None, done=None):
+    """One split as encode_splits makes it; `done` shares the sources tokenized in this run."""
+    if split is None:
+        return None
+    done = {} if done is None else done
+    # a whole source already tokenized in this run (the training file, when validation is split off) serves
+    # any subset of it
+    subset = split.sampled and len(split) < len(split.rows) / 2 and split.key not in done
+    key = (split.key, id(split)) if subset else split.key  # a whole source is tokenized once per run
+    if key not in done:
+        table = tokenize(split.rows, split.key, split.name, tokenizer, max_length, split.has_pairs, workers,
+                         cache_dir, indices=split.indices if subset else None)
+        done[key] = table.add_column("labels", label_ids(table.data.column("label"), labels))
+    table = done[key]
+    return table if subset or split.indices is None else select_rows(table, split.indices)
 
 
 def column_numpy(dataset, name):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
+from data_load.splits import select_rows
 from utils.tokens import CHARS_PER_TOKEN_CAP
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
@@ -40,9 +41,12 @@ def tokenizer_fingerprint(tokenizer):
         state = json.loads(backend.to_str())
         state.pop("truncation", None)
         state.pop("padding", None)
-    else:  # a slow (Python) tokenizer
-        state = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([type(tokenizer).__name__, tokenizer.truncation_side, state], sort_keys=True)
+    else:  # a slow (Python) tokenizer: its vocabulary and settings (lower-casing, ...)
+        state = [sorted(tokenizer.get_vocab().items()), repr(sorted(tokenizer.init_kwargs.items()))]
+    # model_input_names decides whether token_type_ids are kept: a DistilBERT checkpoint with a BERT
+    # vocabulary must not reuse ids tokenized for BERT
+    blob = json.dumps([type(tokenizer).__name__, tokenizer.truncation_side, list(tokenizer.model_input_names), state],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -64,19 +68,23 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
             workers = workers or default_workers(n_rows)
             note(f"tokenizing {n_rows:,} examples of {name} ({workers} process{'es' if workers > 1 else ''}); "
                  f"cached in {directory}")
-            source = rows if indices is None else rows.select(indices)
-            build_entry(directory, lambda tmp: _map_tokenize(source, tokenizer, max_length, has_pairs, workers, tmp, key))
+            # A whole source is stored as token columns only, read beside its parsed table; a subset keeps
+            # its texts, since its rows are not the parsed table's.
+            source = rows if indices is None else select_rows(rows, indices)
+            build_entry(directory, lambda tmp: _map_tokenize(source, tokenizer, max_length, has_pairs, workers, tmp, key,
+                                                             keep_text=indices is not None))
             meta = read_meta(directory)
         else:
             note(f"reusing tokenized {name} ({n_rows:,} examples) from {directory}")
     parts = [datasets.Dataset.from_file(str(directory / file)) for file in meta["files"]]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    tokens = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return tokens if indices is not None else datasets.concatenate_datasets([rows, tokens], axis=1)
 
 
-def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, key):
+def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, key, keep_text):
     import datasets
     with_types = "token_type_ids" in tokenizer("a")
-    features = rows.features.copy()
+    features = rows.features.copy() if keep_text else datasets.Features()
     features["input_ids"] = datasets.List(datasets.Value("int32"))
     if with_types:
         features["token_type_ids"] = datasets.List(datasets.Value("int8"))
@@ -93,14 +101,16 @@ def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, ke
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     if workers > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    bars = datasets.is_progress_bar_enabled()
     if len(rows) < QUIET_BELOW:
         datasets.disable_progress_bars()
     try:
         mapped = rows.map(encode, batched=True, batch_size=MAP_BATCH, num_proc=workers if workers > 1 else None,
-                          features=features, cache_file_name=str(directory / "data.arrow"),
-                          new_fingerprint=key, desc="tokenizing")
+                          features=features, remove_columns=None if keep_text else rows.column_names,
+                          cache_file_name=str(directory / "data.arrow"), new_fingerprint=key, desc="tokenizing")
     finally:
-        datasets.enable_progress_bars()
+        if bars:
+            datasets.enable_progress_bars()
         if parallelism is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:

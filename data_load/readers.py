@@ -66,6 +66,7 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
     (JSONL objects, Arrow records; `columns` names their keys when known in advance)."""
     rows = iter(rows)
     stats["n_empty"] = 0
+    arrow_table = columns is not None
     first = next(rows, None)
     if first is None and columns is None:
         raise UserError(f"{path}: the file is empty")
@@ -84,6 +85,10 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
     else:
         columns, pending = first[1], []
 
+    if arrow_table:  # a position picks the column by its place in the table's schema
+        text_column, text_pair_column, label_column = (
+            columns[int(c)] if c is not None and str(c).isdigit() and int(c) < len(columns) else c
+            for c in (text_column, text_pair_column, label_column))
     text_key = _pick_column(path, columns, text_column, DEFAULT_TEXT_COLUMNS, "--text_column")
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
                 if text_pair_column else None)
@@ -210,8 +215,8 @@ def _is_header(fields, asked):
 
 
 def _pick_column(path, columns, asked, defaults, flag):
-    if asked is not None and str(asked).isdigit():  # a position: in a table with names, the name there
-        return columns[int(asked)] if int(asked) < len(columns) else int(asked)
+    if asked is not None and str(asked).isdigit():
+        return int(asked)
     if asked is not None:
         if asked not in columns:
             raise UserError(f"{path}: no column '{asked}' (columns: {', '.join(map(str, columns))}); fix {flag}")
@@ -237,7 +242,16 @@ def _field(path, line, record, key):
     value = record[key]
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # JSON escapes can spell lone surrogates ("\\ud800"), which are not text
+        except UnicodeEncodeError:
+            raise located(path, line, f"field '{key}' holds an unpaired surrogate (\\ud800-\\udfff), which is "
+                                      "not text: fix the escape in the file") from None
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        raise located(path, line, f"field '{key}' holds binary data, not text: store it as a string column")
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list)) else str(value)
 
 
 def _label(path, line, record, key):
@@ -249,11 +263,13 @@ def _label(path, line, record, key):
     if isinstance(value, bool) or isinstance(value, (list, dict)) or (
             isinstance(value, float) and not value.is_integer()):
         kind = ("a list: one example has one label here (multi-label data is not supported)"
-                if isinstance(value, list) else f"{json.dumps(value)}, which is not a class name or id")
+                if isinstance(value, list) else f"{json.dumps(value, default=str)}, which is not a class name or id")
         raise located(path, line, f"label '{key}' is {kind}")
+    if isinstance(value, (bytes, bytearray)):
+        raise located(path, line, f"label '{key}' holds binary data, not a class name or id")
     if isinstance(value, float):
         value = int(value)
-    return "" if value is None else str(value).strip()
+    return "" if value is None else _field(path, line, {key: str(value)}, key).strip()
 
 
 def _check_distinct(path, keys):

@@ -1,6 +1,8 @@
 """Batches of similar length for the native trainer, sharded across processes."""
 import numpy as np
 
+from utils.errors import UserError
+
 
 class LengthGroupedBatchSampler:
     """Yields lists of indices. Each epoch: shuffle, cut into chunks of `chunk_batches` batches,
@@ -57,7 +59,35 @@ def _divisible(batches, world_size):
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))
         batch = batches[largest]
         if len(batch) < 2:
-            raise ValueError(f"too few samples ({sum(map(len, batches))}) for {world_size} processes")
+            raise UserError(f"too few training examples ({sum(map(len, batches))}) for {world_size} processes: "
+                            "give more data (or a larger --max_train_samples), or run fewer processes")
         half = len(batch) // 2
         batches[largest:largest + 1] = [batch[:half], batch[half:]]
     return batches
+
+
+class LengthGroupedSampler:
+    """The same length-grouped order as a flat stream of indices, for transformers.Trainer (which cuts it
+    into batches of `batch_size` itself). Replaces Trainer's own LengthGroupedSampler, whose Python
+    lists of every index cost over half a gigabyte per process on 10 million rows.
+
+    Each epoch's order is seeded from torch's global generator, as Trainer's sampler is: Trainer seeds
+    it the same in every process (so they agree on the order) and restores it on --resume."""
+
+    def __init__(self, lengths, batch_size, chunk_batches=50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.chunk_batches = chunk_batches
+
+    def __iter__(self):
+        import torch
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        batches = LengthGroupedBatchSampler(self.lengths, self.batch_size, seed=seed,
+                                            chunk_batches=self.chunk_batches).all_batches()
+        # the one short batch goes last, so the batches Trainer cuts stay aligned with these
+        batches.sort(key=lambda batch: len(batch) < self.batch_size)
+        for batch in batches:
+            yield from batch.tolist()
+
+    def __len__(self):
+        return len(self.lengths)

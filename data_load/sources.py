@@ -5,14 +5,15 @@ Sources: a TSV/CSV/JSONL file (data_load.readers), a Parquet file, a directory w
 validated as they stream (the whole file is never in memory as Python objects) and written in
 batches to a memory-mapped Arrow file in the cache, keyed by the data's content and the column
 flags, so a second run on the same data reads nothing but that file."""
+import contextlib
 import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, file_digest, read_meta, write_meta
-from data_load.readers import examples_from_rows, iter_examples, warn_empty
-from utils.errors import UserError, first_line
+from data_load.readers import DEFAULT_LABEL_COLUMNS, examples_from_rows, iter_examples, warn_empty
+from utils.errors import UserError, first_line, located
 
 WRITE_BATCH = 10_000  # rows per Arrow record batch: ~1 MB of text, few Python objects alive at once
 VALID_SPLIT_NAMES = ("validation", "valid", "dev")
@@ -32,7 +33,7 @@ class Source:
         if self.kind == "text":
             return iter_examples(self.name, text_column, pair_column, label_column, stats)
         records, names = (_parquet_records(self.name) if self.kind == "parquet"
-                          else _arrow_records(self.dataset))
+                          else _arrow_records(self.dataset, self.name))
         return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names)
 
 
@@ -51,20 +52,41 @@ def file_source(path):
     return Source(str(path), digest, "parquet" if path.suffix.lower() == ".parquet" else "text")
 
 
-def hub_sources(name, config=None):
-    """--dataset_name: a hub dataset id (or a local dataset directory), as {split: Source}."""
+def hub_sources(name, config=None, cache_dir=None):
+    """--dataset_name: a hub dataset id (or a local dataset directory), as {split: Source}. With the hub
+    unreachable, only a copy already in the 🤗 datasets cache will do, and the answer comes at once."""
     import datasets
     from utils.model import hub_reachable
-    if not Path(name).is_dir() and not hub_reachable():
-        raise UserError(f"--dataset_name {name}: the Hugging Face hub cannot be reached. Download the dataset where "
-                        "there is a network and pass it as files (--train_fn train.parquet ...) or as a directory "
-                        "written by DatasetDict.save_to_disk (--train_fn DIR)")
+    offline = not Path(name).is_dir() and not hub_reachable()
+    hub_cache = str(Path(cache_dir) / "hub") if cache_dir else None
     try:
-        loaded = datasets.load_dataset(name, config)
+        with _hub_offline(offline):
+            loaded = datasets.load_dataset(name, config, cache_dir=hub_cache)
     except Exception as error:  # hub errors, missing configs, bad data files: many types
-        hint = f" (choose one with --dataset_config_name)" if "config" in str(error).lower() and not config else ""
+        if offline:
+            raise UserError(f"--dataset_name {name}: the Hugging Face hub cannot be reached and the dataset is not "
+                            "in the local cache. Download it where there is a network and pass it as files "
+                            "(--train_fn train.parquet ...) or as a directory written by DatasetDict.save_to_disk "
+                            "(--train_fn DIR)") from None
+        hint = " (choose one with --dataset_config_name)" if "config" in str(error).lower() and not config else ""
         raise UserError(f"--dataset_name {name}: cannot load it: {first_line(error)}{hint}") from None
     return _dict_sources(name, loaded)
+
+
+@contextlib.contextmanager
+def _hub_offline(offline):
+    """datasets and huggingface_hub in offline mode (cache only, no retries) while the block runs."""
+    if not offline:
+        yield
+        return
+    import datasets
+    import huggingface_hub.constants as hub
+    before = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
 
 
 def parse(source, columns, cache_dir):
@@ -116,8 +138,15 @@ def _saved_sources(path):
     except Exception as error:
         raise UserError(f"{path}: cannot load the saved dataset: {first_line(error)}") from None
     if isinstance(loaded, datasets.Dataset):
-        return Source(str(path), loaded._fingerprint, "arrow", loaded)
-    return _dict_sources(str(path), loaded)
+        return Source(str(path), _saved_digest(loaded), "arrow", loaded)
+    return {split: Source(f"{path}[{split}]", _saved_digest(dataset), "arrow", dataset)
+            for split, dataset in loaded.items()}
+
+
+def _saved_digest(dataset):
+    """A saved dataset's identity by content: its Arrow files' hashes (its fingerprint alone can stay the
+    same when the data changes, e.g. for Dataset.from_generator)."""
+    return content_key([file_digest(f["filename"]) for f in dataset.cache_files], dataset._fingerprint)
 
 
 def _dict_sources(name, loaded):
@@ -128,9 +157,9 @@ def _dict_sources(name, loaded):
             for split, dataset in loaded.items()}
 
 
-def pick_splits(sources, name):
+def pick_splits(sources, name, label_column=None):
     """train, validation and test Sources of a dataset dict (the validation split under any of its
-    usual names); a test split without labels (GLUE-style, all -1) is left out."""
+    usual names); a test split without labels (none, or all -1 as in GLUE) is left out."""
     if not isinstance(sources, dict):
         return sources, None, None
     if "train" not in sources:
@@ -138,22 +167,32 @@ def pick_splits(sources, name):
                         "--train_fn")
     valid = next((sources[split] for split in VALID_SPLIT_NAMES if split in sources), None)
     test = sources.get("test")
-    if test is not None and _unlabelled(test.dataset):
-        print(f"note: {test.name} has no labels (all -1): not evaluated", file=sys.stderr)
+    if test is not None and _unlabelled(test.dataset, label_column):
+        print(f"note: {test.name} has no labels: not evaluated", file=sys.stderr)
         test = None
     return sources["train"], valid, test
 
 
-def _unlabelled(dataset):
-    import datasets
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.ClassLabel):
-            import pyarrow.compute as pc
-            return pc.max(dataset.data.column(name)).as_py() in (-1, None)
-    return False
+def _unlabelled(dataset, label_column):
+    """No label column, or one holding only -1/None (hub test splits keep their labels secret)."""
+    import pyarrow.compute as pc
+    names = dataset.column_names
+    if label_column is not None and str(label_column).isdigit() and int(label_column) < len(names):
+        label_column = names[int(label_column)]
+    column = label_column or next((name for name in DEFAULT_LABEL_COLUMNS if name in names), None)
+    if column not in names:
+        return True
+    values = dataset.data.column(column)
+    if values.null_count == len(values):
+        return True
+    try:
+        return pc.max(values).as_py() == -1
+    except Exception:  # not numbers: real labels
+        return False
 
 
 def _parquet_records(path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         parquet = pq.ParquetFile(path)
@@ -163,28 +202,37 @@ def _parquet_records(path):
 
     def records():
         row = 0
-        for batch in parquet.iter_batches(batch_size=WRITE_BATCH):
-            for record in batch.to_pylist():
-                row += 1
-                yield row, record
+        try:
+            for batch in parquet.iter_batches(batch_size=WRITE_BATCH):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record
+        except (OSError, pa.ArrowException) as error:  # a damaged page or column
+            raise located(path, row + 1, f"cannot read this row of the Parquet file: {first_line(error)}") from None
     return records(), names
 
 
-def _arrow_records(dataset):
-    """(row, record) of a datasets.Dataset; class ids of a ClassLabel column become their names."""
+def _arrow_records(dataset, name):
+    """(row, record) of a datasets.Dataset as plain Python values (whatever format it was saved with);
+    class ids of a ClassLabel column become their names."""
     import datasets
+    import pyarrow as pa
+    dataset = dataset.with_format(None)
     names = list(dataset.column_names)
     class_names = {name: feature for name, feature in dataset.features.items()
                    if isinstance(feature, datasets.ClassLabel)}
 
     def records():
         row = 0
-        for batch in dataset.iter(batch_size=WRITE_BATCH):
-            for values in zip(*(batch[name] for name in names)):
-                row += 1
-                record = dict(zip(names, values))
-                for name, feature in class_names.items():
-                    value = record[name]
-                    record[name] = feature.int2str(value) if isinstance(value, int) and value >= 0 else None
-                yield row, record
+        try:
+            for batch in dataset.iter(batch_size=WRITE_BATCH):
+                for values in zip(*(batch[name] for name in names)):
+                    row += 1
+                    record = dict(zip(names, values))
+                    for name, feature in class_names.items():
+                        value = record[name]
+                        record[name] = feature.int2str(value) if isinstance(value, int) and value >= 0 else None
+                    yield row, record
+        except (OSError, pa.ArrowException) as error:
+            raise located(name, row + 1, f"cannot read this row of the dataset: {first_line(error)}") from None
     return records(), names

@@ -4,6 +4,7 @@ A split is a parsed source (data_load.sources) and, where only part of it is use
 for training after --valid_ratio, a --max_train_samples subset), the row indices it keeps. Labels,
 class checks and the stratified split work on Arrow columns and NumPy arrays, never on a Python
 object per row."""
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,14 @@ class Split:
         column = self.rows.data.column(name)
         return column if self.indices is None else column.take(self.indices)
 
-    def texts(self, limit=None):
-        """The texts and pairs of the first `limit` rows (all rows: None), as a stream of strings."""
+    def texts(self, limit=None, pairs=True):
+        """The texts (and pairs) of the first `limit` rows (all rows: None), as a stream of strings."""
         n = len(self) if limit is None else min(limit, len(self))
-        rows = self.rows.select(range(n)) if self.indices is None else self.rows.select(self.indices[:n])
-        for batch in rows.select_columns(["text", "text_pair"]).iter(batch_size=10_000):
-            for pair in zip(batch["text"], batch["text_pair"]):
-                yield from (text for text in pair if text is not None)
+        rows = select_rows(self.rows, np.arange(n) if self.indices is None else self.indices[:n])
+        columns = ["text", "text_pair"] if pairs else ["text"]
+        for batch in rows.select_columns(columns).iter(batch_size=10_000):
+            for texts in zip(*(batch[name] for name in columns)):
+                yield from (text for text in texts if text is not None)
 
     def subset(self, indices, sampled=False):
         """The split restricted to positions `indices` of it."""
@@ -65,12 +67,27 @@ class Splits:
     def has_pairs(self):
         return self.train.has_pairs
 
+    def train_label_ids(self):
+        """The training examples' class ids, a NumPy array."""
+        return label_ids(self.train.column("label"), self.labels).to_numpy()
+
     def digests(self):
         """The training and validation data by content, for the --resume fingerprint."""
         digests = {"train_fn": self.train.digest}
         if self.valid.rows is not self.train.rows:
             digests["valid_fn"] = self.valid.digest
         return digests
+
+
+def select_rows(dataset, indices):
+    """dataset.select(indices) for a table without a selection of its own, without the Python list of
+    every index that Dataset.select builds (datasets 5.2: 20 s and 350 MB for 9 million rows)."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+    indices_table = InMemoryTable(pa.table({"indices": pa.array(np.asarray(indices, dtype=np.uint64))}))
+    return datasets.Dataset(dataset.data, info=dataset.info.copy(), split=dataset.split, indices_table=indices_table,
+                            fingerprint=f"{dataset._fingerprint}-{hashlib.blake2b(np.asarray(indices).tobytes(), digest_size=8).hexdigest()}")
 
 
 def label_list(examples, path):
@@ -113,14 +130,14 @@ def label_ids(column, labels):
     return pc.index_in(column, value_set=pa.array(labels, type=pa.string())).cast(pa.int32())
 
 
-def check_known_labels(split, labels):
+def check_known_labels(split, labels, known_from="the training data"):
     ids = label_ids(split.column("label"), labels)
     if ids.null_count:
         import pyarrow.compute as pc
         first = pc.index(pc.is_null(ids), True).as_py()
         line = split.column("line")[first].as_py()
         label = split.column("label")[first].as_py()
-        raise located(split.name, line, f"label {label!r} never occurs in the training data "
+        raise located(split.name, line, f"label {label!r} never occurs in {known_from} "
                                         f"(known: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''})")
 
 
@@ -158,6 +175,16 @@ def seeded_subset(split, n, seed):
     return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]), sampled=True)
 
 
+def load_labelled(path, columns, labels, cache_dir=None):
+    """One labelled file (or saved split) whose labels must all be among `labels` (a trained model's),
+    for scoring that model on it (evaluate_plm.py)."""
+    source = _one_split(file_source(path), "--test_fn", path)
+    rows, meta = parse(source, columns, cache_dir)
+    split = Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
+    check_known_labels(split, labels, known_from="the model's labels")
+    return split
+
+
 def load_splits(args):
     """Read --train_fn (or --dataset_name), --valid_fn (or a validation split, or split off
     --valid_ratio) and --test_fn; check the labels agree; apply --max_train_samples/--max_eval_samples."""
@@ -170,7 +197,11 @@ def load_splits(args):
         return Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
 
     train = read(train_source)
-    labels = sorted_labels(set(train.column("label").unique().to_pylist()), len(train), train.name)
+    distinct = train.column("label").unique()
+    if len(distinct) > MAX_LABELS:  # before turning them into Python strings: it may be a text column
+        raise UserError(f"{train.name}: {len(distinct)} distinct labels in {len(train)} rows: this is probably not "
+                        "the label column; choose it with --label_column")
+    labels = sorted_labels(set(distinct.to_pylist()), len(train), train.name)
     if valid_source is not None:
         valid = read(valid_source)
         check_known_labels(valid, labels)
@@ -205,10 +236,11 @@ def _sources(args):
                             f"nothing; give a held-out file" + (" or leave out --valid_fn to split one off"
                                                                 if flag == "valid_fn" else ""))
     if dataset_name:
-        train, valid, test = pick_splits(hub_sources(dataset_name, getattr(args, "dataset_config_name", None)),
-                                         dataset_name)
+        train, valid, test = pick_splits(hub_sources(dataset_name, getattr(args, "dataset_config_name", None),
+                                                     getattr(args, "cache_dir", None)),
+                                         dataset_name, args.label_column)
     else:
-        train, valid, test = pick_splits(file_source(args.train_fn), args.train_fn)
+        train, valid, test = pick_splits(file_source(args.train_fn), args.train_fn, args.label_column)
     if args.valid_fn:
         valid = _one_split(file_source(args.valid_fn), "--valid_fn", args.valid_fn)
     if args.test_fn:

@@ -13,7 +13,9 @@ def test_accuracy_report_quick(tmp_path):
     out = tmp_path / "accuracy.md"
     run_script("bench/accuracy.py", "--quick", "--out", out, timeout=900)
 
-    lines = out.read_text().splitlines()
+    main_table, _, other_settings = out.read_text().partition("Other settings:")
+    assert "| emotion | accuracy | native --class_weight balanced |" in " ".join(other_settings.split())
+    lines = main_table.splitlines()
     header = next(line for line in lines if line.startswith("| dataset"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     rows = [dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))

@@ -65,6 +65,61 @@ def test_recorder_keeps_the_best_evaluations_weights(tmp_path):
     assert resumed.best_score == pytest.approx(1.0) and len(resumed.history) == 3
 
 
+def test_early_stopping_counts_evaluations_without_improvement(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    recorder = EvaluationRecorder(tmp_path / "runs", tmp_path, "macro_f1", is_main=True, by_steps=True, patience=2)
+    stalled = []
+    for step, predicted in zip([5, 10, 15, 20], [[0, 0, 0, 0], [0, 1, 2, 2], [0, 1, 1, 2], [0, 1, 2, 2]]):
+        recorder.record(model, step / 10, step, 0.5, metrics_of([0, 1, 2, 2], predicted), 1e-4, 1.0)
+        stalled.append(recorder.stalled())
+    recorder.close()
+    assert stalled == [False, False, False, True]  # the best was at step 10; a tie at 20 is no improvement
+    resumed = EvaluationRecorder(tmp_path / "runs", tmp_path, "macro_f1", is_main=True, patience=2)
+    resumed.restore(recorder.history[:3])
+    assert not resumed.stalled() and resumed.best_index == 1
+    resumed.restore(recorder.history)
+    assert resumed.stalled()
+    assert not EvaluationRecorder(tmp_path / "r", tmp_path, "macro_f1", is_main=False).stalled()  # no patience
+
+
+def test_max_steps_replaces_epochs_in_the_schedule():
+    args = SimpleNamespace(batch_size=8, gradient_accumulation_steps=1, n_epochs=3, warmup_ratio=0.1, max_steps=30)
+    schedule = training_schedule(100, args, 1)  # 13 steps an epoch
+    assert (schedule.total_steps, schedule.warmup_steps, schedule.n_epochs) == (30, 3, 3)
+    args.max_steps = 5
+    assert (training_schedule(100, args, 1).total_steps, training_schedule(100, args, 1).n_epochs) == (5, 1)
+    args.max_steps = None
+    assert (training_schedule(100, args, 1).total_steps, training_schedule(100, args, 1).n_epochs) == (39, 3)
+
+
+def test_class_weights():
+    from training.loss import class_weights
+    labels = ["neg", "neutral", "pos"]
+    ids = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    assert class_weights("none", labels, ids) is None
+    assert class_weights("balanced", labels, ids) == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert class_weights("1,2,3", labels, ids) == pytest.approx([1, 2, 3])
+    assert class_weights("pos=4, neutral=0.5", labels, ids) == pytest.approx([1, 0.5, 4])
+    for spec, message in [("1,2", "2 weights for 3 classes"), ("happy=2", "no class 'happy'"),
+                          ("heavy", "expected `balanced`"), ("0,0,0", "not all 0"), ("1,-1,1", "at least 0")]:
+        with pytest.raises(UserError, match=message):
+            class_weights(spec, labels, ids)
+
+
+def test_weighted_loss_weighs_each_example_by_its_class():
+    from training.loss import loss_function
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])  # always predicts class 0
+    labels = torch.tensor([0, 0, 1])  # the one class-1 example is wrong
+    per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    plain = loss_function()(logits, labels)
+    weighted = loss_function(np.array([1.0, 3.0], dtype=np.float32))(logits, labels)
+    assert plain == pytest.approx(per_example.mean().item())
+    assert weighted == pytest.approx(((per_example * torch.tensor([1.0, 1.0, 3.0])).sum() / 5).item())
+    assert weighted > plain  # the mistake on the rare class costs more
+    half = loss_function(None)(logits.half(), labels)  # computed in fp32 under autocast too
+    assert half.dtype == torch.float32
+
+
 @pytest.mark.parametrize("n, batch_size, accumulation, world_size", [
     (432, 32, 1, 1), (433, 32, 3, 1), (100, 8, 2, 2), (1001, 16, 4, 3), (7, 32, 1, 1)])
 def test_schedule_matches_the_sampler(n, batch_size, accumulation, world_size):

@@ -204,3 +204,21 @@ def test_sampler_groups_lengths_and_reshuffles():
     grouped.set_epoch(1)
     assert list(grouped) != first
     assert torch.tensor([len(b) for b in first]).max() == 32
+
+
+def test_flat_sampler_for_trainer_groups_and_aligns_batches():
+    from data_load import LengthGroupedSampler
+    lengths = [(i * 7919) % 61 + 1 for i in range(2003)]
+    torch.manual_seed(0)
+    sampler = LengthGroupedSampler(lengths, 32)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(len(lengths))) and len(sampler) == len(lengths)
+    assert first != second  # a new order each epoch, from torch's generator
+    torch.manual_seed(0)
+    assert list(sampler) == first  # which Trainer seeds (and restores on resume)
+    batches = [first[i:i + 32] for i in range(0, len(first), 32)]  # as Trainer cuts them
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    shuffled = torch.randperm(len(lengths)).tolist()
+    plain = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                for b in (shuffled[i:i + 32] for i in range(0, len(shuffled), 32)))
+    assert padding < plain / 5 and len(batches[-1]) == len(lengths) % 32  # the short batch comes last

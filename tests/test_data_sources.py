@@ -81,6 +81,36 @@ def test_save_to_disk_dict_gives_its_splits_and_class_names(tmp_path):
         load_splits(args_for(write_tsv(tmp_path / "t.tsv", ROWS), tmp_path, valid_fn=tmp_path / "saved"))
 
 
+def test_saved_format_and_odd_values(tmp_path):
+    """A dataset saved with a torch format reads as plain values; binary texts and lone surrogates are
+    refused with the row, not turned into 'tensor(0)' labels, "b'...'" texts or a traceback."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    saved = datasets.Dataset.from_dict({"text": [t for _, t in ROWS], "label": [int(l == "pos") for l, _ in ROWS]})
+    saved.with_format("torch").save_to_disk(tmp_path / "torch_format")
+    assert load_splits(args_for(tmp_path / "torch_format", tmp_path)).labels == ["0", "1"]
+    pq.write_table(pa.table({"text": [b"raw", b"bytes"] * 5, "label": ["a", "b"] * 5}), tmp_path / "b.parquet")
+    with pytest.raises(UserError, match=r"b\.parquet:1: field 'text' holds binary data"):
+        load_splits(args_for(tmp_path / "b.parquet", tmp_path))
+    (tmp_path / "s.jsonl").write_text('{"text": "fine", "label": "a"}\n{"text": "bad \\ud800", "label": "b"}\n')
+    with pytest.raises(UserError, match=r"s\.jsonl:2: field 'text' holds an unpaired surrogate"):
+        load_splits(args_for(tmp_path / "s.jsonl", tmp_path))
+
+
+def test_tokenizer_input_names_are_part_of_the_cache_key(tmp_path, tokenizer, capsys):
+    """A DistilBERT-style checkpoint with a BERT vocabulary takes no token_type_ids: it must not reuse
+    ids tokenized for BERT."""
+    from transformers import AutoTokenizer
+    from utils.model import default_model_path
+    args = args_for(write_tsv(tmp_path / "t.tsv", ROWS), tmp_path)
+    with_types, _, _ = encode_splits(load_splits(args), tokenizer, 32, cache_dir=args.cache_dir)
+    plain = AutoTokenizer.from_pretrained(default_model_path(), model_input_names=["input_ids", "attention_mask"])
+    without, _, _ = encode_splits(load_splits(args), plain, 32, cache_dir=args.cache_dir)
+    assert "token_type_ids" in with_types.column_names and "token_type_ids" not in without.column_names
+    assert capsys.readouterr().err.count("tokenizing 60 examples") == 2
+
+
 def test_local_dataset_directory_as_dataset_name(tmp_path):
     folder = tmp_path / "reviews"
     folder.mkdir()
@@ -88,6 +118,8 @@ def test_local_dataset_directory_as_dataset_name(tmp_path):
     (folder / "test.csv").write_text("text,label\nnice one,pos\nawful,neg\n")
     splits = load_splits(args_for(None, tmp_path, dataset_name=str(folder)))
     assert splits.labels == ["neg", "pos"] and len(splits.test) == 2 and len(splits.valid) == 12
+    (folder / "test.csv").write_text("text\nnice one\nawful\n")  # a test split without labels is left out
+    assert load_splits(args_for(None, tmp_path, dataset_name=str(folder))).test is None
 
 
 def test_a_directory_that_is_no_saved_dataset(tmp_path):
@@ -220,7 +252,7 @@ def test_dataset_name_without_hub_is_one_line_and_fast(tmp_path):
                         check=False, timeout=60, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --dataset_name someone/reviews: the Hugging Face hub cannot be reached. Download the dataset where "
-        "there is a network and pass it as files (--train_fn train.parquet ...) or as a directory written by "
-        "DatasetDict.save_to_disk (--train_fn DIR)"]
+        "error: --dataset_name someone/reviews: the Hugging Face hub cannot be reached and the dataset is not in "
+        "the local cache. Download it where there is a network and pass it as files (--train_fn train.parquet ...) "
+        "or as a directory written by DatasetDict.save_to_disk (--train_fn DIR)"]
     assert not (tmp_path / "m").exists()

@@ -197,3 +197,35 @@ def test_pipeline_loads_checkpoint_with_label_names(trained):
         assert all(r["label"] in {"anger", "fear", "joy", "love", "sadness", "surprise"} for r in result)
         scores = classifier("i feel so happy and grateful today", top_k=None)
         assert len(scores) == 6 and sum(s["score"] for s in scores) == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.parametrize("script", TRAINERS)
+def test_evaluate_reproduces_the_test_scores(trained, tmp_path, script):
+    """evaluate_plm.py on the test file a run was tested on gives that run's test scores again."""
+    model_fn = trained[script]["dir"]
+    out = tmp_path / "eval"
+    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", model_fn.parent / "test.tsv",
+                        "--output_dir", out, "--n_errors", 10)
+    saved = json.loads((model_fn / "metrics.json").read_text())["test"]
+    scored = json.loads((out / "metrics.json").read_text())["test"]
+    assert scored["n_examples"] == saved["n_examples"] == 300
+    assert scored["confusion_matrix"] == saved["confusion_matrix"]
+    assert scored["macro_f1"] == pytest.approx(saved["macro_f1"]) and scored["loss"] == pytest.approx(saved["loss"], abs=1e-4)
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    errors = list(csv.reader((out / "errors.tsv").open(encoding="utf-8"), delimiter="\t"))
+    assert errors[0] == ["loss", "gold", "predicted", "p_gold", "text"] and len(errors) == 11
+    assert f"test: loss {saved['loss']:.4f}" in result.stdout and "precision" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no partial directory left
+
+
+def test_evaluate_refuses_labels_the_model_does_not_know(trained, tmp_path):
+    model_fn = trained["finetune_plm_native.py"]["dir"]
+    test_fn = tmp_path / "new.tsv"
+    test_fn.write_text("joy\tI am glad\nsurprise_party\tWhat a day\n")
+    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", test_fn, "--output_dir",
+                        tmp_path / "eval", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {test_fn}:2: label 'surprise_party' never occurs in the model's labels "
+        "(known: anger, fear, joy, love, sadness, surprise)"]
+    assert not (tmp_path / "eval").exists()

@@ -119,3 +119,25 @@ def test_sentence_pairs_end_to_end(tmp_path, tiny_model, script):
     assert json.loads((model_fn / "training_args.json").read_text())["has_pairs"] is True
     out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="the cat sat\ta cat sat\n").stdout
     assert out.split("\t")[0] in {"0", "1"} and out.endswith("\tthe cat sat\ta cat sat\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", TRAINERS)
+def test_eval_steps_early_stopping_and_class_weights(tmp_path, tiny_model, script):
+    """With a learning rate too small to change anything, the metric stalls: --early_stopping_patience 2
+    stops after the third evaluation of --eval_steps 3, long before the 2 epochs are done."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    model_fn = tmp_path / "model"
+    result = run_script(script, "--model_fn", model_fn, "--train_fn", ROOT / "data" / "review.sample.en.tsv",
+                        "--pretrained_model_name", tiny_model, "--n_epochs", 2, "--lr", "1e-12", "--eval_steps", 3,
+                        "--early_stopping_patience", 2, "--class_weight", "negative=1,positive=2")
+    assert "class weights (negative=1,positive=2) = negative 1, positive 2" in result.stderr
+    assert "evaluation = every 3 steps" in result.stderr
+    history = json.loads((model_fn / "history.json").read_text())
+    assert [row["step"] for row in history] == [3, 6, 9]
+    assert "early stopping: macro_f1 has not improved for 2 evaluations (best" in result.stderr
+    record = json.loads((model_fn / "training_args.json").read_text())
+    assert record["optimizer_steps"] == 9  # of 28
+    events = EventAccumulator(str(model_fn / "runs" / ("native" if "native" in script else "hf")))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/valid_macro_f1")] == [3, 6, 9]

@@ -3,23 +3,12 @@ the partial directory, which then moves into place."""
 import sys
 import time
 
-import numpy as np
 import torch
 
-from data_load import TextLookup, column_numpy
 from training.recorder import BEST_WEIGHTS
 from utils.checkpoint import commit_run, partial_dir, save_model
 from utils.errors import UserError, first_line
-from utils.metrics import classification_metrics
 from utils.report import write_report
-
-
-def evaluation(logits, dataset, label_names):
-    """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed)."""
-    logits = np.asarray(logits, dtype=np.float32)
-    labels = column_numpy(dataset, "labels")
-    return {"metrics": classification_metrics(logits, labels, label_names),
-            "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
 
 
 def save_run(args, trainer_name, run, model, history, valid, test, extra=None):

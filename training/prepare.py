@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+
 from data_load import Splits, encode_splits, load_splits
+from training.loss import class_weights
 from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
 from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
@@ -42,6 +45,7 @@ class Prepared:
     valid_set: object
     test_set: object | None
     fingerprint: dict  # what a --resume of this run must share with it
+    class_weights: np.ndarray | None  # --class_weight resolved, in class-id order
 
     def resolved_settings(self):
         """Flags as actually used, for training_args.json."""
@@ -59,13 +63,14 @@ def prepare(args, trainer_name):
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
     splits = load_splits(args)
+    weights = class_weights(args.class_weight, splits.labels, splits.train_label_ids())
     fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
     if args.resume:
         check_resume_matches(args.model_fn, fingerprint)
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, splits.labels, args.freeze_encoder)
-    unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000)), args.extend_vocab)
+    unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
         print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
@@ -77,7 +82,7 @@ def prepare(args, trainer_name):
                                                    args.cache_dir)
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
                     training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
-                    fingerprint)
+                    fingerprint, weights)
 
 
 def training_schedule(n_train, args, world_size):
@@ -110,6 +115,12 @@ def print_plan(run, args, trainer_name):
         f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "
         f"warm-up steps = {schedule.warmup_steps}",
         f"  learning rate = {run.lr:g}{lr_note}",
+        f"  evaluation = every {args.eval_steps} steps" if args.eval_steps else "  evaluation = after each epoch",
+        *([f"  early stopping after {args.early_stopping_patience} evaluations without a better {args.best_metric}"]
+          if args.early_stopping_patience else []),
+        *([f"  class weights ({args.class_weight}) = " + ", ".join(
+            f"{label} {weight:.3g}" for label, weight in list(zip(splits.labels, run.class_weights))[:20])]
+          if run.class_weights is not None else []),
         f"  precision = {run.precision}, device = {run.device}, world size = {world}",
     ]
     print("\n".join(lines), file=sys.stderr)

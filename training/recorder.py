@@ -23,21 +23,28 @@ def log_dir(args, trainer_name):
 
 
 class EvaluationRecorder:
-    """Only the main process writes; every process keeps the history (Trainer saves it in its states)."""
+    """Every process keeps the history and the best score (Trainer saves the history in its states;
+    the early-stopping decision must be the same everywhere); only the main process writes.
 
-    def __init__(self, board_dir, directory, best_metric, is_main):
+    by_steps: evaluations every --eval_steps optimizer steps, logged against the step; else once per
+    epoch, logged against the epoch. patience: --early_stopping_patience (None: never stop early)."""
+
+    def __init__(self, board_dir, directory, best_metric, is_main, by_steps=False, patience=None):
         self.board = TensorBoardLogger(board_dir, enabled=is_main)
         self.directory = Path(directory)
         self.best_metric = best_metric
         self.is_main = is_main
+        self.by_steps = by_steps
+        self.patience = patience
         self.history = []
         self.best_score = -math.inf
+        self.best_index = -1
 
     def restore(self, history):
-        """Continue after --resume: the rows so far, and the best score among them."""
-        self.history = list(history)
-        self.best_score = max((selection_score(row_metrics(row), self.best_metric) for row in self.history),
-                              default=-math.inf)
+        """Continue after --resume: the rows so far, and the best among them."""
+        self.history, self.best_score, self.best_index = [], -math.inf, -1
+        for row in history:
+            self._keep(row, row_metrics(row))
 
     def log_step(self, step, loss, lr):
         self.board.log({"loss": loss, "learning_rate": lr}, step, prefix="train/")
@@ -46,18 +53,34 @@ class EvaluationRecorder:
         """One evaluation: history, stderr, TensorBoard; the weights too if they are the best so far
         (an earlier evaluation wins a tie)."""
         row = history_row(epoch, step, train_loss, metrics, lr, seconds)
-        self.history.append(row)
+        improved = self._keep(row, metrics)
         if not self.is_main:
             return row
-        self.board.log({key: value for key, value in row.items() if key.startswith("valid_")}, epoch, prefix="epoch/")
-        self.board.log({"train_loss": train_loss}, epoch, prefix="epoch/")
-        score = selection_score(metrics, self.best_metric)
-        if score > self.best_score:
-            self.best_score = score
+        prefix, at = ("eval/", step) if self.by_steps else ("epoch/", epoch)
+        self.board.log({key: value for key, value in row.items() if key.startswith("valid_")}, at, prefix=prefix)
+        self.board.log({"train_loss": train_loss}, at, prefix=prefix)
+        if improved:
             save_best_weights(model, self.directory)
         # tqdm.write: Trainer's progress bar is still on the line; this prints above it, on a line of its own
-        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}; valid {summary_line(metrics)}", file=sys.stderr)
+        where = f"step {step} (epoch {epoch})" if self.by_steps else f"epoch {epoch}"
+        tqdm.write(f"{where}: train loss {train_loss:.4f}; valid {summary_line(metrics)}", file=sys.stderr)
+        if self.stalled():
+            best = self.history[self.best_index]
+            tqdm.write(f"early stopping: {self.best_metric} has not improved for {self.patience} evaluations "
+                       f"(best {best['valid_' + self.best_metric]:.4f} at step {best['step']})", file=sys.stderr)
         return row
+
+    def stalled(self):
+        """--early_stopping_patience evaluations in a row without a better --best_metric."""
+        return self.patience is not None and len(self.history) - 1 - self.best_index >= self.patience
+
+    def _keep(self, row, metrics):
+        self.history.append(row)
+        score = selection_score(metrics, self.best_metric)
+        if score > self.best_score:
+            self.best_score, self.best_index = score, len(self.history) - 1
+            return True
+        return False
 
     def close(self):
         self.board.close()

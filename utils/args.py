@@ -11,6 +11,10 @@ CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: th
               "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
               "the data's content, the tokenizer and --max_length; delete the directory to clear it")
 
+CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_classes * n_examples_of_class), as "
+                     "scikit-learn), weights in label order (`1,2.5,1`) or by name (`neg=1,pos=3`, the rest 1); "
+                     "default: none")
+
 
 class TrainingArgumentParser(ArgumentParser):
     def parse_args(self, args=None, namespace=None):
@@ -81,6 +85,7 @@ def training_parser(description):
     train.add_argument("--warmup_ratio", type=float_range(0, 1, high_open=True), default=0.1,
                        help="share of steps with linear warm-up, then linear decay to 0")
     train.add_argument("--max_grad_norm", type=float_above(0), default=1.0, help="gradient clipping norm")
+    train.add_argument("--class_weight", default="none", help=CLASS_WEIGHT_HELP)
     train.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                        help="auto: bf16 on CUDA that supports it, else fp16 on CUDA, else fp32")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -92,6 +97,10 @@ def training_parser(description):
     run.add_argument("--best_metric", choices=list(SCORES), default="macro_f1",
                      help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
                           "can prefer an early epoch that predicts only the majority class")
+    run.add_argument("--eval_steps", type=int_at_least(1), default=None,
+                     help="evaluate every N optimizer steps (and after the last) instead of after each epoch")
+    run.add_argument("--early_stopping_patience", type=int_at_least(1), default=None,
+                     help="stop when --best_metric has not improved for N evaluations in a row (default: never)")
     run.add_argument("--log_dir", help="TensorBoard directory (default: <model_fn>/runs)")
     run.add_argument("--n_errors", type=int_at_least(0), default=50,
                      help="highest-loss validation/test examples written to errors.tsv")

@@ -110,7 +110,8 @@ def plot_learning_curve(history, path):
     ax.plot(epochs, [row["valid_loss"] for row in history], "s-", label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.set_xticks(epochs)
+    if len(epochs) <= 20:  # one tick per evaluation (fractional epochs with --eval_steps)
+        ax.set_xticks(epochs)
     accuracy_axis = ax.twinx()
     accuracy_axis.plot(epochs, [row["valid_accuracy"] for row in history], "^--", color="tab:green",
                        label="validation accuracy")

@@ -1,0 +1,102 @@
+"""Score a fine-tuned model on a labelled file.
+
+Reads --test_fn in any input format the trainers read (same column flags), checks that its labels
+are the model's, and prints the scores and the per-class table. Writes metrics.json,
+confusion_matrix.png and errors.tsv (the highest-loss examples) into --output_dir, which appears
+only when all three are written (a finished evaluation there is replaced only by a complete one)."""
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from utils.cli import ArgumentParser, int_at_least
+from utils.errors import UserError, exit_on_user_error, first_line, on_failure
+from utils.tokens import MIN_LENGTH
+
+
+def parse_args():
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    p.add_argument("--test_fn", required=True,
+                   help="labelled data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet or a "
+                        "Dataset.save_to_disk directory")
+    p.add_argument("--output_dir", help="where the reports go (default: <model_fn>/evaluation/<test file name>)")
+    p.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
+    p.add_argument("--text_pair_column", help="second-sentence column, for a model trained on pairs")
+    p.add_argument("--label_column", help="label column name (or 0-based position)")
+    p.add_argument("--batch_size", type=int_at_least(1), default=128)
+    p.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
+                   help="truncate at this many tokens (default: as trained)")
+    p.add_argument("--n_errors", type=int_at_least(0), default=50, help="highest-loss examples in errors.tsv")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--cache_dir", help="where the tokenized file is cached (as in the trainers)")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    from data_load import TextClassificationCollator, encode_split
+    from data_load.splits import load_labelled
+    from training.evaluation import evaluation, predict_logits
+    from utils.checkpoint import load_checkpoint
+    from utils.model import clamp_max_length, model_max_length
+    from utils.report import per_class_table, plot_confusion_matrix, write_errors
+    from utils.metrics import summary_line
+    from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
+
+    output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
+    device = choose_device(args.device)
+    precision = choose_precision(args.precision, device)
+    tokenizer, model, training_args = load_checkpoint(args.model_fn, device)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if training_args.get("has_pairs") and not args.text_pair_column:
+        print(f"warning: {args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
+              "the second sentence", file=sys.stderr)
+    split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
+                          args.cache_dir)
+    max_length = (clamp_max_length(args.max_length, model_max_length(model, tokenizer)) if args.max_length
+                  else training_args.get("max_length", 128))
+    dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir)
+
+    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
+    logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision))
+    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels)
+    metrics = result["metrics"]
+
+    tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    on_failure(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    try:
+        tmp.mkdir(parents=True)
+        (tmp / "metrics.json").write_text(json.dumps({
+            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
+            "test": metrics}, indent=2, ensure_ascii=False) + "\n")
+        plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
+        write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
+        replace_dir(tmp, output_dir)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"--output_dir {output_dir}: cannot write the reports ({first_line(error)})") from None
+
+    print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
+    print(f"\nwrote {output_dir}/metrics.json, confusion_matrix.png, errors.tsv", file=sys.stderr)
+
+
+def replace_dir(new, target):
+    """Move `new` to `target`; an earlier evaluation there is removed only once the new one is in place."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if not target.is_dir():
+        raise UserError(f"--output_dir {target}: is a file: choose a directory")
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

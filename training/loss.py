@@ -1,0 +1,54 @@
+"""The training loss, one definition for both trainers: cross-entropy over the classes, optionally
+weighted per class (--class_weight) for imbalanced data."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.errors import UserError
+
+
+
+def class_weights(spec, labels, label_ids):
+    """--class_weight as a float32 array in class-id order, or None for an unweighted loss.
+    `label_ids` are the training examples' class ids (a NumPy array)."""
+    if spec in (None, "", "none"):
+        return None
+    if spec == "balanced":
+        counts = np.bincount(label_ids, minlength=len(labels)).astype(np.float64)
+        # a class missing from a --max_train_samples subset would get an infinite weight
+        return (len(label_ids) / (len(labels) * np.maximum(counts, 1))).astype(np.float32)
+    parts = [part.strip() for part in spec.split(",")]
+    try:
+        if all("=" in part for part in parts):
+            weights = np.ones(len(labels), dtype=np.float32)
+            index = {label: i for i, label in enumerate(labels)}
+            for part in parts:
+                name, value = (piece.strip() for piece in part.rsplit("=", 1))
+                if name not in index:
+                    raise UserError(f"--class_weight {spec}: no class {name!r} (classes: {', '.join(labels[:20])})")
+                weights[index[name]] = float(value)
+        else:
+            weights = np.array([float(part) for part in parts], dtype=np.float32)
+    except ValueError:
+        raise UserError(f"--class_weight {spec}: expected `balanced`, numbers like 1,2.5 or pairs like neg=1,pos=3"
+                        ) from None
+    if len(weights) != len(labels):
+        raise UserError(f"--class_weight {spec}: {len(weights)} weights for {len(labels)} classes "
+                        f"({', '.join(labels[:20])}): give one per class, in this order, or name them (label=weight)")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not np.any(weights > 0):
+        raise UserError(f"--class_weight {spec}: weights must be finite, at least 0, and not all 0")
+    return weights
+
+
+def loss_function(weights=None):
+    """loss(logits, labels): the mean cross-entropy of a batch, each example weighted by its class's
+    weight (and divided by the sum of those weights, as torch's weighted cross-entropy does).
+    Computed in fp32 also under autocast."""
+    weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+
+    def loss(logits, labels):
+        nonlocal weight
+        if weight is not None and weight.device != logits.device:
+            weight = weight.to(logits.device)
+        return F.cross_entropy(logits.float(), labels, weight=weight)
+    return loss
