@@ -2,6 +2,9 @@
 
 Reads UTF-8 lines from stdin and prints one `label<TAB>sentence` line per non-blank input line, in
 input order. For a model trained on sentence pairs, each input line is `sentence<TAB>sentence_pair`.
+For a multi-label model the first column holds every label whose probability reaches the decision
+threshold, separated by spaces (the most probable first), or the single most probable label when
+none does.
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
 flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
 `export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time."""
@@ -10,7 +13,8 @@ import sys
 import time
 from itertools import islice
 
-from utils.cli import ArgumentParser, int_at_least
+from inference.decision import choose_labels
+from utils.cli import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.tokens import MIN_LENGTH
 
@@ -24,7 +28,13 @@ def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
-    p.add_argument("--top_k", type=int_at_least(1), default=1, help="print the K most probable labels, separated by spaces")
+    p.add_argument("--top_k", type=int_at_least(1), default=None,
+                   help="print the K most probable labels, separated by spaces (default 1; for a multi-label model: "
+                        "at most K of the labels that pass the threshold)")
+    p.add_argument("--threshold", type=float_range(0, 1), default=None,
+                   help="multi-label models: print every label whose probability is at least this (default: the "
+                        "threshold tuned on validation when the model was trained, in training_args.json); when no "
+                        "label reaches it, the most probable one is printed")
     p.add_argument("--with_prob", action="store_true",
                    help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
     p.add_argument("--batch_size", type=int_at_least(1), default=128)
@@ -44,13 +54,17 @@ def main():
     args = parse_args()
     classifier = load_classifier(args)
     labels = classifier.labels
-    top_k = min(args.top_k, len(labels))
+    if args.threshold is not None and not classifier.multi_label:
+        raise UserError(f"--threshold: {args.model_fn} is a single-label model (one label per sentence); "
+                        "--threshold applies to multi-label models")
+    threshold = classifier.threshold if args.threshold is None else args.threshold
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        scores, best = classifier.top_k([split_pair(line, classifier.pairs) for line in chunk], top_k)
+        probabilities = classifier.probabilities([split_pair(line, classifier.pairs) for line in chunk])
+        scores, best = choose_labels(probabilities, classifier.multi_label, args.top_k, threshold)
         for line, row, ids in zip(chunk, scores, best):
             predicted = " ".join(labels[i] for i in ids)
             if args.with_prob:

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from utils.cli import ArgumentParser, int_at_least
+from utils.cli import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error, first_line, on_failure
 from utils.tokens import MIN_LENGTH
 
@@ -26,6 +26,11 @@ def parse_args():
     p.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
     p.add_argument("--text_pair_column", help="second-sentence column, for a model trained on pairs")
     p.add_argument("--label_column", help="label column name (or 0-based position)")
+    p.add_argument("--label_separator", default=",", help="between the labels of one example (multi-label models)")
+    p.add_argument("--label_columns", help="one 0/1 column per label (multi-label models), as in the trainers")
+    p.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line, as in the trainers")
+    p.add_argument("--threshold", type=float_range(0, 1), default=None,
+                   help="multi-label models: the decision threshold (default: the one tuned when it was trained)")
     p.add_argument("--batch_size", type=int_at_least(1), default=128)
     p.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
                    help="truncate at this many tokens (default: as trained)")
@@ -40,7 +45,7 @@ def parse_args():
 def main():
     args = parse_args()
     from data_load import TextClassificationCollator, encode_split
-    from data_load.splits import load_labelled
+    from data_load.splits import labeling_from, load_labelled
     from training.evaluation import evaluation, predict_logits
     from utils.checkpoint import load_checkpoint
     from utils.model import clamp_max_length, model_max_length
@@ -56,15 +61,23 @@ def main():
     if training_args.get("has_pairs") and not args.text_pair_column:
         print(f"warning: {args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
               "the second sentence", file=sys.stderr)
+    multi_label = model.config.problem_type == "multi_label_classification"
+    if args.threshold is not None and not multi_label:
+        raise UserError(f"--threshold: {args.model_fn} is a single-label model; --threshold applies to multi-label ones")
+    threshold = args.threshold if args.threshold is not None else training_args.get("threshold", 0.5)
+    labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
+                                                label_columns=args.label_columns, label_names_fn=args.label_names_fn,
+                                                label_column=args.label_column))
     split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
-                          args.cache_dir)
+                          args.cache_dir, labeling)
     max_length = (clamp_max_length(args.max_length, model_max_length(model, tokenizer)) if args.max_length
                   else training_args.get("max_length", 128))
     dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir)
 
-    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
+    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
+                                         num_labels=len(labels))
     logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision))
-    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels)
+    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels, threshold if multi_label else None)
     metrics = result["metrics"]
 
     tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
@@ -74,7 +87,8 @@ def main():
         (tmp / "metrics.json").write_text(json.dumps({
             "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
             "test": metrics}, indent=2, ensure_ascii=False) + "\n")
-        plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
+        if "confusion_matrix" in metrics:  # single-label models
+            plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
         write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
         replace_dir(tmp, output_dir)
     except OSError as error:
@@ -82,7 +96,8 @@ def main():
         raise UserError(f"--output_dir {output_dir}: cannot write the reports ({first_line(error)})") from None
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
-    print(f"\nwrote {output_dir}/metrics.json, confusion_matrix.png, errors.tsv", file=sys.stderr)
+    written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "")
+    print(f"\nwrote {written} to {output_dir}", file=sys.stderr)
 
 
 def replace_dir(new, target):

@@ -67,14 +67,16 @@ def main():
         args=training_args,
         train_dataset=model_inputs(run.train_set),
         eval_dataset=model_inputs(run.valid_set),
-        data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision)),
+        data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
+                                                 num_labels=len(run.splits.labels)),
         processing_class=run.tokenizer,
-        compute_metrics=trainer_compute_metrics(run.splits.labels),
+        compute_metrics=trainer_compute_metrics(run.splits.labels, run.splits.multi_label),
         callbacks=[callback],
     )
     callback.trainer = trainer
     trainer.lengths = column_numpy(run.train_set, "length")
-    trainer.loss_fn = loss_function(run.class_weights)
+    trainer.multi_label = run.splits.multi_label
+    trainer.loss_fn = loss_function(run.class_weights, run.splits.multi_label)
     resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
     print_plan(run, args, "hf")
     trainer.train(resume_from_checkpoint=resume_from)
@@ -87,7 +89,8 @@ def main():
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial)
     valid = evaluation(trainer.predict(model_inputs(run.valid_set)).predictions, run.valid_set, run.splits.labels)
-    test = (evaluation(trainer.predict(model_inputs(run.test_set)).predictions, run.test_set, run.splits.labels)
+    test = (evaluation(trainer.predict(model_inputs(run.test_set)).predictions, run.test_set, run.splits.labels,
+                       valid["metrics"].get("threshold"))  # multi-label: the threshold tuned on validation
             if run.test_set else None)
     if context.is_main:
         save_run(args, "hf", run, trainer.model, recorder.history, valid, test,
@@ -100,7 +103,8 @@ class LossTrackingTrainer(Trainer):
 
     epoch_loss_sum = None
     epoch_loss_count = 0
-    loss_fn = None  # training.loss.loss_function(class weights)
+    loss_fn = None  # training.loss.loss_function(class weights, multi-label)
+    multi_label = False
     # The loss is a batch mean, as in the native loop: Trainer divides it by the accumulation steps.
     # (Left to itself it would take it as already scaled, because the model's forward takes **kwargs.)
     loss_is_scaled_for_ga = False
@@ -110,7 +114,7 @@ class LossTrackingTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         # validation loss unweighted, as the native loop reports it (metrics.example_losses)
-        loss = (self.loss_fn if model.training else loss_function())(outputs.logits, labels)
+        loss = (self.loss_fn if model.training else loss_function(None, self.multi_label))(outputs.logits, labels)
         if model.training:
             detached = loss.detach().float()
             self.epoch_loss_sum = detached if self.epoch_loss_sum is None else self.epoch_loss_sum + detached
@@ -179,6 +183,7 @@ class RecorderCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
+        valid["multi_label"] = self.trainer.multi_label  # the score titles of the printed line
         # per epoch: the epoch this evaluation ends (one cut short by --max_steps counts as one)
         epoch = round(state.epoch, 2) if self.recorder.by_steps else math.ceil(state.epoch - 1e-6)
         row = self.recorder.record(model, epoch, state.global_step, self.trainer.pop_epoch_loss(),

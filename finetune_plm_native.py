@@ -33,7 +33,8 @@ def main():
     model.to(device)
     if context.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
+    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
+                                         num_labels=len(run.splits.labels))
     autocast = autocast_context(device, precision)
     sampler = LengthGroupedBatchSampler(column_numpy(run.train_set, "length"), args.batch_size, seed=args.seed,
                                         group_by_length=not args.no_group_by_length,
@@ -60,7 +61,7 @@ def main():
     recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main,
                                   by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
     recorder.restore(progress["history"])
-    loss_fn = loss_function(run.class_weights)
+    loss_fn = loss_function(run.class_weights, run.splits.multi_label)
     # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
     # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.
     loss_sum = torch.tensor(progress["loss_sum"], device=device)
@@ -152,15 +153,18 @@ def main():
     if context.enabled:  # every process evaluates its shard with rank 0's best weights
         for parameter in model.module.state_dict().values():
             torch.distributed.broadcast(parameter, src=0)
+    # multi-label: the test set is scored at the decision threshold tuned on validation
     valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels)
-    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels)
+    threshold = context.gather(valid and valid["metrics"].get("threshold"))[0]
+    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
+                    threshold)
     if context.is_main:
         save_run(args, "native", run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"]})
     context.barrier()
 
 
-def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names):
+def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None):
     """Logits for the whole dataset, each process taking a shard; gathered and scored on rank 0."""
     if dataset is None:
         return None
@@ -169,7 +173,7 @@ def evaluate(model, dataset, collate, batch_size, device, autocast, context, lab
     if not context.is_main:
         return None
     merged = {i: row for part in gathered for i, row in part.items()}
-    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names)
+    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold)
 
 
 def no_decay(parameter):

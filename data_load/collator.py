@@ -4,15 +4,17 @@ import torch
 
 class TextClassificationCollator:
     """Turns dataset items into model inputs: `input_ids`, `attention_mask`, `token_type_ids`
-    (if present), `labels` (if present) and, with with_text, the raw `texts` as a list.
+    (if present), `labels` (if present: class ids, or for multi-label examples 0/1 rows of
+    num_labels floats) and, with with_text, the raw `texts` as a list.
 
     Serves as `Trainer(data_collator=...)` and as `DataLoader(collate_fn=...)`."""
 
-    def __init__(self, tokenizer, pad_to_multiple_of=None, with_text=False):
+    def __init__(self, tokenizer, pad_to_multiple_of=None, with_text=False, num_labels=None):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_left = tokenizer.padding_side == "left"
         self.pad_to_multiple_of = pad_to_multiple_of
         self.with_text = with_text
+        self.num_labels = num_labels  # multi-label: the width of the 0/1 label rows
 
     def __call__(self, items):
         width = max(len(item["input_ids"]) for item in items)
@@ -24,7 +26,12 @@ class TextClassificationCollator:
         }
         if "token_type_ids" in items[0]:
             batch["token_type_ids"] = self._pad([item["token_type_ids"] for item in items], width, 0)
-        if "labels" in items[0]:
+        if "labels" in items[0] and isinstance(items[0]["labels"], list):  # label ids of multi-label examples
+            labels = torch.zeros(len(items), self.num_labels)
+            for i, item in enumerate(items):
+                labels[i, item["labels"]] = 1.0
+            batch["labels"] = labels
+        elif "labels" in items[0]:
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
         if self.with_text:
             batch["texts"] = [item["text"] for item in items]

@@ -1,5 +1,6 @@
 """The datasets the trainers and the classifier read: tokenized Arrow tables for training and
 evaluation, and a small in-memory one for a chunk of sentences to classify."""
+import numpy as np
 import torch
 
 from data_load.encoding import encode_texts, tokenize
@@ -44,6 +45,19 @@ def column_numpy(dataset, name):
     if indices is not None:
         column = column.take(indices.column(0))
     return column.to_numpy()
+
+
+def label_matrix(dataset, n_labels):
+    """The multi-label `labels` column (a list of class ids per row) as a 0/1 matrix, rows x labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    column = dataset.data.column("labels")
+    if dataset._indices is not None:
+        column = column.take(dataset._indices.column(0))
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    matrix = np.zeros((len(column), n_labels), dtype=np.int8)
+    matrix[pc.list_parent_indices(column).to_numpy(), pc.list_flatten(column).to_numpy()] = 1
+    return matrix
 
 
 def model_inputs(dataset):

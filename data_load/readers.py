@@ -29,21 +29,38 @@ LINE_PIECE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 @dataclass
 class Example:
     text: str
-    label: str | None = None
+    label: str | list | None = None  # a class name; with multi-label data, a list of them (maybe empty)
     text_pair: str | None = None
     line: int = 0  # 1-based line in the source file, for error messages
 
 
-def read_examples(path, text_column=None, text_pair_column=None, label_column=None):
+@dataclass(frozen=True)
+class Labeling:
+    """How a row's label is read. One class (the default), or several (--multi_label): a field holding
+    them with a separator (`joy,love`), a JSON list, or one 0/1 column per label (--label_columns);
+    integer ids can be given names (--label_names_fn, e.g. GoEmotions' labels.txt)."""
+    multi: bool = False
+    separator: str = ","
+    columns: tuple | None = None  # --label_columns as given: names, positions or `first:last` ranges
+    names: tuple | None = None  # id -> name
+
+    def key(self):
+        return [self.multi, self.separator, self.columns, self.names]
+
+
+SINGLE = Labeling()
+
+
+def read_examples(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE):
     """A whole labelled file as a list of Examples (small files, tests); large files go through
     iter_examples into Arrow (data_load.sources). Raises UserError with `file:line` on bad input."""
     stats = {}
-    examples = list(iter_examples(path, text_column, text_pair_column, label_column, stats))
+    examples = list(iter_examples(path, text_column, text_pair_column, label_column, stats, labeling))
     warn_empty(path, stats["n_empty"])
     return examples
 
 
-def iter_examples(path, text_column=None, text_pair_column=None, label_column=None, stats=None):
+def iter_examples(path, text_column=None, text_pair_column=None, label_column=None, stats=None, labeling=SINGLE):
     """Examples one at a time, validated as they stream (the file is never held in memory).
 
     Raises UserError with `file:line` on the first bad row; `stats["n_empty"]` counts rows skipped
@@ -53,15 +70,16 @@ def iter_examples(path, text_column=None, text_pair_column=None, label_column=No
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows = _jsonl_rows(path)
-    elif suffix == ".csv" or text_column or label_column or text_pair_column:
+    elif suffix == ".csv" or text_column or label_column or text_pair_column or labeling.columns:
         rows = _table_rows(path, delimiter="," if suffix == ".csv" else "\t", quoted=suffix == ".csv")
     else:
-        yield from _reference_examples(path, stats)
+        yield from _reference_examples(path, stats, labeling)
         return
-    yield from examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats)
+    yield from examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, labeling=labeling)
 
 
-def examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, columns=None):
+def examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, columns=None,
+                       labeling=SINGLE):
     """Examples from (line, row) pairs: rows are field lists (the first may be a header) or dicts
     (JSONL objects, Arrow records; `columns` names their keys when known in advance)."""
     rows = iter(rows)
@@ -74,13 +92,13 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
         pending = [first] if first is not None else []
     elif isinstance(first[1], dict):  # JSONL: the first object's keys name the columns
         columns, pending = list(first[1]), [first]
-    elif _is_positional(text_column, text_pair_column, label_column):
+    elif _is_positional(text_column, text_pair_column, label_column, *(labeling.columns or ())):
         if _is_header(first[1], ()):
             raise located(path, first[0], f"looks like a header ({', '.join(f.strip() for f in first[1])}), but the "
                                           "columns are given by position: name them instead, e.g. --label_column "
                                           "label, so the header is not read as an example")
         columns, pending = list(range(len(first[1]))), [first]
-    elif not _is_header(first[1], (text_column, text_pair_column, label_column)):
+    elif not _is_header(first[1], (text_column, text_pair_column, label_column, *_named(labeling.columns))):
         columns, pending = list(range(len(first[1]))), [first]
     else:
         columns, pending = first[1], []
@@ -92,8 +110,15 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
     text_key = _pick_column(path, columns, text_column, DEFAULT_TEXT_COLUMNS, "--text_column")
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
                 if text_pair_column else None)
-    label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
-    _check_distinct(path, {"--text_column": text_key, "--text_pair_column": pair_key, "--label_column": label_key})
+    if labeling.columns:  # one 0/1 column per label
+        label_key = None
+        label_keys = _label_columns(path, columns, labeling.columns)
+        roles = {"--text_column": text_key, "--text_pair_column": pair_key,
+                 **{f"--label_columns ({key})": key for key in label_keys}}
+    else:
+        label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
+        roles = {"--text_column": text_key, "--text_pair_column": pair_key, "--label_column": label_key}
+    _check_distinct(path, roles)
     stats["has_pairs"] = pair_key is not None
 
     n_examples = 0
@@ -106,9 +131,15 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
         example = Example(text=text_value, line=line)
         if pair_key is not None:
             example.text_pair = _field(path, line, record, pair_key)
-        example.label = _label(path, line, record, label_key)
-        if not example.label:
-            raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
+        if labeling.columns:
+            example.label = _flagged_labels(path, line, record, label_keys)
+        elif labeling.multi:
+            example.label = _label_set(path, line, record[label_key] if label_key in record else _missing(
+                path, line, label_key), label_key, labeling)
+        else:
+            example.label = _name_of(path, line, _label(path, line, record, label_key), labeling.names)
+            if not example.label:
+                raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
         n_examples += 1
         yield example
     if not n_examples:
@@ -141,7 +172,7 @@ def text_lines(path, keep_ends=False):
                 yield number, piece if keep_ends else piece.rstrip("\r\n")
 
 
-def _reference_examples(path, stats):
+def _reference_examples(path, stats, labeling=SINGLE):
     """`label<TAB>sentence[<TAB>sentence_pair]` without header; blank lines are skipped."""
     n_examples = stats["n_empty"] = 0
     for line, raw in text_lines(path):
@@ -155,7 +186,7 @@ def _reference_examples(path, stats):
             raise located(path, line, f"{len(fields)} tab-separated fields, expected 2 "
                                       "(`label<TAB>sentence`) or 3 (`label<TAB>sentence<TAB>pair`)")
         label = fields[0].strip()
-        if not label:
+        if not label and not labeling.multi:
             raise located(path, line, "empty label before the tab")
         if not n_examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
             raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
@@ -166,6 +197,8 @@ def _reference_examples(path, stats):
         if len(fields) == 3:
             stats["has_pairs"] = True
         n_examples += 1
+        label = _label_set(path, line, label, "label", labeling) if labeling.multi else _name_of(
+            path, line, label, labeling.names)
         yield Example(text=fields[1], label=label, text_pair=fields[2] if len(fields) == 3 else None, line=line)
     if not n_examples:
         raise UserError(f"{path}: no examples found: the file is empty")
@@ -262,7 +295,7 @@ def _label(path, line, record, key):
     value = record[key]
     if isinstance(value, bool) or isinstance(value, (list, dict)) or (
             isinstance(value, float) and not value.is_integer()):
-        kind = ("a list: one example has one label here (multi-label data is not supported)"
+        kind = ("a list: one example has one label here; for several labels per example pass --multi_label"
                 if isinstance(value, list) else f"{json.dumps(value, default=str)}, which is not a class name or id")
         raise located(path, line, f"label '{key}' is {kind}")
     if isinstance(value, (bytes, bytearray)):
@@ -270,6 +303,93 @@ def _label(path, line, record, key):
     if isinstance(value, float):
         value = int(value)
     return "" if value is None else _field(path, line, {key: str(value)}, key).strip()
+
+
+def _missing(path, line, key):
+    raise located(path, line, f"no field '{key}'")
+
+
+def _label_set(path, line, value, key, labeling):
+    """The labels of one multi-label example: a JSON list, or a field split at the separator; integer
+    ids named by --label_names_fn. No labels at all is allowed (none of the classes applies)."""
+    if value is None:
+        parts = []
+    elif isinstance(value, list):
+        parts = [_label(path, line, {key: item}, key) for item in value]
+    else:
+        text = _label(path, line, {key: value}, key)
+        parts = [part.strip() for part in text.split(labeling.separator)] if text else []
+    labels = []
+    for part in parts:
+        part = _name_of(path, line, part, labeling.names)
+        if part and part not in labels:
+            labels.append(part)
+    return labels
+
+
+def _name_of(path, line, label, names):
+    """--label_names_fn: the name of an integer id (the label itself without that flag)."""
+    if names is None or not label:
+        return label
+    if not label.isdigit() or int(label) >= len(names):
+        raise located(path, line, f"label {label!r} is not an id of --label_names_fn (0 to {len(names) - 1})")
+    return names[int(label)]
+
+
+def read_label_names(path):
+    """--label_names_fn: one name a line, line i naming class id i."""
+    names = [line for _, line in text_lines(path)]
+    while names and not names[-1].strip():
+        names.pop()
+    for number, name in enumerate(names, start=1):
+        if not name.strip():
+            raise located(path, number, "empty line: every line names the class whose id is its line number - 1")
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: a name occurs twice: two ids would be one class")
+    return tuple(name.strip() for name in names)
+
+
+def _flagged_labels(path, line, record, keys):
+    """--label_columns: the names of the columns holding 1 (each must hold 0 or 1)."""
+    labels = []
+    for key in keys:
+        value = record.get(key)
+        flag = value if isinstance(value, (bool, int)) else str(value).strip()
+        if flag in (1, "1", True, "1.0", "true", "True"):
+            labels.append(str(key))
+        elif flag not in (0, "0", False, "0.0", "false", "False"):
+            raise located(path, line, f"label column '{key}' holds {value!r}: expected 0 or 1")
+    return labels
+
+
+def _named(columns):
+    return [c for c in (columns or ()) if c is not None and ":" not in str(c) and not str(c).isdigit()]
+
+
+def _label_columns(path, columns, asked):
+    """--label_columns: names, 0-based positions, or `first:last` ranges of either (both ends included)."""
+    names = [str(c) for c in columns]
+
+    def position(item):
+        item = item.strip()
+        if item.isdigit() and not item in names:
+            if int(item) >= len(columns):
+                raise UserError(f"{path}: --label_columns {item}: there are only {len(columns)} columns")
+            return int(item)
+        if item not in names:
+            raise UserError(f"{path}: no column '{item}' (columns: {', '.join(names)}); fix --label_columns")
+        return names.index(item)
+
+    keys = []
+    for item in asked:
+        first, _, last = str(item).partition(":")
+        start, end = position(first), position(last) if last else position(first)
+        if end < start:
+            raise UserError(f"{path}: --label_columns {item}: the range runs backwards")
+        keys += [columns[i] for i in range(start, end + 1) if columns[i] not in keys]
+    if len(keys) < 2:
+        raise UserError(f"{path}: --label_columns names {len(keys)} column; multi-label data needs at least two")
+    return keys
 
 
 def _check_distinct(path, keys):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, file_digest, read_meta, write_meta
-from data_load.readers import DEFAULT_LABEL_COLUMNS, examples_from_rows, iter_examples, warn_empty
+from data_load.readers import DEFAULT_LABEL_COLUMNS, SINGLE, examples_from_rows, iter_examples, warn_empty
 from utils.errors import UserError, first_line, located
 
 WRITE_BATCH = 10_000  # rows per Arrow record batch: ~1 MB of text, few Python objects alive at once
@@ -28,13 +28,14 @@ class Source:
     kind: str  # text, parquet or arrow
     dataset: object = None  # the datasets.Dataset of an arrow source
 
-    def examples(self, columns, stats):
+    def examples(self, columns, stats, labeling):
         text_column, pair_column, label_column = columns
         if self.kind == "text":
-            return iter_examples(self.name, text_column, pair_column, label_column, stats)
+            return iter_examples(self.name, text_column, pair_column, label_column, stats, labeling)
         records, names = (_parquet_records(self.name) if self.kind == "parquet"
                           else _arrow_records(self.dataset, self.name))
-        return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names)
+        return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names,
+                                  labeling=labeling)
 
 
 def file_source(path):
@@ -89,12 +90,14 @@ def _hub_offline(offline):
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
 
 
-def parse(source, columns, cache_dir):
-    """The source's rows as a memory-mapped Arrow dataset (text, text_pair, label, line), from the
-    cache when this content was parsed with these column flags before. Returns (dataset, meta)."""
+def parse(source, columns, cache_dir, labeling=SINGLE):
+    """The source's rows as a memory-mapped Arrow dataset (text, text_pair, label, line; with
+    multi-label data `label` is a list), from the cache when this content was parsed with these column
+    and label flags before. Returns (dataset, meta)."""
     import datasets
     root = cache_root(cache_dir) / "parsed"
-    key = content_key("parsed", source.kind, source.digest, Path(source.name).suffix.lower(), list(columns))
+    key = content_key("parsed", source.kind, source.digest, Path(source.name).suffix.lower(), list(columns),
+                      labeling.key())
     directory = root / key
     with build_lock(root, key):
         meta = read_meta(directory)
@@ -102,20 +105,21 @@ def parse(source, columns, cache_dir):
             if directory.exists():
                 import shutil
                 shutil.rmtree(directory)
-            build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, tmp)))
+            build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, labeling, tmp)))
             meta = read_meta(directory)
     warn_empty(source.name, meta["n_empty"])
     dataset = datasets.Dataset.from_file(str(directory / "data.arrow"))
     return dataset, {**meta, "key": key}
 
 
-def _write_examples(source, columns, directory):
+def _write_examples(source, columns, labeling, directory):
     import datasets
     from datasets.arrow_writer import ArrowWriter
+    label = datasets.List(datasets.Value("string")) if labeling.multi else datasets.Value("string")
     features = datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
-                                  "label": datasets.Value("string"), "line": datasets.Value("int64")})
+                                  "label": label, "line": datasets.Value("int64")})
     stats = {}
-    examples = source.examples(columns, stats)
+    examples = source.examples(columns, stats, labeling)
     has_pairs = False
     with ArrowWriter(features=features, path=str(directory / "data.arrow"), writer_batch_size=WRITE_BATCH) as writer:
         while batch := list(itertools.islice(examples, WRITE_BATCH)):

@@ -5,12 +5,14 @@ for training after --valid_ratio, a --max_train_samples subset), the row indices
 class checks and the stratified split work on Arrow columns and NumPy arrays, never on a Python
 object per row."""
 import hashlib
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_load.readers import SINGLE, Labeling, read_label_names
 from data_load.sources import file_source, hub_sources, parse, pick_splits
 from utils.errors import UserError, located
 
@@ -30,6 +32,14 @@ class Split:
 
     def __len__(self):
         return len(self.rows) if self.indices is None else len(self.indices)
+
+    @property
+    def multi_label(self):
+        return is_multi_label(self.rows)
+
+    def flat_labels(self):
+        """(every label of every row, the row each belongs to): for multi-label rows several each."""
+        return flatten_labels(self.column("label"))
 
     def column(self, name):
         """An Arrow column of this split's rows."""
@@ -67,9 +77,14 @@ class Splits:
     def has_pairs(self):
         return self.train.has_pairs
 
+    @property
+    def multi_label(self):
+        return self.train.multi_label
+
     def train_label_ids(self):
-        """The training examples' class ids, a NumPy array."""
-        return label_ids(self.train.column("label"), self.labels).to_numpy()
+        """The training examples' class ids, a NumPy array (multi-label: every label of every example)."""
+        values, _ = self.train.flat_labels()
+        return label_ids(values, self.labels).to_numpy()
 
     def digests(self):
         """The training and validation data by content, for the --resume fingerprint."""
@@ -123,33 +138,58 @@ def sorted_labels(labels, n_rows, path):
     return sorted(labels)
 
 
-def label_ids(column, labels):
-    """Class ids of an Arrow column of label texts (null where a label is not in `labels`)."""
+def is_multi_label(table):
+    import datasets
+    return isinstance(table.features["label"], (datasets.List, datasets.Sequence, list))
+
+
+def flatten_labels(column):
+    """(label texts, row of each) of an Arrow label column; a list column (multi-label) is flattened."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    return pc.index_in(column, value_set=pa.array(labels, type=pa.string())).cast(pa.int32())
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        return column, None
+    return pc.list_flatten(column), pc.list_parent_indices(column)
+
+
+def label_ids(column, labels):
+    """Class ids of an Arrow column of label texts (null where a label is not in `labels`); a list
+    column (multi-label) gives a list of ids per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    value_set = pa.array(labels, type=pa.string())
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(column.type):
+        offsets = pc.subtract(column.offsets, column.offsets[0])
+        return pa.ListArray.from_arrays(offsets, pc.index_in(column.flatten(), value_set=value_set).cast(pa.int32()))
+    return pc.index_in(column, value_set=value_set).cast(pa.int32())
 
 
 def check_known_labels(split, labels, known_from="the training data"):
-    ids = label_ids(split.column("label"), labels)
+    values, rows = split.flat_labels()
+    ids = label_ids(values, labels)
     if ids.null_count:
         import pyarrow.compute as pc
         first = pc.index(pc.is_null(ids), True).as_py()
-        line = split.column("line")[first].as_py()
-        label = split.column("label")[first].as_py()
-        raise located(split.name, line, f"label {label!r} never occurs in {known_from} "
+        row = first if rows is None else rows[first].as_py()
+        line = split.column("line")[row].as_py()
+        raise located(split.name, line, f"label {values[first].as_py()!r} never occurs in {known_from} "
                                         f"(known: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''})")
 
 
-def split_indices(label_codes, ratio, seed):
+def split_indices(label_codes, ratio, seed, n_rows=None):
     """(train, valid) positions: a seeded split of `ratio` for validation, stratified by label where
-    possible. Splitting positions with scikit-learn gives the split it gives the rows themselves."""
+    possible (label_codes None: at random). Splitting positions with scikit-learn gives the split it
+    gives the rows themselves."""
     if not 0 < ratio < 1:
         raise UserError(f"--valid_ratio must be between 0 and 1, got {ratio}")
     from sklearn.model_selection import train_test_split  # here, not at the top: 2 s of start-up
-    positions = np.arange(len(label_codes))
+    positions = np.arange(len(label_codes) if label_codes is not None else n_rows)
     try:
-        return train_test_split(positions, test_size=ratio, random_state=seed, stratify=label_codes)
+        if label_codes is None:
+            return train_test_split(positions, test_size=ratio, random_state=seed)
+        return stratified_split(np.asarray(label_codes), ratio, seed)
     except ValueError:
         # Some class has a single example (or the split is too small to hold each class):
         # fall back to an unstratified split rather than refusing to train.
@@ -159,6 +199,30 @@ def split_indices(label_codes, ratio, seed):
             return train_test_split(positions, test_size=ratio, random_state=seed)
         except ValueError as error:
             raise UserError(f"cannot split off {ratio:.0%} for validation: {error}") from None
+
+
+def stratified_split(codes, ratio, seed):
+    """train_test_split(positions, test_size=ratio, random_state=seed, stratify=codes), the same split
+    drawn with the same random numbers, on NumPy arrays: scikit-learn collects the positions in Python
+    lists (on 10 million rows, 660 MB more peak memory). Raises ValueError where scikit-learn would."""
+    from sklearn.utils import check_random_state
+    from sklearn.utils.extmath import _approximate_mode
+    n = len(codes)
+    n_test = math.ceil(ratio * n)
+    n_train = n - n_test
+    classes, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    if counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
+        raise ValueError("too few examples of some class to stratify")
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = check_random_state(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        members = by_class[i].take(rng.permutation(counts[i]), mode="clip")
+        train.append(members[:n_i[i]])
+        test.append(members[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
 def split_off_validation(examples, ratio, seed):
@@ -175,11 +239,38 @@ def seeded_subset(split, n, seed):
     return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:n]), sampled=True)
 
 
-def load_labelled(path, columns, labels, cache_dir=None):
+def _refuse_label_sets(split, labels, separators=(",", ";", "|")):
+    """A single-label run on multi-label data would learn `joy,love` as a class of its own: refuse a
+    label made of other labels joined by a separator, and point at --multi_label."""
+    known = set(labels)
+    for label in labels:
+        for separator in separators:
+            parts = [part.strip() for part in label.split(separator)]
+            if len(parts) > 1 and all(part in known for part in parts):
+                import pyarrow.compute as pc
+                row = pc.index(split.column("label"), label).as_py()
+                raise located(split.name, split.column("line")[row].as_py(),
+                              f"label {label!r} is several labels ({', '.join(parts)}) joined by {separator!r}: pass "
+                              f"--multi_label (with --label_separator {separator!r}) to train a multi-label classifier")
+
+
+def labeling_from(args):
+    """The label flags (--multi_label, --label_separator, --label_columns, --label_names_fn) as a Labeling."""
+    columns = getattr(args, "label_columns", None)
+    if columns and getattr(args, "label_column", None):
+        raise UserError("--label_column and --label_columns both given: one label column, or one 0/1 column per label")
+    names_fn = getattr(args, "label_names_fn", None)
+    return Labeling(multi=bool(getattr(args, "multi_label", False) or columns),
+                    separator=getattr(args, "label_separator", None) or ",",
+                    columns=tuple(part.strip() for part in columns.split(",")) if columns else None,
+                    names=read_label_names(names_fn) if names_fn else None)
+
+
+def load_labelled(path, columns, labels, cache_dir=None, labeling=SINGLE):
     """One labelled file (or saved split) whose labels must all be among `labels` (a trained model's),
     for scoring that model on it (evaluate_plm.py)."""
     source = _one_split(file_source(path), "--test_fn", path)
-    rows, meta = parse(source, columns, cache_dir)
+    rows, meta = parse(source, columns, cache_dir, labeling)
     split = Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
     check_known_labels(split, labels, known_from="the model's labels")
     return split
@@ -190,25 +281,29 @@ def load_splits(args):
     --valid_ratio) and --test_fn; check the labels agree; apply --max_train_samples/--max_eval_samples."""
     columns = (args.text_column, args.text_pair_column, args.label_column)
     cache_dir = getattr(args, "cache_dir", None)
+    labeling = labeling_from(args)
     train_source, valid_source, test_source = _sources(args)
 
     def read(source):
-        rows, meta = parse(source, columns, cache_dir)
+        rows, meta = parse(source, columns, cache_dir, labeling)
         return Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
 
     train = read(train_source)
-    distinct = train.column("label").unique()
+    distinct = train.flat_labels()[0].unique()
     if len(distinct) > MAX_LABELS:  # before turning them into Python strings: it may be a text column
         raise UserError(f"{train.name}: {len(distinct)} distinct labels in {len(train)} rows: this is probably not "
                         "the label column; choose it with --label_column")
     labels = sorted_labels(set(distinct.to_pylist()), len(train), train.name)
+    if not train.multi_label:
+        _refuse_label_sets(train, labels)
     if valid_source is not None:
         valid = read(valid_source)
         check_known_labels(valid, labels)
     else:
-        # codes in text order, as np.unique orders the label texts: the split the rows would get
-        codes = label_ids(train.column("label"), sorted(labels)).to_numpy()
-        train_positions, valid_positions = split_indices(codes, args.valid_ratio, args.seed)
+        # codes in text order, as np.unique orders the label texts: the split the rows would get.
+        # Label sets (multi-label) cannot be stratified: split at random.
+        codes = None if train.multi_label else label_ids(train.column("label"), sorted(labels)).to_numpy()
+        train_positions, valid_positions = split_indices(codes, args.valid_ratio, args.seed, len(train))
         train, valid = train.subset(train_positions), train.subset(valid_positions)
     test = None
     if test_source is not None:

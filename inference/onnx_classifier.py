@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.decision import probabilities_of
 from utils.checkpoint import TRAINING_ARGS, check_checkpoint, check_label_names
 from utils.errors import UserError, first_line
 from utils.model import clamp_max_length, position_limit
@@ -55,10 +56,8 @@ class OnnxClassifier:
         except Exception as error:  # json, a missing id2label key and tokenizers each raise their own kinds
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None
-        if config.get("problem_type") == "multi_label_classification":
-            # the probabilities below are a softmax over the labels; a multi-label model needs its own
-            raise UserError(f"{model_fn}: a multi-label model; --backend onnx classifies single-label models "
-                            "only so far: use --backend torch")
+        self.multi_label = config.get("problem_type") == "multi_label_classification"
+        self.threshold = training_args.get("threshold", 0.5)
         self.pairs = training_args.get("has_pairs", False)
         self.batch_size = batch_size
         self.session = load_session(path)
@@ -69,23 +68,13 @@ class OnnxClassifier:
         return self.session.run(["logits"], {name: arrays[name] for name in self.input_names})[0]
 
     def probabilities(self, items):
-        """float32 (len(items), n_labels) softmax probabilities in input order."""
+        """float32 (len(items), n_labels) probabilities in input order (a sigmoid per label for a
+        multi-label model, else a softmax)."""
         ids, type_ids = self.tokenizer.encode(items)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probabilities = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             indices = order[start:start + self.batch_size]
             logits = self.logits(self.tokenizer.batch([ids[i] for i in indices], [type_ids[i] for i in indices]))
-            probabilities[indices] = softmax(logits.astype(np.float32))
+            probabilities[indices] = probabilities_of(logits, self.multi_label)
         return probabilities
-
-    def top_k(self, items, k):
-        """(scores, label ids) of the k most probable labels of each item, most probable first."""
-        probabilities = self.probabilities(items)
-        best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
-        return np.take_along_axis(probabilities, best, axis=-1).tolist(), best.tolist()
-
-
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)

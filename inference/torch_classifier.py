@@ -22,21 +22,22 @@ class TorchClassifier:
         self.max_length = (clamp_max_length(args.max_length, model_max_length(self.model, self.tokenizer))
                            if args.max_length else training_args.get("max_length", 128))
         self.pairs = training_args.get("has_pairs", False)
+        self.multi_label = self.model.config.problem_type == "multi_label_classification"
+        self.threshold = training_args.get("threshold", 0.5)
         self.batch_size = args.batch_size
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
         self.autocast = autocast_context(self.device, precision)
 
-    def top_k(self, items, k):
-        """(scores, label ids) of the k most probable labels of each (text, pair) item, most probable first."""
+    def probabilities(self, items):
+        """(len(items), n_labels) NumPy probabilities of (text, pair) items, in input order (a sigmoid per
+        label for a multi-label model, else a softmax)."""
         examples = [Example(text=text, text_pair=pair) for text, pair in items]
-        probabilities = classify(self.model, self.tokenizer, self.collate, examples, self.max_length,
-                                 self.batch_size, self.device, self.autocast)
-        scores, best = probabilities.topk(k, dim=-1)
-        return scores.tolist(), best.tolist()
+        return classify(self.model, self.tokenizer, self.collate, examples, self.max_length, self.batch_size,
+                        self.device, self.autocast, self.multi_label).numpy()
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
+def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast, multi_label=False):
     """Class probabilities in input order; batches are formed from length-sorted examples."""
     dataset = TextClassificationDataset(examples, tokenizer, max_length)
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
@@ -46,7 +47,7 @@ def classify(model, tokenizer, collate, examples, max_length, batch_size, device
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
         with autocast:
             logits = model(**batch).logits
-        probabilities[indices] = logits.float().softmax(dim=-1).cpu()
+        probabilities[indices] = (logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)).cpu()
     return probabilities
 
 

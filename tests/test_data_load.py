@@ -222,3 +222,15 @@ def test_flat_sampler_for_trainer_groups_and_aligns_batches():
     plain = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
                 for b in (shuffled[i:i + 32] for i in range(0, len(shuffled), 32)))
     assert padding < plain / 5 and len(batches[-1]) == len(lengths) % 32  # the short batch comes last
+
+
+@pytest.mark.parametrize("n, n_classes, ratio, seed", [(200, 2, 0.2, 1), (1003, 7, 0.1, 42), (5000, 3, 0.33, 0)])
+def test_stratified_split_is_scikit_learns(n, n_classes, ratio, seed):
+    """The NumPy stratified split draws exactly the split scikit-learn's train_test_split draws."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+    from data_load.splits import stratified_split
+    codes = np.random.default_rng(seed).integers(0, n_classes, n)
+    expected = train_test_split(np.arange(n), test_size=ratio, random_state=seed, stratify=codes)
+    for ours, theirs in zip(stratified_split(codes, ratio, seed), expected):
+        assert ours.tolist() == theirs.tolist()

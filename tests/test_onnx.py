@@ -180,14 +180,24 @@ def test_export_model_shapes(tmp_path, kind):
         assert onnx_out == torch_out and onnx_out.endswith("\tno pair on this line\n")
 
 
-def test_multi_label_exports_but_onnx_classifies_single_label_only(tmp_path):
+@pytest.mark.slow  # runs the real scripts
+def test_multi_label_model_on_the_onnx_backend(tmp_path):
+    """A sigmoid per label on both backends: the same labels with the same probabilities."""
     from inference.onnx_export import export
     model_fn = tiny_checkpoint(tmp_path / "m", "bert")
     config = json.loads((model_fn / "config.json").read_text())
     (model_fn / "config.json").write_text(json.dumps({**config, "problem_type": "multi_label_classification"}))
     export(model_fn, log=lambda message: None)  # the logits are verified as for any model
-    result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", stdin="hi\n", check=False)
-    assert_clean_failure(result, "multi-label", "--backend torch")
+
+    def printed(*flags):
+        out = classify(model_fn, REVIEWS[:20], "--with_prob", "--threshold", "0", *flags).stdout.splitlines()
+        return [dict(zip(line.split("\t")[0].split(), map(float, line.split("\t")[1].split()))) for line in out]
+    on_torch, on_onnx = printed(), printed("--backend", "onnx")
+    assert len(on_torch) == 20 and all(len(row) == len(config["id2label"]) for row in on_torch)
+    for torch_row, onnx_row in zip(on_torch, on_onnx):
+        assert torch_row.keys() == onnx_row.keys()
+        assert all(abs(torch_row[label] - onnx_row[label]) < 2e-3 for label in torch_row)
+    assert any(abs(sum(row.values()) - 1) > 1e-3 for row in on_torch)  # not a softmax (sums to 1 +- rounding)
 
 
 def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):

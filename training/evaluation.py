@@ -4,8 +4,9 @@ evaluation and evaluate_plm.py all end here."""
 import numpy as np
 import torch
 
-from data_load import TextLookup, column_numpy, model_inputs
-from utils.metrics import classification_metrics
+from data_load import TextLookup, column_numpy, label_matrix, model_inputs
+from data_load.splits import is_multi_label
+from utils.metrics import classification_metrics, multi_label_metrics
 
 
 def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0, world_size=1):
@@ -30,9 +31,15 @@ def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0
     return logits
 
 
-def evaluation(logits, dataset, label_names):
-    """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed)."""
+def evaluation(logits, dataset, label_names, threshold=None):
+    """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed).
+    Multi-label: gold labels are a 0/1 matrix, and the decision threshold is `threshold` (None: the
+    one that scores best on these examples, as on validation)."""
     logits = np.asarray(logits, dtype=np.float32)
-    labels = column_numpy(dataset, "labels")
-    return {"metrics": classification_metrics(logits, labels, label_names),
-            "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
+    if is_multi_label(dataset):
+        labels = label_matrix(dataset, len(label_names))
+        metrics = multi_label_metrics(logits, labels, label_names, threshold)
+    else:
+        labels = column_numpy(dataset, "labels")
+        metrics = classification_metrics(logits, labels, label_names)
+    return {"metrics": metrics, "logits": logits, "labels": labels, "texts": TextLookup(dataset)}

@@ -16,7 +16,9 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
     splits = run.splits
     record = {**vars(args), **run.resolved_settings(), "trainer": trainer_name, "labels": splits.labels,
               "has_pairs": splits.has_pairs, "n_train": len(splits.train), "n_valid": len(splits.valid),
-              "precision": run.precision, "world_size": run.context.world_size,
+              "precision": run.precision, "world_size": run.context.world_size, "multi_label": splits.multi_label,
+              # multi-label: the decision threshold tuned on validation, which classify_plm.py applies
+              **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     try:
         save_model(partial, model, run.tokenizer, record)

@@ -8,14 +8,17 @@ from utils.errors import UserError
 
 
 
-def class_weights(spec, labels, label_ids):
+def class_weights(spec, labels, label_ids, n_examples=None, multi_label=False):
     """--class_weight as a float32 array in class-id order, or None for an unweighted loss.
-    `label_ids` are the training examples' class ids (a NumPy array)."""
+    `label_ids` are the training examples' class ids (a NumPy array; multi-label: every label of every
+    one of the n_examples). Multi-label weights are BCE's pos_weight: balanced is negatives / positives."""
     if spec in (None, "", "none"):
         return None
     if spec == "balanced":
         counts = np.bincount(label_ids, minlength=len(labels)).astype(np.float64)
         # a class missing from a --max_train_samples subset would get an infinite weight
+        if multi_label:
+            return ((n_examples - counts) / np.maximum(counts, 1)).clip(min=1e-3).astype(np.float32)
         return (len(label_ids) / (len(labels) * np.maximum(counts, 1))).astype(np.float32)
     parts = [part.strip() for part in spec.split(",")]
     try:
@@ -40,15 +43,18 @@ def class_weights(spec, labels, label_ids):
     return weights
 
 
-def loss_function(weights=None):
+def loss_function(weights=None, multi_label=False):
     """loss(logits, labels): the mean cross-entropy of a batch, each example weighted by its class's
-    weight (and divided by the sum of those weights, as torch's weighted cross-entropy does).
-    Computed in fp32 also under autocast."""
+    weight (and divided by the sum of those weights, as torch's weighted cross-entropy does); for
+    multi-label 0/1 rows, the mean binary cross-entropy over every label, the positives of label j
+    weighted by weights[j] (pos_weight). Computed in fp32 also under autocast."""
     weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
 
     def loss(logits, labels):
         nonlocal weight
         if weight is not None and weight.device != logits.device:
             weight = weight.to(logits.device)
+        if multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
         return F.cross_entropy(logits.float(), labels, weight=weight)
     return loss

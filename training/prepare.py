@@ -5,14 +5,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from data_load import Splits, encode_splits, load_splits
 from training.loss import class_weights
 from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
+from utils.metrics import MULTI_LABEL_SCORES, SCORES
 from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
                          extend_vocabulary, load_classifier, load_tokenizer, model_max_length, resolve_model_name)
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
@@ -63,13 +63,19 @@ def prepare(args, trainer_name):
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
     splits = load_splits(args)
-    weights = class_weights(args.class_weight, splits.labels, splits.train_label_ids())
+    weights = class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
+                            splits.multi_label)
+    if splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
+        raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
+                        f"{', '.join(MULTI_LABEL_SCORES)}")
+    if not splits.multi_label and args.best_metric not in SCORES:
+        raise UserError(f"--best_metric {args.best_metric}: a multi-label score; choose one of {', '.join(SCORES)}")
     fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
     if args.resume:
         check_resume_matches(args.model_fn, fingerprint)
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
-    model = load_classifier(model_name, splits.labels, args.freeze_encoder)
+    model = load_classifier(model_name, splits.labels, args.freeze_encoder, splits.multi_label)
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
@@ -107,7 +113,7 @@ def print_plan(run, args, trainer_name):
         f"  model = {run.model_name} ({run.model.config.model_type}, {n_trainable / 1e6:.1f}M trainable parameters)",
         f"  examples: train = {len(splits.train)}, valid = {len(splits.valid)}, "
         f"test = {len(splits.test) if splits.test else 0}" + (" (sentence pairs)" if splits.has_pairs else ""),
-        f"  labels = {len(splits.labels)}: {labels}",
+        f"  labels = {len(splits.labels)}{' (multi-label)' if splits.multi_label else ''}: {labels}",
         f"  max length = {run.max_length} tokens",
         f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {args.max_steps})" if args.max_steps else ""),
         f"  batch size per device = {args.batch_size}, gradient accumulation = {args.gradient_accumulation_steps}, "

@@ -2,7 +2,7 @@
 import argparse
 
 from utils.cli import ArgumentParser, float_above, float_at_least, float_range, int_at_least
-from utils.metrics import SCORES
+from utils.metrics import ALL_SCORES
 from utils.model import DEFAULT_MODEL_HELP
 from utils.tokens import MIN_LENGTH
 
@@ -50,6 +50,15 @@ def training_parser(description):
     io.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
     io.add_argument("--text_pair_column", help="second-sentence column for pair tasks (MRPC, NLI)")
     io.add_argument("--label_column", help="label column name (or 0-based position)")
+    io.add_argument("--multi_label", action="store_true",
+                    help="each example has any number of labels (a sigmoid per label, a decision threshold tuned "
+                         "on validation): the label field holds them separated by --label_separator, or a JSON list")
+    io.add_argument("--label_separator", default=",", help="between the labels of one example, with --multi_label")
+    io.add_argument("--label_columns",
+                    help="one 0/1 column per label instead of --label_column (implies --multi_label): names or "
+                         "0-based positions separated by commas, or a range first:last (e.g. 여성/가족:clean)")
+    io.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line (line 1 names id 0), "
+                                             "e.g. GoEmotions' labels.txt")
     io.add_argument("--max_train_samples", type=int_at_least(1), default=None,
                     help="train on a seeded random subset of this many examples (quick runs)")
     io.add_argument("--max_eval_samples", type=int_at_least(1), default=None,
@@ -94,7 +103,7 @@ def training_parser(description):
     train.add_argument("--seed", type=int_at_least(0), default=42, help="seeds Python, NumPy, torch, splits and data order")
 
     run = p.add_argument_group("reporting and checkpoints")
-    run.add_argument("--best_metric", choices=list(SCORES), default="macro_f1",
+    run.add_argument("--best_metric", choices=list(ALL_SCORES), default="macro_f1",
                      help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
                           "can prefer an early epoch that predicts only the majority class")
     run.add_argument("--eval_steps", type=int_at_least(1), default=None,

@@ -41,6 +41,70 @@ SCORES = {
 }
 
 
+def sigmoid(logits):
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def binary_losses(logits, targets):
+    """Binary cross-entropy of each example, averaged over its labels (multi-label)."""
+    x = np.asarray(logits, dtype=np.float64)
+    return (np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x)))).mean(axis=1)
+
+
+def macro_roc_auc(gold, logits):
+    """Mean ROC-AUC over the labels that have both positive and negative examples here."""
+    from sklearn.metrics import roc_auc_score
+    scores = [roc_auc_score(gold[:, j], logits[:, j]) for j in range(gold.shape[1]) if 0 < gold[:, j].sum() < len(gold)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+# Multi-label scores: gold and predicted are 0/1 matrices (examples x labels); "accuracy" is subset
+# accuracy (the whole label set right), so learning curves and --best_metric read the same names.
+MULTI_LABEL_SCORES = {
+    "loss": Score("loss", lambda gold, predicted, logits, ids: binary_losses(logits, gold).mean(),
+                  higher_is_better=False),
+    "accuracy": Score("subset accuracy", lambda gold, predicted, logits, ids: accuracy_score(gold, predicted)),
+    "micro_f1": Score("micro-F1", lambda gold, predicted, logits, ids: f1_score(
+        gold, predicted, average="micro", zero_division=0)),
+    "macro_f1": Score("macro-F1", lambda gold, predicted, logits, ids: f1_score(
+        gold, predicted, average="macro", zero_division=0)),
+    "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: f1_score(
+        gold, predicted, average="weighted", zero_division=0)),
+    "roc_auc": Score("macro ROC-AUC", lambda gold, predicted, logits, ids: macro_roc_auc(gold, logits)),
+}
+ALL_SCORES = {**SCORES, **{name: score for name, score in MULTI_LABEL_SCORES.items() if name not in SCORES}}
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)  # the decision thresholds tried on validation
+
+
+def scores_of(metrics):
+    return MULTI_LABEL_SCORES if metrics.get("multi_label") else SCORES
+
+
+def tune_threshold(logits, gold):
+    """The decision threshold (one for every label) with the best macro-F1 on these examples; a tie
+    goes to the one nearest 0.5."""
+    probabilities = sigmoid(logits)
+    scores = [f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0) for t in THRESHOLDS]
+    best = max(scores)
+    return float(min((t for t, score in zip(THRESHOLDS, scores) if score == best), key=lambda t: abs(t - 0.5)))
+
+
+def multi_label_metrics(logits, gold, label_names, threshold=None):
+    """Every score in MULTI_LABEL_SCORES and the per-label report, at `threshold` (None: tuned here)."""
+    logits = np.asarray(logits)
+    gold = np.asarray(gold).astype(int)
+    threshold = tune_threshold(logits, gold) if threshold is None else float(threshold)
+    predicted = (sigmoid(logits) >= threshold).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, zero_division=0)
+    return {
+        **{name: float(score.compute(gold, predicted, logits, None)) for name, score in MULTI_LABEL_SCORES.items()},
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])}
+                      for i, name in enumerate(label_names)},
+        "threshold": threshold, "multi_label": True, "n_examples": int(len(gold)),
+    }
+
+
 def classification_metrics(logits, labels, label_names):
     """Every score in SCORES, the per-class report and the confusion matrix."""
     labels = np.asarray(labels)
@@ -60,23 +124,29 @@ def classification_metrics(logits, labels, label_names):
 
 
 def scalar_metrics(metrics):
-    """The single-number metrics, in SCORES order, for logs and TensorBoard."""
-    return {name: metrics[name] for name in SCORES if name in metrics}
+    """The single-number metrics, in SCORES (or MULTI_LABEL_SCORES) order, for logs and TensorBoard."""
+    return {name: metrics[name] for name in ALL_SCORES if name in metrics}
 
 
 def selection_score(metrics, name):
     """The number the best evaluation is chosen by, higher is better."""
-    return metrics[name] if SCORES[name].higher_is_better else -metrics[name]
+    return metrics[name] if ALL_SCORES[name].higher_is_better else -metrics[name]
 
 
 def summary_line(metrics):
     """`loss 0.3121, accuracy 0.9012, macro-F1 0.8850, ...`: the line printed after an evaluation."""
-    return ", ".join(f"{SCORES[name].title} {value:.4f}" for name, value in scalar_metrics(metrics).items())
+    titles = scores_of(metrics)
+    line = ", ".join(f"{titles[name].title} {value:.4f}" for name, value in scalar_metrics(metrics).items())
+    return line + (f" (threshold {metrics['threshold']:.2f})" if "threshold" in metrics else "")
 
 
-def trainer_compute_metrics(label_names):
+def trainer_compute_metrics(label_names, multi_label=False):
     """`compute_metrics` for transformers.Trainer (it wants flat numbers; it reports the loss itself)."""
     def compute(eval_prediction):
+        if multi_label:
+            metrics = multi_label_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names)
+            return {**{key: value for key, value in scalar_metrics(metrics).items() if key != "loss"},
+                    "threshold": metrics["threshold"]}
         metrics = classification_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names)
         return {key: value for key, value in scalar_metrics(metrics).items() if key != "loss"}
     return compute

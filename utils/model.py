@@ -62,7 +62,7 @@ def load_tokenizer(name):
     return tokenizer
 
 
-def load_classifier(name, labels, freeze_encoder=False):
+def load_classifier(name, labels, freeze_encoder=False, multi_label=False):
     """A sequence classifier whose config carries the real label names. From a pretrained encoder the
     head is new; from an already fine-tuned classifier its head is kept if the label count matches and
     replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task."""
@@ -81,7 +81,9 @@ def load_classifier(name, labels, freeze_encoder=False):
                   f"point for {', '.join(labels)}", file=sys.stderr)
         model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=len(labels), ignore_mismatched_sizes=replace_head,
-            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+            # multi-label: a sigmoid per label (also in transformers.pipeline), single-label: a softmax
+            problem_type="multi_label_classification" if multi_label else "single_label_classification")
     except Exception as error:  # OSError, ValueError, or a RuntimeError about mismatched weights
         raise UserError(f"cannot load a model from '{name}': {first_line(error)}") from None
     finally:

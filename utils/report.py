@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import example_losses, log_softmax, scalar_metrics, summary_line
+from utils.metrics import binary_losses, example_losses, log_softmax, scalar_metrics, sigmoid, summary_line
 
 
 class TensorBoardLogger:
@@ -79,7 +79,8 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     (directory / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_learning_curve(history, directory / "learning_curve.png")
-    plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
+    if "confusion_matrix" in final["metrics"]:  # single-label; multi-label has its per-label table
+        plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
     write_errors(directory / "errors.tsv", final, label_names, n_errors)
 
     print("\n" + format_table(history, list(history[0]) if history else []))
@@ -90,6 +91,8 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
 
 def write_errors(path, result, label_names, n):
     """The n highest-loss examples, worst first: where mislabelled data and hard cases show up."""
+    if result["metrics"].get("multi_label"):
+        return write_multi_label_errors(path, result, label_names, n)
     labels = np.asarray(result["labels"])
     losses = example_losses(result["logits"], labels)
     probabilities = np.exp(log_softmax(result["logits"]))
@@ -100,6 +103,21 @@ def write_errors(path, result, label_names, n):
         for i in np.argsort(-losses, kind="stable")[:n]:
             writer.writerow([f"{losses[i]:.4f}", label_names[labels[i]], label_names[predictions[i]],
                              f"{probabilities[i, labels[i]]:.4f}", result["texts"][i]])
+
+
+def write_multi_label_errors(path, result, label_names, n):
+    """errors.tsv for multi-label examples: gold and predicted label sets (space-separated; `-` for none)."""
+    gold = np.asarray(result["labels"])
+    losses = binary_losses(result["logits"], gold)
+    predicted = sigmoid(result["logits"]) >= result["metrics"]["threshold"]
+
+    def names(row):
+        return " ".join(label_names[j] for j in np.flatnonzero(row)) or "-"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(["loss", "gold", "predicted", "text"])
+        for i in np.argsort(-losses, kind="stable")[:n]:
+            writer.writerow([f"{losses[i]:.4f}", names(gold[i]), names(predicted[i]), result["texts"][i]])
 
 
 def plot_learning_curve(history, path):
