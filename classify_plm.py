@@ -3,8 +3,8 @@
 Reads UTF-8 lines from stdin and prints one `label<TAB>sentence` line per non-blank input line, in
 input order. For a model trained on sentence pairs, each input line is `sentence<TAB>sentence_pair`.
 For a multi-label model the first column holds every label whose probability reaches the decision
-threshold, separated by spaces (the most probable first), or the single most probable label when
-none does.
+threshold, the most probable first, joined by the model's --label_separator (default `,`), or the
+single most probable label when none does.
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
 flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
 `export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time."""
@@ -58,6 +58,8 @@ def main():
         raise UserError(f"--threshold: {args.model_fn} is a single-label model (one label per sentence); "
                         "--threshold applies to multi-label models")
     threshold = classifier.threshold if args.threshold is None else args.threshold
+    # a multi-label prediction's labels are joined as in the training data (names may hold spaces)
+    joiner = classifier.label_separator if classifier.multi_label else " "
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
@@ -66,9 +68,9 @@ def main():
         probabilities = classifier.probabilities([split_pair(line, classifier.pairs) for line in chunk])
         scores, best = choose_labels(probabilities, classifier.multi_label, args.top_k, threshold)
         for line, row, ids in zip(chunk, scores, best):
-            predicted = " ".join(labels[i] for i in ids)
+            predicted = joiner.join(labels[i] for i in ids)
             if args.with_prob:
-                predicted += "\t" + " ".join(f"{score:.4f}" for score in row)
+                predicted += "\t" + joiner.join(f"{score:.4f}" for score in row)
             out.write(f"{predicted}\t{line}\n")
         out.flush()
         n_sentences += len(chunk)

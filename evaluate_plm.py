@@ -26,7 +26,7 @@ def parse_args():
     p.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
     p.add_argument("--text_pair_column", help="second-sentence column, for a model trained on pairs")
     p.add_argument("--label_column", help="label column name (or 0-based position)")
-    p.add_argument("--label_separator", default=",", help="between the labels of one example (multi-label models)")
+    p.add_argument("--label_separator", help="between the labels of one example (multi-label models; default: as trained)")
     p.add_argument("--label_columns", help="one 0/1 column per label (multi-label models), as in the trainers")
     p.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line, as in the trainers")
     p.add_argument("--threshold", type=float_range(0, 1), default=None,
@@ -54,6 +54,7 @@ def main():
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 
     output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
+    check_output_dir(output_dir, args.model_fn)
     device = choose_device(args.device)
     precision = choose_precision(args.precision, device)
     tokenizer, model, training_args = load_checkpoint(args.model_fn, device)
@@ -62,8 +63,14 @@ def main():
         print(f"warning: {args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
               "the second sentence", file=sys.stderr)
     multi_label = model.config.problem_type == "multi_label_classification"
-    if args.threshold is not None and not multi_label:
-        raise UserError(f"--threshold: {args.model_fn} is a single-label model; --threshold applies to multi-label ones")
+    for flag in ("threshold", "label_columns"):
+        if getattr(args, flag) is not None and not multi_label:
+            raise UserError(f"--{flag}: {args.model_fn} is a single-label model; --{flag} applies to multi-label ones")
+    if multi_label:  # read the file as the training data was read, unless told otherwise
+        for flag in ("label_columns", "label_names_fn"):
+            if getattr(args, flag) is None and not args.label_column:
+                setattr(args, flag, training_args.get(flag))
+        args.label_separator = args.label_separator or training_args.get("label_separator") or ","
     threshold = args.threshold if args.threshold is not None else training_args.get("threshold", 0.5)
     labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
                                                 label_columns=args.label_columns, label_names_fn=args.label_names_fn,
@@ -98,6 +105,19 @@ def main():
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "")
     print(f"\nwrote {written} to {output_dir}", file=sys.stderr)
+
+
+REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png"}
+
+
+def check_output_dir(output_dir, model_fn):
+    """Only an earlier evaluation is ever replaced: never the model, nor a directory holding anything else."""
+    output_dir, model_fn = output_dir.resolve(), Path(model_fn).resolve()
+    if output_dir == model_fn or model_fn.is_relative_to(output_dir):
+        raise UserError(f"--output_dir {output_dir}: holds the model {model_fn}; choose a directory of its own")
+    if output_dir.exists() and (not output_dir.is_dir() or not {p.name for p in output_dir.iterdir()} <= REPORTS):
+        raise UserError(f"--output_dir {output_dir}: exists and holds more than an earlier evaluation; choose a new "
+                        "directory (an earlier evaluation there would be replaced)")
 
 
 def replace_dir(new, target):

@@ -47,8 +47,9 @@ def main():
         train_sampling_strategy="random" if args.no_group_by_length else "group_by_length",
         eval_strategy="steps" if args.eval_steps else "epoch",
         eval_steps=args.eval_steps,
-        save_strategy="steps" if args.save_every else "epoch",
-        save_steps=args.save_every or 500,
+        # --eval_steps without --save_every: a state at every evaluation, so a resumed run has its history
+        save_strategy="steps" if args.save_every or args.eval_steps else "epoch",
+        save_steps=args.save_every or args.eval_steps or 500,
         save_total_limit=args.save_total_limit,
         logging_strategy="steps",
         logging_steps=LOG_EVERY,
@@ -185,7 +186,7 @@ class RecorderCallback(TrainerCallback):
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
         valid["multi_label"] = self.trainer.multi_label  # the score titles of the printed line
         # per epoch: the epoch this evaluation ends (one cut short by --max_steps counts as one)
-        epoch = round(state.epoch, 2) if self.recorder.by_steps else math.ceil(state.epoch - 1e-6)
+        epoch = round(state.epoch, 4) if self.recorder.by_steps else math.ceil(state.epoch - 1e-6)
         row = self.recorder.record(model, epoch, state.global_step, self.trainer.pop_epoch_loss(),
                                    valid, self.trainer.lr_scheduler.get_last_lr()[0],
                                    time.time() - self.epoch_started)

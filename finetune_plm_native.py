@@ -108,7 +108,10 @@ def main():
             labels = batch.pop("labels")
             with maybe_no_sync(model, not boundary), autocast:
                 loss = loss_fn(model(**batch).logits, labels)
-            scaler.scale(loss / args.gradient_accumulation_steps).backward()
+            # the mean over the accumulation group, also for a short last group of the epoch (as Trainer does)
+            group = min(args.gradient_accumulation_steps,
+                        len(train_loader) - i // args.gradient_accumulation_steps * args.gradient_accumulation_steps)
+            scaler.scale(loss / group).backward()
             loss_sum += loss.detach()
             progress["loss_count"] += 1
             if not boundary:
@@ -127,8 +130,10 @@ def main():
                 recorder.log_step(progress["step"], step_loss, scheduler.get_last_lr()[0])
             if args.eval_steps and (progress["step"] % args.eval_steps == 0
                                     or progress["step"] == schedule.total_steps):
-                stopped_early = evaluate_and_record(round(epoch + (i + 1) / len(train_loader), 2))
+                stopped_early = evaluate_and_record(round(epoch + (i + 1) / len(train_loader), 4))
                 model.train()
+                if not args.save_every:  # every evaluation's history row (and best weights) survive a crash
+                    save_state()
             if args.save_every and progress["step"] % args.save_every == 0:
                 save_state()
             if stop.agreed():

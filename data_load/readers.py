@@ -113,6 +113,7 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
     if labeling.columns:  # one 0/1 column per label
         label_key = None
         label_keys = _label_columns(path, columns, labeling.columns)
+        stats["declared_labels"] = [str(key) for key in label_keys]
         roles = {"--text_column": text_key, "--text_pair_column": pair_key,
                  **{f"--label_columns ({key})": key for key in label_keys}}
     else:

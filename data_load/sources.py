@@ -129,7 +129,8 @@ def _write_examples(source, columns, labeling, directory):
                                 "label": [example.label for example in batch],
                                 "line": [example.line for example in batch]})
         n_rows, _ = writer.finalize()
-    return {"source": source.name, "n_rows": n_rows, "n_empty": stats.get("n_empty", 0), "has_pairs": has_pairs}
+    return {"source": source.name, "n_rows": n_rows, "n_empty": stats.get("n_empty", 0), "has_pairs": has_pairs,
+            "declared_labels": stats.get("declared_labels")}
 
 
 def _saved_sources(path):
@@ -225,6 +226,9 @@ def _arrow_records(dataset, name):
     names = list(dataset.column_names)
     class_names = {name: feature for name, feature in dataset.features.items()
                    if isinstance(feature, datasets.ClassLabel)}
+    # multi-label hub data (GoEmotions' `labels`): a list of ClassLabel ids
+    class_lists = {name: feature.feature for name, feature in dataset.features.items()
+                   if isinstance(getattr(feature, "feature", None), datasets.ClassLabel)}
 
     def records():
         row = 0
@@ -236,6 +240,10 @@ def _arrow_records(dataset, name):
                     for name, feature in class_names.items():
                         value = record[name]
                         record[name] = feature.int2str(value) if isinstance(value, int) and value >= 0 else None
+                    for name, feature in class_lists.items():
+                        if isinstance(record[name], list):
+                            record[name] = [feature.int2str(v) if isinstance(v, int) and v >= 0 else v
+                                            for v in record[name]]
                     yield row, record
         except (OSError, pa.ArrowException) as error:
             raise located(name, row + 1, f"cannot read this row of the dataset: {first_line(error)}") from None

@@ -284,18 +284,34 @@ def load_splits(args):
     labeling = labeling_from(args)
     train_source, valid_source, test_source = _sources(args)
 
+    declared = {}
+
     def read(source):
         rows, meta = parse(source, columns, cache_dir, labeling)
+        declared.setdefault("labels", meta.get("declared_labels"))
         return Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
 
     train = read(train_source)
-    distinct = train.flat_labels()[0].unique()
-    if len(distinct) > MAX_LABELS:  # before turning them into Python strings: it may be a text column
-        raise UserError(f"{train.name}: {len(distinct)} distinct labels in {len(train)} rows: this is probably not "
-                        "the label column; choose it with --label_column")
-    labels = sorted_labels(set(distinct.to_pylist()), len(train), train.name)
+    # Labels named by --label_names_fn or --label_columns are the model's classes, in that order, also
+    # those the training data never shows; otherwise the labels the training data holds, sorted.
+    declared_labels = list(labeling.names) if labeling.names else declared["labels"]
+    if declared_labels:
+        labels = declared_labels
+        if len(labels) < 2:
+            raise UserError(f"{train.name}: only one class ({labels[0]!r}): a classifier needs at least two")
+    else:
+        distinct = train.flat_labels()[0].unique()
+        if len(distinct) > MAX_LABELS:  # before turning them into Python strings: it may be a text column
+            raise UserError(f"{train.name}: {len(distinct)} distinct labels in {len(train)} rows: this is probably "
+                            "not the label column; choose it with --label_column")
+        labels = sorted_labels(set(distinct.to_pylist()), len(train), train.name)
     if not train.multi_label:
         _refuse_label_sets(train, labels)
+    elif any(labeling.separator in label for label in labels):
+        label = next(label for label in labels if labeling.separator in label)
+        raise UserError(f"{train.name}: the label {label!r} contains the label separator {labeling.separator!r}, "
+                        "which would split it when the model's predictions are printed: choose another "
+                        "--label_separator")
     if valid_source is not None:
         valid = read(valid_source)
         check_known_labels(valid, labels)

@@ -58,6 +58,7 @@ class OnnxClassifier:
                             f"{first_line(error)}") from None
         self.multi_label = config.get("problem_type") == "multi_label_classification"
         self.threshold = training_args.get("threshold", 0.5)
+        self.label_separator = training_args.get("label_separator") or ","  # joins a multi-label prediction
         self.pairs = training_args.get("has_pairs", False)
         self.batch_size = batch_size
         self.session = load_session(path)

@@ -24,6 +24,7 @@ class TorchClassifier:
         self.pairs = training_args.get("has_pairs", False)
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
         self.threshold = training_args.get("threshold", 0.5)
+        self.label_separator = training_args.get("label_separator") or ","  # joins a multi-label prediction
         self.batch_size = args.batch_size
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
         self.autocast = autocast_context(self.device, precision)

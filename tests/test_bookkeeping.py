@@ -102,7 +102,7 @@ def test_class_weights():
     assert class_weights("1,2,3", labels, ids) == pytest.approx([1, 2, 3])
     assert class_weights("pos=4, neutral=0.5", labels, ids) == pytest.approx([1, 0.5, 4])
     for spec, message in [("1,2", "2 weights for 3 classes"), ("happy=2", "no class 'happy'"),
-                          ("heavy", "expected `balanced`"), ("0,0,0", "not all 0"), ("1,-1,1", "at least 0")]:
+                          ("heavy", "expected `balanced`"), ("0,1,1", "above 0"), ("1,-1,1", "above 0")]:
         with pytest.raises(UserError, match=message):
             class_weights(spec, labels, ids)
 

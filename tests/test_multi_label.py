@@ -119,6 +119,7 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
                "--n_epochs", 1, "--lr", "1e-3", "--class_weight", "balanced", "--cache_dir", tmp_path / "cache")
     record = json.loads((model_fn / "training_args.json").read_text())
     assert record["multi_label"] and 0.05 <= record["threshold"] <= 0.95
+    assert record["labels"][0] == "admiration" and record["labels"][-1] == "neutral"  # labels.txt order
     assert json.loads((model_fn / "config.json").read_text())["problem_type"] == "multi_label_classification"
     valid = json.loads((model_fn / "metrics.json").read_text())["valid"]
     assert {"micro_f1", "macro_f1", "weighted_f1", "accuracy", "roc_auc"} <= set(valid)
@@ -131,11 +132,11 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
     printed = run_script("classify_plm.py", "--model_fn", model_fn, "--with_prob", stdin=text).stdout.splitlines()
     for line in printed:
         labels, probabilities, _ = line.split("\t")
-        assert set(labels.split()) <= names and len(labels.split()) == len(probabilities.split())
+        assert set(labels.split(",")) <= names and len(labels.split(",")) == len(probabilities.split(","))
     everything = run_script("classify_plm.py", "--model_fn", model_fn, "--threshold", "0", stdin=text).stdout
-    assert all(len(line.split("\t")[0].split()) == 28 for line in everything.splitlines())
+    assert all(len(line.split("\t")[0].split(",")) == 28 for line in everything.splitlines())
     one = run_script("classify_plm.py", "--model_fn", model_fn, "--threshold", "1", stdin=text).stdout
-    assert all(len(line.split("\t")[0].split()) == 1 for line in one.splitlines())
+    assert all(len(line.split("\t")[0].split(",")) == 1 for line in one.splitlines())
 
     from transformers import pipeline
     scores = pipeline("text-classification", model=str(model_fn), top_k=None)(["thank you so much"])[0]
@@ -153,7 +154,8 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
                "--max_train_samples", 600, "--max_eval_samples", 200, "--n_epochs", 1, "--lr", "1e-3",
                "--cache_dir", tmp_path / "cache")
     record = json.loads((model_fn / "training_args.json").read_text())
-    assert record["multi_label"] and len(record["labels"]) == 10
+    assert record["multi_label"] and record["labels"][:2] == ["여성/가족", "남성"]  # column order
+    assert len(record["labels"]) == 10 and "기타 혐오" in record["labels"]
     out = tmp_path / "eval"
     result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
                         *flags, "--output_dir", out, "--cache_dir", tmp_path / "cache")
@@ -161,3 +163,9 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
     assert scored["n_examples"] == 3737 and scored["threshold"] == record["threshold"]
     assert "macro ROC-AUC" in result.stdout and "악플/욕설" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["errors.tsv", "metrics.json"]
+    # the model's own directory, or one holding other files, is never replaced by a report
+    for target in (model_fn, tmp_path):
+        refused = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
+                             "--output_dir", target, check=False)
+        assert refused.returncode == 2 and "--output_dir" in refused.stderr
+    assert (model_fn / "model.safetensors").exists()

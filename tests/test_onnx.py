@@ -191,7 +191,8 @@ def test_multi_label_model_on_the_onnx_backend(tmp_path):
 
     def printed(*flags):
         out = classify(model_fn, REVIEWS[:20], "--with_prob", "--threshold", "0", *flags).stdout.splitlines()
-        return [dict(zip(line.split("\t")[0].split(), map(float, line.split("\t")[1].split()))) for line in out]
+        # a multi-label prediction's labels and probabilities are joined by the label separator, `,`
+        return [dict(zip(line.split("\t")[0].split(","), map(float, line.split("\t")[1].split(",")))) for line in out]
     on_torch, on_onnx = printed(), printed("--backend", "onnx")
     assert len(on_torch) == 20 and all(len(row) == len(config["id2label"]) for row in on_torch)
     for torch_row, onnx_row in zip(on_torch, on_onnx):

@@ -38,8 +38,9 @@ def class_weights(spec, labels, label_ids, n_examples=None, multi_label=False):
     if len(weights) != len(labels):
         raise UserError(f"--class_weight {spec}: {len(weights)} weights for {len(labels)} classes "
                         f"({', '.join(labels[:20])}): give one per class, in this order, or name them (label=weight)")
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not np.any(weights > 0):
-        raise UserError(f"--class_weight {spec}: weights must be finite, at least 0, and not all 0")
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        # a 0 weight makes a batch of only that class 0/0 = NaN in the weighted mean, and NaN the model
+        raise UserError(f"--class_weight {spec}: weights must be finite and above 0")
     return weights
 
 

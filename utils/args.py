@@ -12,7 +12,7 @@ CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: th
               "the data's content, the tokenizer and --max_length; delete the directory to clear it")
 
 CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_classes * n_examples_of_class), as "
-                     "scikit-learn), weights in label order (`1,2.5,1`) or by name (`neg=1,pos=3`, the rest 1); "
+                     "scikit-learn; multi-label: negatives / positives of each label, BCE's pos_weight), weights in label order (`1,2.5,1`) or by name (`neg=1,pos=3`, the rest 1); "
                      "default: none")
 
 
@@ -114,7 +114,8 @@ def training_parser(description):
     run.add_argument("--n_errors", type=int_at_least(0), default=50,
                      help="highest-loss validation/test examples written to errors.tsv")
     run.add_argument("--save_every", type=int_at_least(0), default=0,
-                     help="save a resumable state every N optimizer steps (0: once per epoch)")
+                     help="save a resumable state every N optimizer steps (0: once per epoch, or at every "
+                          "evaluation with --eval_steps)")
     run.add_argument("--save_total_limit", type=int_at_least(1), default=2, help="resumable states kept")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same --model_fn from its latest state")

@@ -106,13 +106,13 @@ def write_errors(path, result, label_names, n):
 
 
 def write_multi_label_errors(path, result, label_names, n):
-    """errors.tsv for multi-label examples: gold and predicted label sets (space-separated; `-` for none)."""
+    """errors.tsv for multi-label examples: gold and predicted label sets (`, `-separated; `-` for none)."""
     gold = np.asarray(result["labels"])
     losses = binary_losses(result["logits"], gold)
     predicted = sigmoid(result["logits"]) >= result["metrics"]["threshold"]
 
     def names(row):
-        return " ".join(label_names[j] for j in np.flatnonzero(row)) or "-"
+        return ", ".join(label_names[j] for j in np.flatnonzero(row)) or "-"
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         writer.writerow(["loss", "gold", "predicted", "text"])
