@@ -63,8 +63,8 @@ def prepare(args, trainer_name):
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
     splits = load_splits(args)
-    weights = class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
-                            splits.multi_label)
+    weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
+                             splits.multi_label) if args.class_weight not in (None, "", "none") else None)
     if splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
         raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
                         f"{', '.join(MULTI_LABEL_SCORES)}")
