@@ -87,7 +87,14 @@ def test_shape_fine_tunes_with_both_trainers_and_classifies(tmp_path, shape):
     tokenizer.save_pretrained(pretrained)
 
     if shape == "kcbert":
-        rows = korean_texts(600)
+        # NSMC reviews that say 최고 (best, positive) or 최악 (worst, negative): a randomly initialised tiny
+        # model learns these in 2 epochs on any CPU; on 600 arbitrary reviews it stayed at chance on the CI
+        # machine (train loss 0.6939 -> 0.6953) while passing here
+        positive = [(label, text) for label, text in korean_texts(30_000) if label == "1" and "최고" in text
+                    and "최악" not in text][:300]
+        negative = [(label, text) for label, text in korean_texts(30_000) if label == "0" and "최악" in text
+                    and "최고" not in text][:300]
+        rows = [row for pair in zip(positive, negative) for row in pair]
         train_fn = tmp_path / "train.tsv"
         train_fn.write_text("".join(f"{'positive' if label == '1' else 'negative'}\t{text}\n" for label, text in rows),
                             encoding="utf-8")
