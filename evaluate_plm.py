@@ -5,7 +5,6 @@ are the model's, and prints the scores and the per-class table. Writes metrics.j
 confusion_matrix.png and errors.tsv (the highest-loss examples) into --output_dir, which appears
 only when all three are written (a finished evaluation there is replaced only by a complete one)."""
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -49,7 +48,7 @@ def main():
     from training.evaluation import evaluation, predict_logits
     from utils.checkpoint import load_checkpoint
     from utils.model import clamp_max_length, model_max_length
-    from utils.report import per_class_table, plot_confusion_matrix, write_errors
+    from utils.report import json_text, per_class_table, plot_confusion_matrix, write_errors
     from utils.metrics import summary_line
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 
@@ -91,9 +90,8 @@ def main():
     on_failure(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
         tmp.mkdir(parents=True)
-        (tmp / "metrics.json").write_text(json.dumps({
-            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
-            "test": metrics}, indent=2, ensure_ascii=False) + "\n")
+        (tmp / "metrics.json").write_text(json_text({
+            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length, "test": metrics}))
         if "confusion_matrix" in metrics:  # single-label models
             plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
         write_errors(tmp / "errors.tsv", result, labels, args.n_errors)

@@ -88,6 +88,17 @@ def test_scores_and_tuned_threshold():
     assert at_high["micro_f1"] == 0.0 and at_high["per_class"]["a"]["support"] == 2
 
 
+def test_an_undefined_score_is_written_as_json_null():
+    from utils.report import json_text
+    gold = np.array([[1, 0], [1, 0]])  # no label has both positive and negative examples: ROC-AUC undefined
+    metrics = multi_label_metrics(np.zeros((2, 2)), gold, ["a", "b"])
+    assert np.isnan(metrics["roc_auc"])
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    assert json.loads(json_text({"valid": metrics}), parse_constant=refuse)["valid"]["roc_auc"] is None
+
+
 def test_multi_label_loss_and_pos_weight():
     logits = torch.tensor([[2.0, -1.0], [0.0, 0.5]])
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -97,6 +108,25 @@ def test_multi_label_loss_and_pos_weight():
     assert weighted > plain  # the positive of label 1 costs four times as much
     # balanced pos_weight: negatives / positives of each label
     assert class_weights("balanced", ["a", "b"], np.array([0, 0, 0, 1]), 4, multi_label=True) == pytest.approx([1 / 3, 3])
+
+
+def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_model):
+    from training.prepare import label_log_odds
+    from utils.model import load_classifier
+    (tmp_path / "t.tsv").write_text("".join(f"{labels}\tsentence number {i}\n" for i, labels in
+                                            enumerate(["a", "a,b", "", "a", "c"] * 4)))
+    splits = load_splits(args_for(tmp_path / "t.tsv", tmp_path, valid_ratio=0.2))
+    odds = label_log_odds(splits)
+    rows = splits.train.column("label").to_pylist()
+    frequency = np.array([[label in row for label in splits.labels] for row in rows], dtype=float).mean(0)
+    assert np.allclose(1 / (1 + np.exp(-odds)), frequency, atol=1e-3)
+    model = load_classifier(tiny_model, splits.labels, multi_label=True, label_odds=odds).eval()
+    with torch.no_grad():
+        first = torch.sigmoid(model(input_ids=torch.tensor([[101, 2023, 102], [101, 7592, 102]])).logits)
+    assert np.allclose(first.numpy(), frequency, atol=0.03)  # not 0.5 for every label
+    # balanced pos_weight makes every label's optimum constant 0.5: the biases start at 0
+    weights = class_weights("balanced", splits.labels, splits.train_label_ids(), len(splits.train), multi_label=True)
+    assert np.allclose(label_log_odds(splits, weights), 0, atol=1e-3)
 
 
 def test_labels_printed_for_a_multi_label_model():

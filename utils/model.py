@@ -62,10 +62,11 @@ def load_tokenizer(name):
     return tokenizer
 
 
-def load_classifier(name, labels, freeze_encoder=False, multi_label=False):
+def load_classifier(name, labels, freeze_encoder=False, multi_label=False, label_odds=None):
     """A sequence classifier whose config carries the real label names. From a pretrained encoder the
     head is new; from an already fine-tuned classifier its head is kept if the label count matches and
-    replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task."""
+    replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task.
+    label_odds (multi-label): a new head's output biases start at these log-odds (start_at_label_odds)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
@@ -88,10 +89,26 @@ def load_classifier(name, labels, freeze_encoder=False, multi_label=False):
         raise UserError(f"cannot load a model from '{name}': {first_line(error)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    if label_odds is not None and (previous is None or replace_head):
+        start_at_label_odds(model, label_odds)
     if freeze_encoder:
         for parameter in model.base_model.parameters():
             parameter.requires_grad = False
     return model
+
+
+def start_at_label_odds(model, log_odds):
+    """Set the output biases of a new multi-label head to the labels' log-odds in the training data, so
+    its first predictions are the label frequencies instead of 0.5 for every label. From 0.5, the first
+    steps' gradients push every label down at once; on GoEmotions (28 labels, 1.2 per example) at lr 2e-4
+    that flattened the encoder: the training loss sat at the label-frequency level (0.145) for the whole
+    first epoch and validation macro-F1 was 0.12 after it, 0.20 after two."""
+    import torch
+    head = [module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
+            and not name.startswith(model.base_model_prefix + ".")][-1]
+    with torch.no_grad():
+        head.bias.copy_(torch.as_tensor(log_odds, dtype=head.bias.dtype))
 
 
 def _previous_labels(config):

@@ -12,6 +12,20 @@ import numpy as np
 from utils.metrics import binary_losses, example_losses, log_softmax, scalar_metrics, sigmoid, summary_line
 
 
+def json_text(value):
+    """Strict JSON: a score that is undefined here (NaN, e.g. macro ROC-AUC when no label has both
+    positive and negative examples) is written as null, which every JSON reader accepts."""
+    def strict(item):
+        if isinstance(item, float) and item != item:
+            return None
+        if isinstance(item, dict):
+            return {key: strict(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [strict(inner) for inner in item]
+        return item
+    return json.dumps(strict(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 class TensorBoardLogger:
     """Scalars to TensorBoard; does nothing on non-main processes or when tensorboard is missing."""
 
@@ -76,8 +90,8 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
     metrics = {"valid": valid["metrics"]}
     if test:
         metrics["test"] = test["metrics"]
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    (directory / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    (directory / "metrics.json").write_text(json_text(metrics))
+    (directory / "history.json").write_text(json_text(history))
     plot_learning_curve(history, directory / "learning_curve.png")
     if "confusion_matrix" in final["metrics"]:  # single-label; multi-label has its per-label table
         plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
