@@ -111,12 +111,13 @@ def test_multi_label_loss_and_pos_weight():
 
 
 def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_model):
-    from training.prepare import label_log_odds
+    from training.loss import label_log_odds
     from utils.model import load_classifier
     (tmp_path / "t.tsv").write_text("".join(f"{labels}\tsentence number {i}\n" for i, labels in
                                             enumerate(["a", "a,b", "", "a", "c"] * 4)))
     splits = load_splits(args_for(tmp_path / "t.tsv", tmp_path, valid_ratio=0.2))
-    odds = label_log_odds(splits)
+    ids, n_labels, n_rows = splits.train_label_ids(), len(splits.labels), len(splits.train)
+    odds = label_log_odds(ids, n_labels, n_rows)
     rows = splits.train.column("label").to_pylist()
     frequency = np.array([[label in row for label in splits.labels] for row in rows], dtype=float).mean(0)
     assert np.allclose(1 / (1 + np.exp(-odds)), frequency, atol=1e-3)
@@ -126,7 +127,7 @@ def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_m
     assert np.allclose(first.numpy(), frequency, atol=0.03)  # not 0.5 for every label
     # balanced pos_weight makes every label's optimum constant 0.5: the biases start at 0
     weights = class_weights("balanced", splits.labels, splits.train_label_ids(), len(splits.train), multi_label=True)
-    assert np.allclose(label_log_odds(splits, weights), 0, atol=1e-3)
+    assert np.allclose(label_log_odds(ids, n_labels, n_rows, weights), 0, atol=1e-3)
 
 
 def test_labels_printed_for_a_multi_label_model():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from data_load import Splits, encode_splits, load_splits
-from training.loss import class_weights
+from training.loss import class_weights, label_log_odds
 from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
 from utils.metrics import MULTI_LABEL_SCORES, SCORES
@@ -76,7 +76,8 @@ def prepare(args, trainer_name):
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, splits.labels, args.freeze_encoder, splits.multi_label,
-                            label_log_odds(splits, weights) if splits.multi_label else None)
+                            label_log_odds(splits.train_label_ids(), len(splits.labels), len(splits.train), weights)
+                            if splits.multi_label else None)
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
@@ -90,14 +91,6 @@ def prepare(args, trainer_name):
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
                     training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
                     fingerprint, weights)
-
-
-def label_log_odds(splits, weights=None):
-    """Multi-label: each label's log-odds in the training data, where a constant prediction minimises the
-    loss (with pos_weight w: log(w p / (1 - p)), which --class_weight balanced makes 0)."""
-    frequency = np.bincount(splits.train_label_ids(), minlength=len(splits.labels)) / max(len(splits.train), 1)
-    frequency = frequency.clip(1e-4, 1 - 1e-4)  # a label absent from a subset: a large negative bias, not -inf
-    return np.log((1 if weights is None else weights) * frequency / (1 - frequency)).astype(np.float32)
 
 
 def training_schedule(n_train, args, world_size):
