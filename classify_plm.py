@@ -32,8 +32,9 @@ def parse_args():
                    help="print the K most probable labels, separated by spaces (default 1; for a multi-label model: "
                         "at most K of the labels that pass the threshold)")
     p.add_argument("--threshold", type=float_range(0, 1), default=None,
-                   help="multi-label models: print every label whose probability is at least this (default: the "
-                        "threshold tuned on validation when the model was trained, in training_args.json); when no "
+                   help="multi-label models: print every label whose probability is at least this, for every label "
+                        "(default: the threshold tuned on validation when the model was trained, or one per label "
+                        "after --threshold_per_label, in training_args.json); when no "
                         "label reaches it, the most probable one is printed")
     p.add_argument("--with_prob", action="store_true",
                    help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")

@@ -29,7 +29,8 @@ def parse_args():
     p.add_argument("--label_columns", help="one 0/1 column per label (multi-label models), as in the trainers")
     p.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line, as in the trainers")
     p.add_argument("--threshold", type=float_range(0, 1), default=None,
-                   help="multi-label models: the decision threshold (default: the one tuned when it was trained)")
+                   help="multi-label models: the decision threshold, for every label (default: the one tuned "
+                        "when it was trained, or one per label after --threshold_per_label)")
     p.add_argument("--batch_size", type=int_at_least(1), default=128)
     p.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
                    help="truncate at this many tokens (default: as trained)")

@@ -71,7 +71,7 @@ def main():
         data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
                                                  num_labels=len(run.splits.labels)),
         processing_class=run.tokenizer,
-        compute_metrics=trainer_compute_metrics(run.splits.labels, run.splits.multi_label),
+        compute_metrics=trainer_compute_metrics(run.splits.labels, run.splits.multi_label, args.threshold_per_label),
         callbacks=[callback],
     )
     callback.trainer = trainer
@@ -89,7 +89,8 @@ def main():
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial)
-    valid = evaluation(trainer.predict(model_inputs(run.valid_set)).predictions, run.valid_set, run.splits.labels)
+    valid = evaluation(trainer.predict(model_inputs(run.valid_set)).predictions, run.valid_set, run.splits.labels,
+                       threshold_per_label=args.threshold_per_label)
     test = (evaluation(trainer.predict(model_inputs(run.test_set)).predictions, run.test_set, run.splits.labels,
                        valid["metrics"].get("threshold"))  # multi-label: the threshold tuned on validation
             if run.test_set else None)

@@ -71,7 +71,7 @@ def main():
         """Validation, the history row and best weights (rank 0); True when early stopping says stop."""
         nonlocal started
         valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                         run.splits.labels)
+                         run.splits.labels, threshold_per_label=args.threshold_per_label)
         loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
         train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
         if context.is_main:
@@ -159,7 +159,8 @@ def main():
         for parameter in model.module.state_dict().values():
             torch.distributed.broadcast(parameter, src=0)
     # multi-label: the test set is scored at the decision threshold tuned on validation
-    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels)
+    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
+                     threshold_per_label=args.threshold_per_label)
     threshold = context.gather(valid and valid["metrics"].get("threshold"))[0]
     test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
                     threshold)
@@ -169,7 +170,8 @@ def main():
     context.barrier()
 
 
-def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None):
+def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None,
+             threshold_per_label=False):
     """Logits for the whole dataset, each process taking a shard; gathered and scored on rank 0."""
     if dataset is None:
         return None
@@ -178,7 +180,8 @@ def evaluate(model, dataset, collate, batch_size, device, autocast, context, lab
     if not context.is_main:
         return None
     merged = {i: row for part in gathered for i, row in part.items()}
-    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold)
+    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold,
+                      threshold_per_label)
 
 
 def no_decay(parameter):

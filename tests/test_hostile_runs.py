@@ -61,6 +61,14 @@ def test_bad_flag_through_the_script(tmp_path):
     assert no_leftovers(model_fn)
 
 
+def test_a_multi_label_flag_on_single_label_data(tmp_path):
+    model_fn = tmp_path / "m"
+    result = run_script("finetune_plm_hf.py", "--model_fn", model_fn, "--train_fn", ROOT / "data" /
+                        "review.sample.en.tsv", "--threshold_per_label", check=False)
+    assert_one_line_error(result, "--threshold_per_label", "add --multi_label")
+    assert no_leftovers(model_fn)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["under_a_file", "log_dir_is_a_file"])
 def test_unwritable_output_is_refused_before_loading(tmp_path, where):

@@ -14,7 +14,8 @@ from data_load.readers import Labeling, read_examples
 from inference.decision import choose_labels
 from training.loss import class_weights, loss_function
 from utils.errors import UserError
-from utils.metrics import multi_label_metrics, tune_threshold
+from utils.metrics import multi_label_metrics, summary_line, tune_threshold
+from utils.report import per_class_table
 
 GOEMOTIONS_FLAGS = ["--text_column", "0", "--label_column", "1", "--multi_label"]
 
@@ -86,6 +87,23 @@ def test_scores_and_tuned_threshold():
     assert metrics["macro_f1"] == metrics["micro_f1"] == metrics["accuracy"] == 1.0 and metrics["roc_auc"] == 1.0
     at_high = multi_label_metrics(logits, gold, ["a", "b", "c"], threshold=0.9)
     assert at_high["micro_f1"] == 0.0 and at_high["per_class"]["a"]["support"] == 2
+
+
+def test_thresholds_tuned_per_label():
+    gold = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    # label a separates between 0.62 and 0.82, label b between 0.12 and 0.32: no one threshold does both
+    probabilities = np.array([[0.82, 0.32, 0.2], [0.62, 0.12, 0.2], [0.82, 0.12, 0.2], [0.62, 0.32, 0.2]])
+    logits = np.log(probabilities / (1 - probabilities))
+    assert tune_threshold(logits, gold, per_label=True) == [0.65, 0.3, 0.5]  # c has no positives: stays 0.5
+    per_label = multi_label_metrics(logits, gold, ["a", "b", "c"], per_label=True)
+    assert per_label["threshold"] == [0.65, 0.3, 0.5] and per_label["per_class"]["b"]["threshold"] == 0.3
+    assert per_label["per_class"]["a"]["f1"] == per_label["per_class"]["b"]["f1"] == 1.0
+    assert per_label["macro_f1"] > multi_label_metrics(logits, gold, ["a", "b", "c"])["macro_f1"]
+    assert summary_line(per_label).endswith("(thresholds per label 0.30-0.65)")
+    assert per_class_table(per_label).splitlines()[0].split() == ["label", "precision", "recall", "f1", "support",
+                                                                  "threshold"]
+    # the printed labels follow each label's own threshold
+    assert choose_labels(probabilities[:2], True, None, per_label["threshold"])[1] == [[0, 1], [0]]
 
 
 def test_an_undefined_score_is_written_as_json_null():
@@ -183,16 +201,24 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
     run_script("finetune_plm_hf.py", "--model_fn", model_fn, "--train_fn", unsmile / "unsmile_train_v1.0.tsv",
                "--valid_fn", unsmile / "unsmile_valid_v1.0.tsv", *flags, "--pretrained_model_name", tiny_model,
                "--max_train_samples", 600, "--max_eval_samples", 200, "--n_epochs", 1, "--lr", "1e-3",
-               "--cache_dir", tmp_path / "cache")
+               "--threshold_per_label", "--cache_dir", tmp_path / "cache")
     record = json.loads((model_fn / "training_args.json").read_text())
     assert record["multi_label"] and record["labels"][:2] == ["여성/가족", "남성"]  # column order
     assert len(record["labels"]) == 10 and "기타 혐오" in record["labels"]
+    assert len(record["threshold"]) == 10 and all(0.05 <= t <= 0.95 for t in record["threshold"])
     out = tmp_path / "eval"
     result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
                         *flags, "--output_dir", out, "--cache_dir", tmp_path / "cache")
     scored = json.loads((out / "metrics.json").read_text())["test"]
-    assert scored["n_examples"] == 3737 and scored["threshold"] == record["threshold"]
-    assert "macro ROC-AUC" in result.stdout and "악플/욕설" in result.stdout
+    assert scored["n_examples"] == 3737 and scored["threshold"] == record["threshold"]  # one per label, as stored
+    assert [scored["per_class"][name]["threshold"] for name in record["labels"]] == record["threshold"]
+    assert "macro ROC-AUC" in result.stdout and "악플/욕설" in result.stdout and "thresholds per label" in result.stdout
+    # --threshold replaces the stored ones with one for every label
+    overridden = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
+                            *flags, "--threshold", "0.5", "--output_dir", tmp_path / "eval-0.5",
+                            "--cache_dir", tmp_path / "cache")
+    assert json.loads((tmp_path / "eval-0.5" / "metrics.json").read_text())["test"]["threshold"] == 0.5
+    assert "(threshold 0.50)" in overridden.stdout
     assert sorted(p.name for p in out.iterdir()) == ["errors.tsv", "metrics.json"]
     # the model's own directory, or one holding other files, is never replaced by a report
     for target in (model_fn, tmp_path):

@@ -31,14 +31,15 @@ def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0
     return logits
 
 
-def evaluation(logits, dataset, label_names, threshold=None):
+def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label=False):
     """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed).
-    Multi-label: gold labels are a 0/1 matrix, and the decision threshold is `threshold` (None: the
-    one that scores best on these examples, as on validation)."""
+    Multi-label: gold labels are a 0/1 matrix, and the decision threshold is `threshold` (a number or one
+    per label; None: the one that scores best on these examples, as on validation, or with
+    `threshold_per_label` the best one for each label)."""
     logits = np.asarray(logits, dtype=np.float32)
     if is_multi_label(dataset):
         labels = label_matrix(dataset, len(label_names))
-        metrics = multi_label_metrics(logits, labels, label_names, threshold)
+        metrics = multi_label_metrics(logits, labels, label_names, threshold, threshold_per_label)
     else:
         labels = column_numpy(dataset, "labels")
         metrics = classification_metrics(logits, labels, label_names)

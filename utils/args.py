@@ -53,6 +53,9 @@ def training_parser(description):
     io.add_argument("--multi_label", action="store_true",
                     help="each example has any number of labels (a sigmoid per label, a decision threshold tuned "
                          "on validation): the label field holds them separated by --label_separator, or a JSON list")
+    io.add_argument("--threshold_per_label", action="store_true",
+                    help="with --multi_label: tune one decision threshold per label on validation instead of one for "
+                         "all (GoEmotions: macro-F1 +0.014; a label with few validation examples gets a noisy one)")
     io.add_argument("--label_separator", default=",", help="between the labels of one example, with --multi_label")
     io.add_argument("--label_columns",
                     help="one 0/1 column per label instead of --label_column (implies --multi_label): names or "

@@ -80,26 +80,39 @@ def scores_of(metrics):
     return MULTI_LABEL_SCORES if metrics.get("multi_label") else SCORES
 
 
-def tune_threshold(logits, gold):
-    """The decision threshold (one for every label) with the best macro-F1 on these examples; a tie
-    goes to the one nearest 0.5."""
+def tune_threshold(logits, gold, per_label=False):
+    """The decision threshold with the best macro-F1 on these examples: one for every label, or with
+    `per_label` a list of one per label, each with the best F1 of its label. A tie goes to the one
+    nearest 0.5 (so a label without examples here keeps 0.5)."""
     probabilities = sigmoid(logits)
-    scores = [f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0) for t in THRESHOLDS]
+    if per_label:
+        return [nearest_half_of_best([f1_score(gold[:, j], (probabilities[:, j] >= t).astype(int), zero_division=0)
+                                      for t in THRESHOLDS]) for j in range(gold.shape[1])]
+    return nearest_half_of_best([f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0)
+                                 for t in THRESHOLDS])
+
+
+def nearest_half_of_best(scores):
+    """The threshold (of THRESHOLDS, in order with `scores`) scoring best, the one nearest 0.5 on a tie."""
     best = max(scores)
     return float(min((t for t, score in zip(THRESHOLDS, scores) if score == best), key=lambda t: abs(t - 0.5)))
 
 
-def multi_label_metrics(logits, gold, label_names, threshold=None):
-    """Every score in MULTI_LABEL_SCORES and the per-label report, at `threshold` (None: tuned here)."""
+def multi_label_metrics(logits, gold, label_names, threshold=None, per_label=False):
+    """Every score in MULTI_LABEL_SCORES and the per-label report, at `threshold` (a number, or a list of one
+    per label; None: tuned here, one per label with `per_label`)."""
     logits = np.asarray(logits)
     gold = np.asarray(gold).astype(int)
-    threshold = tune_threshold(logits, gold) if threshold is None else float(threshold)
-    predicted = (sigmoid(logits) >= threshold).astype(int)
+    if threshold is None:
+        threshold = tune_threshold(logits, gold, per_label)
+    threshold = [float(t) for t in threshold] if isinstance(threshold, (list, tuple, np.ndarray)) else float(threshold)
+    predicted = (sigmoid(logits) >= np.asarray(threshold)).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, zero_division=0)
     return {
         **{name: float(score.compute(gold, predicted, logits, None)) for name, score in MULTI_LABEL_SCORES.items()},
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                             "f1": float(f1[i]), "support": int(support[i])}
+                             "f1": float(f1[i]), "support": int(support[i]),
+                             **({"threshold": threshold[i]} if isinstance(threshold, list) else {})}
                       for i, name in enumerate(label_names)},
         "threshold": threshold, "multi_label": True, "n_examples": int(len(gold)),
     }
@@ -137,14 +150,22 @@ def summary_line(metrics):
     """`loss 0.3121, accuracy 0.9012, macro-F1 0.8850, ...`: the line printed after an evaluation."""
     titles = scores_of(metrics)
     line = ", ".join(f"{titles[name].title} {value:.4f}" for name, value in scalar_metrics(metrics).items())
-    return line + (f" (threshold {metrics['threshold']:.2f})" if "threshold" in metrics else "")
+    return line + (f" ({threshold_text(metrics['threshold'])})" if "threshold" in metrics else "")
 
 
-def trainer_compute_metrics(label_names, multi_label=False):
+def threshold_text(threshold):
+    """`threshold 0.35`, or `thresholds per label 0.10-0.60` for a list of them."""
+    if isinstance(threshold, (list, tuple)):
+        return f"thresholds per label {min(threshold):.2f}-{max(threshold):.2f}"
+    return f"threshold {threshold:.2f}"
+
+
+def trainer_compute_metrics(label_names, multi_label=False, threshold_per_label=False):
     """`compute_metrics` for transformers.Trainer (it wants flat numbers; it reports the loss itself)."""
     def compute(eval_prediction):
         if multi_label:
-            metrics = multi_label_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names)
+            metrics = multi_label_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names,
+                                          per_label=threshold_per_label)
             return {**{key: value for key, value in scalar_metrics(metrics).items() if key != "loss"},
                     "threshold": metrics["threshold"]}
         metrics = classification_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names)

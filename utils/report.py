@@ -77,7 +77,8 @@ def format_table(rows, columns):
 
 def per_class_table(metrics):
     rows = [{"label": name, **values} for name, values in metrics["per_class"].items()]
-    return format_table(rows, ("label", "precision", "recall", "f1", "support"))
+    per_label_threshold = ("threshold",) if rows and "threshold" in rows[0] else ()  # --threshold_per_label
+    return format_table(rows, ("label", "precision", "recall", "f1", "support", *per_label_threshold))
 
 
 def write_report(directory, history, label_names, valid, test=None, n_errors=50):
@@ -123,7 +124,7 @@ def write_multi_label_errors(path, result, label_names, n):
     """errors.tsv for multi-label examples: gold and predicted label sets (`, `-separated; `-` for none)."""
     gold = np.asarray(result["labels"])
     losses = binary_losses(result["logits"], gold)
-    predicted = sigmoid(result["logits"]) >= result["metrics"]["threshold"]
+    predicted = sigmoid(result["logits"]) >= np.asarray(result["metrics"]["threshold"])  # one, or one per label
 
     def names(row):
         return ", ".join(label_names[j] for j in np.flatnonzero(row)) or "-"
