@@ -9,8 +9,9 @@ Per dataset, in one run, on the same train/evaluation split:
   frozen   the pretrained encoder's mean-pooled features (no fine-tuning) + logistic regression
   native   finetune_plm_native.py with default flags
   hf       finetune_plm_hf.py with default flags
-Korean datasets also run native with the other --extend_vocab setting, and the imbalanced ones (emotion,
-Korean hate speech) with --class_weight balanced, to measure what they do.
+Korean datasets also run native with the other --extend_vocab setting, the imbalanced ones (emotion,
+Korean hate speech) with --class_weight balanced, and the multi-label ones with --threshold_per_label,
+to measure what they do.
 Multi-label corpora (GoEmotions, Korean UnSmile) are given to the trainers as they are, with flags only;
 the baselines are one-vs-rest logistic regressions whose one decision threshold is tuned on 10% of the
 training rows, as the trainers tune theirs. For the native model the report also compares that one
@@ -282,27 +283,25 @@ def other_vocab_setting():
 
 MAIN_SYSTEMS = ["tfidf", "frozen", "native", "hf"]
 # native-vocab: native with the other --extend_vocab setting (Korean datasets); native-balanced: native
-# with --class_weight balanced (the imbalanced ones)
-SYSTEMS = [*MAIN_SYSTEMS, "native-vocab", "native-balanced"]
+# with --class_weight balanced (the imbalanced ones); native-thresholds: native with --threshold_per_label
+# (the multi-label ones)
+SYSTEMS = [*MAIN_SYSTEMS, "native-vocab", "native-balanced", "native-thresholds"]
 IMBALANCED = {"emotion", "korean_hate_speech"}
 
 
 def systems(name, train, test, train_fn, test_fn, directory, extra):
     """name -> (label shown in the report, a function returning predicted labels for the evaluation rows)."""
+    def trainer(script, system, flags=()):
+        return lambda: finetune(script, train_fn, test_fn, directory / system, extra + list(flags), test)
     runs = {"tfidf": ("tfidf", lambda: tfidf(train, test)), "frozen": ("frozen", lambda: frozen(train, test)),
-            "native": ("native", lambda: finetune("finetune_plm_native.py", train_fn, test_fn, directory / "native",
-                                                  extra, test)),
-            "hf": ("hf", lambda: finetune("finetune_plm_hf.py", train_fn, test_fn, directory / "hf", extra, test))}
-    if name in KOREAN:
-        flags = other_vocab_setting()
-        runs["native-vocab"] = ("native " + " ".join(flags),
-                                lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
-                                                 directory / "native-vocab", extra + flags, test))
-    if name in IMBALANCED:
-        runs["native-balanced"] = ("native --class_weight balanced",
-                                   lambda: finetune("finetune_plm_native.py", train_fn, test_fn,
-                                                    directory / "native-balanced", extra + ["--class_weight", "balanced"],
-                                                    test))
+            "native": ("native", trainer("finetune_plm_native.py", "native")),
+            "hf": ("hf", trainer("finetune_plm_hf.py", "hf"))}
+    variants = {"native-vocab": other_vocab_setting() if name in KOREAN else None,
+                "native-balanced": ["--class_weight", "balanced"] if name in IMBALANCED else None,
+                "native-thresholds": ["--threshold_per_label"] if name in MULTI_LABEL else None}
+    for system, flags in variants.items():
+        if flags:
+            runs[system] = ("native " + " ".join(flags), trainer("finetune_plm_native.py", system, flags))
     return runs
 
 
