@@ -343,7 +343,7 @@ def run_dataset(name, quick, directory, only=None, result=None):
         seconds = time.time() - started
         scores = {metric: score(gold, predicted, metric) for metric in metrics}
         result["systems"][system] = {"label": label, "scores": scores, "seconds": round(seconds, 1),
-                                     "commit": git_commit()}
+                                     "commit": git_commit(), "machine": machine()}
         if system == "native" and name in MULTI_LABEL:
             result["systems"][system]["thresholds"] = threshold_study(directory / "native", test)
             print(f"{name} native decision thresholds, macro-F1: {result['systems'][system]['thresholds']}",
@@ -389,6 +389,22 @@ def render(results):
     return text
 
 
+def machine_line(results):
+    """`Machine: ...`, naming which datasets (or which of their systems) ran where when that differs."""
+    where = {}
+    for name, result in results.items():
+        for system, run in result["systems"].items():
+            where.setdefault(run.get("machine", result["machine"]), {}).setdefault(name, []).append(run["label"])
+    if len(where) <= 1:
+        return f"Machine: {next(iter(where), machine())}"
+    parts = []
+    for host, datasets in sorted(where.items(), key=lambda item: -sum(map(len, item[1].values()))):
+        rows = [name if len(labels) == len(results[name]["systems"]) else f"{name} ({', '.join(labels)})"
+                for name, labels in datasets.items()]
+        parts.append(f"{host}: {'; '.join(rows)}")
+    return "Machines (the timings compare only within one):\n" + "\n".join(f"- {part}" for part in parts)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", choices=list(PLAN), help="default: all (with --quick: emotion)")
@@ -413,7 +429,7 @@ def main():
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(f"# Accuracy report\n\nWritten by `python bench/accuracy.py`"
                              f"{' --quick' if args.quick else ''}; each row names the commit it ran at.\n\n"
-                             f"Machine: {machine()}\n\n{SETUP}\n\n{report}\n")
+                             f"{machine_line(results)}\n\n{SETUP}\n\n{report}\n")
 
 
 if __name__ == "__main__":
