@@ -46,6 +46,7 @@ def main():
     args = parse_args()
     from data_load import TextClassificationCollator, encode_split
     from data_load.splits import labeling_from, load_labelled
+    from inference.decision import stored_threshold
     from training.evaluation import evaluation, predict_logits
     from utils.checkpoint import load_checkpoint
     from utils.model import clamp_max_length, model_max_length
@@ -71,7 +72,8 @@ def main():
             if getattr(args, flag) is None and not args.label_column:
                 setattr(args, flag, training_args.get(flag))
         args.label_separator = args.label_separator or training_args.get("label_separator") or ","
-    threshold = args.threshold if args.threshold is not None else training_args.get("threshold", 0.5)
+    threshold = args.threshold if args.threshold is not None or not multi_label else stored_threshold(
+        training_args, len(labels), args.model_fn)
     labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
                                                 label_columns=args.label_columns, label_names_fn=args.label_names_fn,
                                                 label_column=args.label_column))

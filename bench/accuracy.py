@@ -333,6 +333,8 @@ def run_dataset(name, quick, directory, only=None, result=None):
     gold = [r[0] for r in test]
     if result is None or only is None:
         result = {"systems": {}}
+    for run in result["systems"].values():  # results kept from an earlier run keep the machine they ran on
+        run.setdefault("machine", result.get("machine"))
     result.update({"train": len(train), "eval": len(test), "metrics": metrics, "published": published,
                    "commit": git_commit(), "machine": machine()})
     for system, (label, run) in systems(name, train, test, train_fn, test_fn, directory, extra).items():
@@ -394,7 +396,7 @@ def machine_line(results):
     where = {}
     for name, result in results.items():
         for system, run in result["systems"].items():
-            where.setdefault(run.get("machine", result["machine"]), {}).setdefault(name, []).append(run["label"])
+            where.setdefault(run.get("machine") or result.get("machine"), {}).setdefault(name, []).append(run["label"])
     if len(where) <= 1:
         return f"Machine: {next(iter(where), machine())}"
     parts = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.decision import probabilities_of
+from inference.decision import probabilities_of, stored_threshold
 from utils.checkpoint import TRAINING_ARGS, check_checkpoint, check_label_names
 from utils.errors import UserError, first_line
 from utils.model import clamp_max_length, position_limit
@@ -57,7 +57,7 @@ class OnnxClassifier:
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None
         self.multi_label = config.get("problem_type") == "multi_label_classification"
-        self.threshold = training_args.get("threshold", 0.5)
+        self.threshold = stored_threshold(training_args, len(self.labels), model_fn) if self.multi_label else None
         self.label_separator = training_args.get("label_separator") or ","  # joins a multi-label prediction
         self.pairs = training_args.get("has_pairs", False)
         self.batch_size = batch_size

@@ -3,6 +3,7 @@ transformers, on the CPU or CUDA, in fp32, bf16/fp16 autocast or dynamic int8.""
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
+from inference.decision import stored_threshold
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.model import clamp_max_length, model_max_length
@@ -23,7 +24,7 @@ class TorchClassifier:
                            if args.max_length else training_args.get("max_length", 128))
         self.pairs = training_args.get("has_pairs", False)
         self.multi_label = self.model.config.problem_type == "multi_label_classification"
-        self.threshold = training_args.get("threshold", 0.5)
+        self.threshold = stored_threshold(training_args, len(self.labels), args.model_fn) if self.multi_label else None
         self.label_separator = training_args.get("label_separator") or ","  # joins a multi-label prediction
         self.batch_size = args.batch_size
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))

@@ -61,12 +61,17 @@ def test_bad_flag_through_the_script(tmp_path):
     assert no_leftovers(model_fn)
 
 
-def test_a_multi_label_flag_on_single_label_data(tmp_path):
-    model_fn = tmp_path / "m"
-    result = run_script("finetune_plm_hf.py", "--model_fn", model_fn, "--train_fn", ROOT / "data" /
-                        "review.sample.en.tsv", "--threshold_per_label", check=False)
-    assert_one_line_error(result, "--threshold_per_label", "add --multi_label")
-    assert no_leftovers(model_fn)
+@pytest.mark.parametrize("flags, named", [
+    (["--threshold_per_label"], "--threshold_per_label"),  # single-label data: nothing to tune per label
+    (["--dataset_name", "x"], "--dataset_name"),
+    (["--dataset_config_name", "sst2"], "--dataset_config_name")])
+def test_flags_that_contradict_each_other_are_one_line(flags, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err, err
+    training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--multi_label", "--threshold_per_label"])
 
 
 @pytest.mark.slow

@@ -94,16 +94,18 @@ def test_thresholds_tuned_per_label():
     # label a separates between 0.62 and 0.82, label b between 0.12 and 0.32: no one threshold does both
     probabilities = np.array([[0.82, 0.32, 0.2], [0.62, 0.12, 0.2], [0.82, 0.12, 0.2], [0.62, 0.32, 0.2]])
     logits = np.log(probabilities / (1 - probabilities))
-    assert tune_threshold(logits, gold, per_label=True) == [0.65, 0.3, 0.5]  # c has no positives: stays 0.5
+    overall = tune_threshold(logits, gold)
+    assert overall == 0.3 and tune_threshold(logits, gold, per_label=True) == [0.65, 0.3, overall]  # c: no positives
     per_label = multi_label_metrics(logits, gold, ["a", "b", "c"], per_label=True)
-    assert per_label["threshold"] == [0.65, 0.3, 0.5] and per_label["per_class"]["b"]["threshold"] == 0.3
+    assert per_label["threshold"] == [0.65, 0.3, 0.3] and per_label["per_class"]["b"]["threshold"] == 0.3
     assert per_label["per_class"]["a"]["f1"] == per_label["per_class"]["b"]["f1"] == 1.0
     assert per_label["macro_f1"] > multi_label_metrics(logits, gold, ["a", "b", "c"])["macro_f1"]
     assert summary_line(per_label).endswith("(thresholds per label 0.30-0.65)")
     assert per_class_table(per_label).splitlines()[0].split() == ["label", "precision", "recall", "f1", "support",
                                                                   "threshold"]
-    # the printed labels follow each label's own threshold
-    assert choose_labels(probabilities[:2], True, None, per_label["threshold"])[1] == [[0, 1], [0]]
+    # the printed labels follow each label's own threshold, looked up by label id: c's 0.9 and b's 0.35 pass
+    # their 0.3, a's 0.5 does not pass its 0.65 (one threshold for all, or one looked up by rank, would print a)
+    assert choose_labels(np.array([[0.5, 0.35, 0.9]]), True, None, per_label["threshold"])[1] == [[2, 1]]
 
 
 def test_an_undefined_score_is_written_as_json_null():
@@ -191,6 +193,38 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
     scores = pipeline("text-classification", model=str(model_fn), top_k=None)(["thank you so much"])[0]
     assert {score["label"] for score in scores} == names
     assert sum(score["score"] for score in scores) > 1.5  # a sigmoid per label, not a softmax
+
+
+@pytest.mark.slow
+def test_native_threshold_per_label_reaches_classify(tmp_path, tiny_model):
+    """No corpus needed: label sets on a synthetic file, a threshold per label tuned by the native trainer,
+    stored, and applied label by label by classify_plm.py."""
+    words = {"joy": "happy glad", "anger": "angry mad", "fear": "scared afraid", "love": "love adore"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(240):
+        labels = [name for name in words if rng.random() < 0.35]
+        rows.append(f"{','.join(labels)}\t" + " ".join([words[name] for name in labels] + [f"day {i}"]) + "\n")
+    (tmp_path / "train.tsv").write_text("".join(rows))
+    model_fn = tmp_path / "m"
+    run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", tmp_path / "train.tsv", "--multi_label",
+               "--threshold_per_label", "--pretrained_model_name", tiny_model, "--n_epochs", 2, "--lr", "1e-3",
+               "--cache_dir", tmp_path / "cache")
+    record = json.loads((model_fn / "training_args.json").read_text())
+    thresholds = dict(zip(record["labels"], record["threshold"]))
+    assert sorted(thresholds) == sorted(words) and all(0.05 <= t <= 0.95 for t in thresholds.values())
+    assert json.loads((model_fn / "metrics.json").read_text())["valid"]["threshold"] == record["threshold"]
+    text = "".join(f"{words[a]} {words[b]} today\n" for a in words for b in words)
+    every = run_script("classify_plm.py", "--model_fn", model_fn, "--threshold", "0", "--with_prob", stdin=text).stdout
+    printed = run_script("classify_plm.py", "--model_fn", model_fn, stdin=text).stdout.splitlines()
+    for all_labels, chosen in zip(every.splitlines(), printed):
+        names, probabilities, _ = all_labels.split("\t")
+        probability = dict(zip(names.split(","), map(float, probabilities.split(","))))
+        passing = {name for name, p in probability.items() if p >= thresholds[name]}
+        # (a probability within print rounding of its threshold could go either way: not judged)
+        unclear = {name for name, p in probability.items() if abs(p - thresholds[name]) < 1e-3}
+        expected = passing or {names.split(",")[0]}
+        assert set(chosen.split("\t")[0].split(",")) - unclear == expected - unclear
 
 
 @pytest.mark.slow

@@ -66,8 +66,8 @@ def minilm(tmp_path_factory):
     return {"dir": directory, "export": export}
 
 
-def classify(model_fn, lines, *flags):
-    return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin="\n".join(lines) + "\n")
+def classify(model_fn, lines, *flags, check=True):
+    return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin="\n".join(lines) + "\n", check=check)
 
 
 @pytest.mark.slow  # runs the real scripts
@@ -205,6 +205,21 @@ def test_multi_label_model_on_the_onnx_backend(tmp_path):
         assert torch_row.keys() == onnx_row.keys()
         assert all(abs(torch_row[label] - onnx_row[label]) < 2e-3 for label in torch_row)
     assert any(abs(sum(row.values()) - 1) > 1e-3 for row in on_torch)  # not a softmax (sums to 1 +- rounding)
+
+    # a threshold per label (--threshold_per_label) stored in training_args.json: label 1 always passes its
+    # 0, the others never reach 1; both backends apply it by label
+    training_args = json.loads((model_fn / "training_args.json").read_text())
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    (model_fn / "training_args.json").write_text(json.dumps({**training_args, "threshold": [1.0, 0.0]
+                                                             + [1.0] * (len(labels) - 2)}))
+    for backend in ("torch", "onnx"):
+        out = classify(model_fn, REVIEWS[:5], "--backend", backend).stdout.splitlines()
+        assert [line.split("\t")[0] for line in out] == [labels[1]] * 5
+    # one of the wrong length: a one-line error, not a traceback
+    (model_fn / "training_args.json").write_text(json.dumps({**training_args, "threshold": [0.5, 0.5, 0.5]}))
+    for backend in ("torch", "onnx"):
+        refused = classify(model_fn, REVIEWS[:5], "--backend", backend, check=False)
+        assert refused.returncode == 2 and "threshold" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_export_refuses_a_disagreeing_model(tmp_path, monkeypatch):

@@ -68,9 +68,6 @@ def prepare(args, trainer_name):
     if splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
         raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
                         f"{', '.join(MULTI_LABEL_SCORES)}")
-    if not splits.multi_label and args.threshold_per_label:
-        raise UserError("--threshold_per_label: this data has one label per example; decision thresholds are for "
-                        "multi-label data (add --multi_label, or drop the flag)")
     if not splits.multi_label and args.best_metric not in SCORES:
         raise UserError(f"--best_metric {args.best_metric}: a multi-label score; choose one of {', '.join(SCORES)}")
     fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())

@@ -26,6 +26,9 @@ class TrainingArgumentParser(ArgumentParser):
             self.error("--train_fn and --dataset_name both name the training data: give one of them")
         if parsed.dataset_config_name and not parsed.dataset_name:
             self.error("--dataset_config_name needs --dataset_name")
+        if parsed.threshold_per_label and not (parsed.multi_label or parsed.label_columns):
+            self.error("--threshold_per_label: decision thresholds are for multi-label data; add --multi_label "
+                       "(or --label_columns), or drop the flag")
         return parsed
 
 

@@ -82,14 +82,19 @@ def scores_of(metrics):
 
 def tune_threshold(logits, gold, per_label=False):
     """The decision threshold with the best macro-F1 on these examples: one for every label, or with
-    `per_label` a list of one per label, each with the best F1 of its label. A tie goes to the one
-    nearest 0.5 (so a label without examples here keeps 0.5)."""
+    `per_label` a list of one per label, each with the best F1 of its label (a label that no threshold
+    gets right here, e.g. one without examples, takes the one for every label). A tie goes to the one
+    nearest 0.5."""
     probabilities = sigmoid(logits)
-    if per_label:
-        return [nearest_half_of_best([f1_score(gold[:, j], (probabilities[:, j] >= t).astype(int), zero_division=0)
-                                      for t in THRESHOLDS]) for j in range(gold.shape[1])]
-    return nearest_half_of_best([f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0)
-                                 for t in THRESHOLDS])
+    overall = nearest_half_of_best([f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0)
+                                    for t in THRESHOLDS])
+    if not per_label:
+        return overall
+    thresholds = []
+    for j in range(gold.shape[1]):
+        scores = [f1_score(gold[:, j], (probabilities[:, j] >= t).astype(int), zero_division=0) for t in THRESHOLDS]
+        thresholds.append(nearest_half_of_best(scores) if max(scores) > 0 else overall)
+    return thresholds
 
 
 def nearest_half_of_best(scores):
