@@ -202,13 +202,13 @@ def test_native_threshold_per_label_reaches_classify(tmp_path, tiny_model):
     words = {"joy": "happy glad", "anger": "angry mad", "fear": "scared afraid", "love": "love adore"}
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(240):
+    for i in range(160):
         labels = [name for name in words if rng.random() < 0.35]
         rows.append(f"{','.join(labels)}\t" + " ".join([words[name] for name in labels] + [f"day {i}"]) + "\n")
     (tmp_path / "train.tsv").write_text("".join(rows))
     model_fn = tmp_path / "m"
     run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", tmp_path / "train.tsv", "--multi_label",
-               "--threshold_per_label", "--pretrained_model_name", tiny_model, "--n_epochs", 2, "--lr", "1e-3",
+               "--threshold_per_label", "--pretrained_model_name", tiny_model, "--n_epochs", 1, "--lr", "1e-3",
                "--cache_dir", tmp_path / "cache")
     record = json.loads((model_fn / "training_args.json").read_text())
     thresholds = dict(zip(record["labels"], record["threshold"]))
