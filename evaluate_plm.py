@@ -72,8 +72,9 @@ def main():
             if getattr(args, flag) is None and not args.label_column:
                 setattr(args, flag, training_args.get(flag))
         args.label_separator = args.label_separator or training_args.get("label_separator") or ","
-    threshold = args.threshold if args.threshold is not None or not multi_label else stored_threshold(
-        training_args, len(labels), args.model_fn)
+    threshold = args.threshold
+    if threshold is None and multi_label:
+        threshold = stored_threshold(training_args, len(labels), args.model_fn)
     labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
                                                 label_columns=args.label_columns, label_names_fn=args.label_names_fn,
                                                 label_column=args.label_column))
