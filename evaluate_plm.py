@@ -46,42 +46,37 @@ def main():
     args = parse_args()
     from data_load import TextClassificationCollator, encode_split
     from data_load.splits import labeling_from, load_labelled
-    from inference.decision import stored_threshold
     from training.evaluation import evaluation, predict_logits
-    from utils.checkpoint import load_checkpoint
-    from utils.model import clamp_max_length, model_max_length
+    from utils.model import model_max_length
     from utils.report import json_text, per_class_table, plot_confusion_matrix, write_errors
     from utils.metrics import summary_line
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
+    from utils.saved_model import load_checkpoint
 
     output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
     check_output_dir(output_dir, args.model_fn)
     device = choose_device(args.device)
     precision = choose_precision(args.precision, device)
-    tokenizer, model, training_args = load_checkpoint(args.model_fn, device)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if training_args.get("has_pairs") and not args.text_pair_column:
+    tokenizer, model, saved = load_checkpoint(args.model_fn, device)
+    labels, multi_label = list(saved.labels), saved.multi_label
+    if saved.pairs and not args.text_pair_column:
         print(f"warning: {args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
               "the second sentence", file=sys.stderr)
-    multi_label = model.config.problem_type == "multi_label_classification"
     for flag in ("threshold", "label_columns"):
         if getattr(args, flag) is not None and not multi_label:
             raise UserError(f"--{flag}: {args.model_fn} is a single-label model; --{flag} applies to multi-label ones")
     if multi_label:  # read the file as the training data was read, unless told otherwise
         for flag in ("label_columns", "label_names_fn"):
             if getattr(args, flag) is None and not args.label_column:
-                setattr(args, flag, training_args.get(flag))
-        args.label_separator = args.label_separator or training_args.get("label_separator") or ","
-    threshold = args.threshold
-    if threshold is None and multi_label:
-        threshold = stored_threshold(training_args, len(labels), args.model_fn)
+                setattr(args, flag, getattr(saved, flag))
+        args.label_separator = args.label_separator or saved.label_separator
+    threshold = saved.threshold if args.threshold is None else args.threshold
     labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
                                                 label_columns=args.label_columns, label_names_fn=args.label_names_fn,
                                                 label_column=args.label_column))
     split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
                           args.cache_dir, labeling)
-    max_length = (clamp_max_length(args.max_length, model_max_length(model, tokenizer)) if args.max_length
-                  else training_args.get("max_length", 128))
+    max_length = saved.input_length(args.max_length, model_max_length(model, tokenizer))
     dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir)
 
     collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),

@@ -2,8 +2,6 @@
 classifier uses it without torch)."""
 import numpy as np
 
-from utils.errors import UserError
-
 
 def sigmoid(logits):
     return 1.0 / (1.0 + np.exp(-logits))
@@ -18,18 +16,6 @@ def probabilities_of(logits, multi_label):
     """A sigmoid per label for a multi-label model, a softmax over the labels otherwise."""
     logits = np.asarray(logits, dtype=np.float32)
     return sigmoid(logits) if multi_label else softmax(logits)
-
-
-def stored_threshold(training_args, n_labels, model_fn):
-    """The decision threshold a multi-label checkpoint was saved with (training_args.json): one number
-    for every label, or a list of one per label (--threshold_per_label); 0.5 when it has none."""
-    threshold = training_args.get("threshold", 0.5)
-    values = threshold if isinstance(threshold, list) else [threshold]
-    if ((isinstance(threshold, list) and len(threshold) != n_labels)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
-        raise UserError(f"{model_fn}: training_args.json has threshold {str(threshold)[:80]}, which is neither a "
-                        f"number from 0 to 1 nor a list of one per label ({n_labels}): fix it, or delete it for 0.5")
-    return threshold
 
 
 def choose_labels(probabilities, multi_label, top_k=None, threshold=0.5):

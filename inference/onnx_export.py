@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from utils.checkpoint import load_checkpoint
-from utils.errors import UserError, first_line
 from inference.onnx_classifier import ONNX_FILES, load_session
+from utils.errors import UserError, first_line
+from utils.saved_model import load_checkpoint
 from utils.tokens import FastTokenizer
 
 # Different lengths (so batches are padded), non-Latin text and an emoji (unknown and split tokens),
@@ -47,14 +47,13 @@ INT8_TOLERANCE = 0.25
 
 def export(model_fn, log=print):
     """Write model_fn/model.onnx and model_fn/model.int8.onnx, or nothing when either disagrees with PyTorch."""
-    tokenizer, model, training_args = load_checkpoint(model_fn)
+    tokenizer, model, saved = load_checkpoint(model_fn)
     model_fn = os.fspath(model_fn)
     if not os.path.exists(os.path.join(model_fn, "tokenizer.json")):
         raise UserError(f"{model_fn}: no tokenizer.json: the ONNX classifier needs the fast (tokenizers) version "
                         "of the tokenizer, and this model has only a slow one")
-    max_length = training_args.get("max_length", 128)
-    pairs = training_args.get("has_pairs", False)
-    items = [(text, pair if pairs else None) for text, pair in zip(VERIFY_TEXTS, VERIFY_TEXTS[1:] + VERIFY_TEXTS[:1])]
+    max_length = saved.max_length
+    items = [(text, pair if saved.pairs else None) for text, pair in zip(VERIFY_TEXTS, VERIFY_TEXTS[1:] + VERIFY_TEXTS[:1])]
     batches = [items, items[:1], items[-2:]]  # padded, a single sentence, a batch of two
     inputs = [same_inputs(model_fn, tokenizer, batch, max_length) for batch in batches]
     with torch.inference_mode():

@@ -3,54 +3,48 @@ transformers, on the CPU or CUDA, in fp32, bf16/fp16 autocast or dynamic int8.""
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from inference.decision import stored_threshold
-from utils.checkpoint import load_checkpoint
+from inference.classifier import Classifier
 from utils.errors import UserError
-from utils.model import clamp_max_length, model_max_length
+from utils.model import model_max_length
 from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
+from utils.saved_model import load_checkpoint
 
 
-class TorchClassifier:
+class TorchClassifier(Classifier):
+    backend = "torch"
+
     def __init__(self, args):
         self.device = choose_device(args.device)
-        precision = choose_precision(args.precision, self.device)
-        self.tokenizer, self.model, training_args = load_checkpoint(args.model_fn, self.device)
+        self.precision = choose_precision(args.precision, self.device)
+        self.tokenizer, self.model, self.saved = load_checkpoint(args.model_fn, self.device)
+        self.quantize = args.quantize
         if args.quantize == "int8":
             if self.device.type != "cpu":
                 raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
             self.model = quantize_int8(self.model)
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        self.max_length = (clamp_max_length(args.max_length, model_max_length(self.model, self.tokenizer))
-                           if args.max_length else training_args.get("max_length", 128))
-        self.pairs = training_args.get("has_pairs", False)
-        self.multi_label = self.model.config.problem_type == "multi_label_classification"
-        self.threshold = stored_threshold(training_args, len(self.labels), args.model_fn) if self.multi_label else None
-        self.label_separator = training_args.get("label_separator") or ","  # joins a multi-label prediction
+        self.max_length = self.saved.input_length(args.max_length, model_max_length(self.model, self.tokenizer))
         self.batch_size = args.batch_size
-        self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision))
-        self.autocast = autocast_context(self.device, precision)
+        self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(self.precision))
+        self.autocast = autocast_context(self.device, self.precision)
 
-    def probabilities(self, items):
-        """(len(items), n_labels) NumPy probabilities of (text, pair) items, in input order (a sigmoid per
-        label for a multi-label model, else a softmax)."""
+    def logits(self, items):
         examples = [Example(text=text, text_pair=pair) for text, pair in items]
         return classify(self.model, self.tokenizer, self.collate, examples, self.max_length, self.batch_size,
-                        self.device, self.autocast, self.multi_label).numpy()
+                        self.device, self.autocast).numpy()
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast, multi_label=False):
-    """Class probabilities in input order; batches are formed from length-sorted examples."""
+def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
+    """float32 logits in input order; batches are formed from length-sorted examples."""
     dataset = TextClassificationDataset(examples, tokenizer, max_length)
     order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
-    probabilities = torch.empty(len(dataset), model.config.num_labels)
+    logits = torch.empty(len(dataset), model.config.num_labels)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
         with autocast:
-            logits = model(**batch).logits
-        probabilities[indices] = (logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)).cpu()
-    return probabilities
+            logits[indices] = model(**batch).logits.float().cpu()
+    return logits
 
 
 def quantize_int8(model):

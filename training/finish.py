@@ -6,9 +6,10 @@ import time
 import torch
 
 from training.recorder import BEST_WEIGHTS
-from utils.checkpoint import commit_run, partial_dir, save_model
+from utils.checkpoint import commit_run, partial_dir
 from utils.errors import UserError, first_line
 from utils.report import write_report
+from utils.saved_model import save_model
 
 
 def save_run(args, trainer_name, run, model, history, valid, test, extra=None):

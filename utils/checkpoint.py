@@ -1,15 +1,11 @@
-"""The one checkpoint format both trainers write and the classifier reads, written atomically.
+"""A run's output directory, written atomically: the lock, the partial directory, resume checks and
+resumable states. What the finished directory holds is utils/saved_model.py's.
 
 A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable states under
 `resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
 never leaves a half-written model, and an existing model is replaced only by a complete one.
 
-Checkpoint layout (a `save_pretrained` directory, loadable by `transformers.pipeline`):
-  config.json (real id2label/label2id), model.safetensors, tokenizer files,
-  training_args.json, metrics.json, history.json, learning_curve.png, confusion_matrix.png,
-  errors.tsv, runs/ (TensorBoard); after export_plm.py also model.onnx and model.int8.onnx.
-
-torch is imported only by the functions that need it: the ONNX classifier reads checkpoints without it."""
+torch is imported only by the functions that need it."""
 import atexit
 import fcntl
 import json
@@ -23,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError, first_line, on_failure
+from utils.saved_model import TRAINING_ARGS
 
-TRAINING_ARGS = "training_args.json"
 STATE_FILE = "train_state.pt"
 RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
 
@@ -175,14 +171,6 @@ def check_resume_matches(model_fn, fingerprint):
                         f"the same flags and data, or delete {partial_dir(model_fn)} to start afresh")
 
 
-def save_model(directory, model, tokenizer, training_args):
-    """Weights as safetensors, config with label names, tokenizer, and how it was trained."""
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    (Path(directory) / TRAINING_ARGS).write_text(json.dumps(training_args, indent=2, ensure_ascii=False) + "\n")
-
-
 def commit_run(model_fn):
     """Move the finished partial directory into place; the old model goes only once the new one is
     there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
@@ -202,69 +190,6 @@ def commit_run(model_fn):
             os.replace(partial, model_fn)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
-def check_checkpoint(model_fn, needed=("config.json", TRAINING_ARGS, "*.safetensors")):
-    """The checkpoint directory as a Path; stops with a clear message when it is absent or lacks a file."""
-    model_fn = Path(model_fn)
-    if not model_fn.is_dir():
-        raise UserError(f"{model_fn}: no such model directory: train one with finetune_plm_hf.py or "
-                        "finetune_plm_native.py --model_fn " + str(model_fn))
-    missing = [name.replace("*", "model") for name in needed if not any(model_fn.glob(name))]
-    if missing:
-        raise UserError(f"{model_fn}: not a checkpoint written by finetune_plm_hf.py/finetune_plm_native.py "
-                        f"(missing {', '.join(missing)})")
-    return model_fn
-
-
-def load_checkpoint(model_fn, device="cpu"):
-    """(tokenizer, model, training_args) of a directory written by either trainer; an edited or
-    damaged one is a one-line error, not a traceback."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    from utils.model import load_tokenizer
-    model_fn = check_checkpoint(model_fn)
-    training_args = _json_object(model_fn / TRAINING_ARGS)
-    check_label_names(model_fn / "config.json")
-    tokenizer = load_tokenizer(model_fn)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its multi-line load report would come before our one line
-    hf_logging.disable_progress_bar()  # a bar for a second's load only clutters the classifier's stderr
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_fn)
-    except Exception as error:  # safetensors, json and torch each raise their own kinds
-        raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
-                        f"{first_line(error)}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return tokenizer, model.to(device).eval(), training_args
-
-
-def check_label_names(config_path):
-    """id2label must name classes 0..n-1, as many as the classifier has outputs."""
-    config = _json_object(config_path)
-    id2label = config.get("id2label")
-    if not isinstance(id2label, dict) or not id2label:
-        raise UserError(f"{config_path}: no id2label: the label names are missing")
-    try:
-        ids = sorted(int(key) for key in id2label)
-    except ValueError:
-        raise UserError(f"{config_path}: id2label keys must be class ids 0, 1, ...; found {list(id2label)[:5]}") from None
-    if ids != list(range(len(ids))):
-        gap = next(i for i, key in enumerate(ids) if i != key)
-        raise UserError(f"{config_path}: id2label has no class {gap}: class ids must run 0..{len(ids) - 1} "
-                        "without gaps")
-
-
-def _json_object(path):
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read it as JSON ({first_line(error)})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 def save_train_state(directory, step, state, keep):

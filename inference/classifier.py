@@ -1,0 +1,90 @@
+"""A classifier as every command that classifies sees it (classify_plm.py, serve_plm.py): the flags that
+choose and tune it, defined once, and the loader that picks the backend.
+
+Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
+from inference.decision import choose_labels, probabilities_of
+from utils.cli import int_at_least
+from utils.errors import UserError
+from utils.tokens import MIN_LENGTH
+
+BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
+                "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
+                "onnxruntime on the CPU without importing torch or transformers: a 1-line input takes 0.3-0.5 s "
+                "instead of 5-6 s (docs/benchmarks.md)")
+
+
+def add_classifier_flags(parser, batch_size=128):
+    """--model_fn and the backend, precision and batching flags, as one group."""
+    group = parser.add_argument_group("model and backend")
+    group.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    group.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
+    group.add_argument("--quantize", choices=["none", "int8"], default="none",
+                       help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
+                            "quantization of the Linear layers; with --backend onnx, the int8 model export_plm.py wrote")
+    group.add_argument("--batch_size", type=int_at_least(1), default=batch_size,
+                       help="sentences per forward pass (length-sorted)")
+    group.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
+                       help="truncate at this many tokens (default: as trained; at most what the model allows)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
+    group.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                       help="auto: bf16/fp16 on CUDA, fp32 on CPU (torch backend only)")
+    return group
+
+
+def load_classifier(args):
+    """The chosen backend; torch and transformers are imported only when it is the torch one."""
+    if args.backend == "onnx":
+        if args.device == "cuda" or args.precision in ("fp16", "bf16"):
+            flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
+            raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
+                            "use --backend torch for CUDA and half precision")
+        from inference.onnx_classifier import OnnxClassifier
+        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size)
+    from inference.torch_classifier import TorchClassifier
+    return TorchClassifier(args)
+
+
+class Classifier:
+    """What both backends share: the saved model's record, and scores from logits. A backend sets
+    `saved` (utils.saved_model.SavedModel), `max_length` and `batch_size`, and implements `logits`."""
+    saved = None
+    backend = None
+
+    @property
+    def labels(self):
+        return self.saved.labels
+
+    @property
+    def multi_label(self):
+        return self.saved.multi_label
+
+    @property
+    def threshold(self):
+        return self.saved.threshold
+
+    @property
+    def label_separator(self):
+        return self.saved.label_separator
+
+    @property
+    def pairs(self):
+        return self.saved.pairs
+
+    def logits(self, items):
+        """float32 (len(items), n_labels) logits of (text, pair) items, in input order; pair None for a
+        single sentence."""
+        raise NotImplementedError
+
+    def probabilities(self, items):
+        """float32 (len(items), n_labels) probabilities in input order (a sigmoid per label for a
+        multi-label model, else a softmax)."""
+        return probabilities_of(self.logits(items), self.multi_label)
+
+    def predict(self, items, top_k=None, threshold=None):
+        """(logits, probabilities, scores, label ids) of (text, pair) items; the chosen labels as
+        classify_plm.py prints them (inference.decision.choose_labels)."""
+        logits = self.logits(items)
+        probabilities = probabilities_of(logits, self.multi_label)
+        scores, ids = choose_labels(probabilities, self.multi_label, top_k,
+                                    self.threshold if threshold is None else threshold)
+        return logits, probabilities, scores, ids
