@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL ?= models/demo
 
-.PHONY: setup demo test test-fast bench-train bench-classify accuracy clean
+.PHONY: setup demo serve test test-fast bench-train bench-classify bench-serve accuracy clean
 
-$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/test_requirements.txt
+$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test_requirements.txt
 	touch $@
@@ -22,6 +22,10 @@ demo: setup
 	@echo "--- export_plm.py, then classify_plm.py --backend onnx (no torch): the same labels, a fraction of the start-up"
 	$(PY) export_plm.py --model_fn $(DEMO_MODEL)
 	$(PY) classify_plm.py --model_fn $(DEMO_MODEL) --with_prob --backend onnx < data/review.unlabeled.en.txt
+
+# After `make demo`: the demo model over HTTP at http://127.0.0.1:8000 (a page to try it at /, the API at /docs).
+serve: setup
+	$(PY) serve_plm.py --model_fn $(DEMO_MODEL)
 
 # Two workers on two cores: most of a test's time is a script starting (imports) or a tiny model
 # training, so two files at a time finish sooner; --dist loadfile keeps a file's shared fixtures (the
@@ -37,6 +41,9 @@ bench-train: setup
 
 bench-classify: setup
 	$(PY) bench/classify_speed.py
+
+bench-serve: setup
+	$(PY) bench/serve_load.py
 
 accuracy: setup
 	$(PY) bench/accuracy.py

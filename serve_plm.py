@@ -1,0 +1,115 @@
+"""Serve a fine-tuned model over HTTP: POST /predict (text-embeddings-inference's contract), a page to
+try it at /, /info, /health, Prometheus /metrics and the OpenAPI page at /docs.
+
+    python serve_plm.py --model_fn models/review                      # http://127.0.0.1:8000
+    curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '{"inputs": "Works perfectly."}'
+
+Concurrent requests are batched: up to --max_batch_size texts, or what has arrived within --max_wait_ms,
+go through the model in one forward pass, with the same classifier (and the same labels and scores)
+as classify_plm.py on the same backend. It listens on 127.0.0.1 only: to reach it from other machines
+pass --host 0.0.0.0 behind a firewall or a reverse proxy (there is no authentication). SIGTERM or
+Ctrl-C stops taking connections, answers the requests in flight, then exits 0."""
+import argparse
+import errno
+import logging
+import signal
+import socket
+import sys
+
+from inference.classifier import add_classifier_flags, load_classifier
+from utils.cli import ArgumentParser, float_at_least, int_at_least
+from utils.errors import UserError, exit_on_user_error
+
+
+def parse_args():
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_classifier_flags(p)
+    server = p.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    server.add_argument("--port", type=int_at_least(0), default=8000, help="0: any free port (printed at start)")
+    server.add_argument("--max_batch_size", type=int_at_least(1), default=64,
+                        help="most texts gathered into one forward pass")
+    server.add_argument("--max_wait_ms", type=float_at_least(0), default=5.0,
+                        help="how long a batch waits for more requests before it runs")
+    server.add_argument("--max_queue", type=int_at_least(1), default=1024,
+                        help="texts that may wait for a batch; past it a request gets 503 with Retry-After")
+    server.add_argument("--max_inputs", type=int_at_least(1), default=256, help="most texts in one request")
+    server.add_argument("--max_chars", type=int_at_least(1), default=20000,
+                        help="longest text (with its pair) in characters")
+    server.add_argument("--access_log", action="store_true", help="log a line per request (uvicorn's access log)")
+    args = p.parse_args()
+    if args.port > 65535:
+        p.error(f"argument --port: {args.port} is out of range; expected a port number from 0 to 65535")
+    return args
+
+
+def main():
+    args = parse_args()
+    try:
+        import uvicorn
+
+        from serving.app import create_app
+    except ImportError as error:
+        raise UserError(f"serve_plm.py needs {error.name}: pip install -r requirements/serve.txt "
+                        "(make setup installs it)") from None
+    classifier = load_classifier(args)
+    sock = listen(args.host, args.port)
+    app = create_app(classifier, args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_inputs,
+                     args.max_chars)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    print(f"serving {args.model_fn} ({classifier.backend}{' int8' * (args.quantize == 'int8')}, "
+          f"{len(classifier.labels)} labels) at {url}  (page: {url}/  API: {url}/docs)", file=sys.stderr, flush=True)
+    # uvicorn answers SIGTERM/SIGINT by finishing the requests in flight, then raises the signal again
+    # with the handler it found: this one, so the process ends with exit code 0 rather than 143.
+    stopped = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped.append(number))
+    config = uvicorn.Config(app, log_config=log_config(), access_log=args.access_log, timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run(sockets=[sock])
+    reason = signal.Signals(stopped[0]).name if stopped else "shutdown"
+    print(f"stopped ({reason}): the requests in flight were answered", file=sys.stderr)
+
+
+def listen(host, port):
+    """The listening socket, bound before the model is served so that a taken port is one line, not a
+    traceback from inside the server."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        raise UserError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"--port {port}: {host}:{port} is in use (another server?): stop it, or choose "
+                            "another --port (0: any free one)") from None
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def log_config():
+    """uvicorn's and the service's log lines as the other commands print theirs: `warning: ...` on stderr."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"plain": {"()": LowercaseLevel, "format": "%(levelname)s: %(message)s"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
+                                    "stream": "ext://sys.stderr"}},
+            "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+                        "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                        "serve_plm": {"handlers": ["stderr"], "level": "INFO", "propagate": False}}}
+
+
+class LowercaseLevel(logging.Formatter):
+    def format(self, record):
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,142 @@
+"""The HTTP service: FastAPI routes over one classifier and its batcher.
+
+  POST /predict   text-embeddings-inference's request and response (serving/requests.py)
+  GET  /info      the model (its saved record), backend, limits, versions
+  GET  /health    200 while the batcher runs
+  GET  /metrics   Prometheus text format
+  GET  /          a page to try the model (serving/page.html)
+  GET  /docs      FastAPI's OpenAPI page
+Errors are JSON, {"error": "...", "error_type": "..."}, with one log line each."""
+import json
+import logging
+import platform
+import time
+from contextlib import asynccontextmanager
+from importlib import metadata
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.batcher import Batcher, Overloaded
+from serving.metrics import Metrics
+from serving.requests import REQUEST_SCHEMA, RESPONSE_SCHEMA, BadRequest, parse_predict, predictions
+
+PAGE = Path(__file__).with_name("page.html")
+RETRY_AFTER_S = 1  # a full queue drains in well under a second at the measured rates (docs/benchmarks.md)
+log = logging.getLogger("serve_plm")
+
+
+def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, max_inputs=256, max_chars=20000):
+    metrics = Metrics()
+    batcher = Batcher(classifier, max_batch_size, max_wait_ms, max_queue, metrics)
+    limits = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
+              "max_inputs": max_inputs, "max_chars": max_chars}
+    info = {**classifier.saved.describe(), "backend": classifier.backend, "quantize": classifier.quantize,
+            "max_length": classifier.max_length, "trained_max_length": classifier.saved.max_length,
+            **({"device": str(classifier.device), "precision": classifier.precision}
+               if classifier.backend == "torch" else {}),
+            **limits, "versions": versions(classifier.backend)}
+    # A body holds at most max_inputs texts of max_chars (pairs twice), 4 bytes a character in UTF-8.
+    max_body = max_inputs * 2 * max_chars * 4 + 65536
+    page = PAGE.read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="finetune-plm", lifespan=lifespan,
+                  description=f"Classify text with {classifier.saved.path} ({', '.join(classifier.labels[:8])}"
+                              f"{', ...' if len(classifier.labels) > 8 else ''}). POST /predict as "
+                              "text-embeddings-inference's /predict.")
+
+    app.state.batcher = batcher
+
+    def refuse(status, error_type, message, headers=None):
+        metrics.requests.labels(str(status)).inc()
+        metrics.errors.labels(error_type).inc()
+        log.warning(f"POST /predict {status} {error_type}: {message}")
+        return json_response({"error": message, "error_type": error_type}, status, headers)
+
+    @app.post("/predict", openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}},
+        "responses": {"200": {"description": "each input's labels, most probable first",
+                              "content": {"application/json": {"schema": RESPONSE_SCHEMA}}},
+                      "4XX": {"description": "{error, error_type}"}, "503": {"description": "queue full"}}})
+    async def predict(request: Request):
+        started = time.perf_counter()
+        try:
+            body = await read_body(request, max_body)
+            parsed = parse_predict(body, classifier.pairs, max_inputs, max_chars)
+            logits, probabilities, _, chosen = await batcher.predict(parsed.items)
+        except BadRequest as error:
+            return refuse(error.status, error.error_type, str(error))
+        except Overloaded as error:
+            return refuse(503, "overloaded", f"the server is busy: {error}; retry in {RETRY_AFTER_S} s",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+        except Exception as error:  # the backend failed on this batch; the server goes on
+            log.exception("POST /predict 500 backend")
+            metrics.requests.labels("500").inc()
+            metrics.errors.labels("backend").inc()
+            return json_response({"error": f"the model failed on this batch: {error}", "error_type": "backend"}, 500)
+        values = logits if parsed.raw_scores else probabilities
+        results = [predictions(classifier.labels, values[i], probabilities[i], chosen[i])
+                   for i in range(len(parsed.items))]
+        metrics.inputs.inc(len(parsed.items))
+        metrics.requests.labels("200").inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return json_response(results if parsed.batch else results[0])
+
+    @app.get("/info")
+    async def model_info():
+        return info
+
+    @app.get("/health")
+    async def health():
+        if not batcher.healthy:
+            return json_response({"error": "the batcher has stopped", "error_type": "unhealthy"}, 503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def try_page():
+        return page
+
+    return app
+
+
+async def read_body(request, limit):
+    """The request body, refused past `limit` bytes before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, "validation", f"the body has {declared} bytes; at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, "validation", f"the body has more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(value, status=200, headers=None):
+    """JSON without FastAPI's jsonable_encoder pass (the values are plain already); UTF-8 labels as they are."""
+    return Response(json.dumps(value, ensure_ascii=False), status, headers, media_type="application/json")
+
+
+def versions(backend):
+    packages = ["numpy", "tokenizers", "fastapi", "uvicorn"] + (
+        ["onnxruntime"] if backend == "onnx" else ["torch", "transformers"])
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
