@@ -13,7 +13,7 @@ BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. 
                 "instead of 5-6 s (docs/benchmarks.md)")
 
 
-def add_classifier_flags(parser, batch_size=128):
+def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
     """--model_fn and the backend, precision and batching flags, as one group."""
     group = parser.add_argument_group("model and backend")
     group.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
@@ -22,7 +22,10 @@ def add_classifier_flags(parser, batch_size=128):
                        help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
                             "quantization of the Linear layers; with --backend onnx, the int8 model export_plm.py wrote")
     group.add_argument("--batch_size", type=int_at_least(1), default=batch_size,
-                       help="sentences per forward pass (length-sorted)")
+                       help="most texts in one forward pass (texts are sorted by length first)")
+    group.add_argument("--max_batch_tokens", type=int_at_least(1), default=max_batch_tokens,
+                       help="most tokens in one forward pass, padding included (texts x the longest): long texts go "
+                            "in smaller passes, short ones in larger" + ("" if max_batch_tokens else "; default: no limit"))
     group.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
                        help="truncate at this many tokens (default: as trained; at most what the model allows)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
@@ -39,9 +42,22 @@ def load_classifier(args):
             raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
                             "use --backend torch for CUDA and half precision")
         from inference.onnx_classifier import OnnxClassifier
-        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size)
+        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens)
     from inference.torch_classifier import TorchClassifier
     return TorchClassifier(args)
+
+
+def length_batches(lengths, batch_size, max_tokens=None):
+    """Index lists, one per forward pass: the texts sorted by length (little padding), at most batch_size
+    a pass and, with max_tokens, at most that many padded tokens (texts x the longest)."""
+    batch = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if batch and (len(batch) == batch_size or (max_tokens and (len(batch) + 1) * lengths[i] > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 class Classifier:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.classifier import Classifier
+from inference.classifier import Classifier, length_batches
 from utils.errors import UserError, first_line
 from utils.saved_model import TRAINING_ARGS, SavedModel
 from utils.tokens import FastTokenizer
@@ -38,7 +38,7 @@ class OnnxClassifier(Classifier):
     """Logits of (text, pair) items, batched by length like the torch classifier."""
     backend = "onnx"
 
-    def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128):
+    def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128, max_batch_tokens=None):
         self.saved = SavedModel.read(model_fn, ("config.json", TRAINING_ARGS, "tokenizer.json"))
         model_fn = self.saved.path
         path = model_fn / ONNX_FILES[quantize]
@@ -52,7 +52,7 @@ class OnnxClassifier(Classifier):
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None
         self.quantize = quantize
-        self.batch_size = batch_size
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.session = load_session(path)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
@@ -62,9 +62,7 @@ class OnnxClassifier(Classifier):
 
     def logits(self, items):
         ids, type_ids = self.tokenizer.encode(items)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         logits = np.empty((len(ids), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start:start + self.batch_size]
+        for indices in length_batches([len(row) for row in ids], self.batch_size, self.max_batch_tokens):
             logits[indices] = self.run(self.tokenizer.batch([ids[i] for i in indices], [type_ids[i] for i in indices]))
         return logits

@@ -3,7 +3,7 @@ transformers, on the CPU or CUDA, in fp32, bf16/fp16 autocast or dynamic int8.""
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from inference.classifier import Classifier
+from inference.classifier import Classifier, length_batches
 from utils.errors import UserError
 from utils.model import model_max_length
 from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
@@ -23,24 +23,22 @@ class TorchClassifier(Classifier):
                 raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
             self.model = quantize_int8(self.model)
         self.max_length = self.saved.input_length(args.max_length, model_max_length(self.model, self.tokenizer))
-        self.batch_size = args.batch_size
+        self.batch_size, self.max_batch_tokens = args.batch_size, args.max_batch_tokens
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(self.precision))
         self.autocast = autocast_context(self.device, self.precision)
 
     def logits(self, items):
         examples = [Example(text=text, text_pair=pair) for text, pair in items]
         return classify(self.model, self.tokenizer, self.collate, examples, self.max_length, self.batch_size,
-                        self.device, self.autocast).numpy()
+                        self.device, self.autocast, self.max_batch_tokens).numpy()
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast):
+def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast, max_batch_tokens=None):
     """float32 logits in input order; batches are formed from length-sorted examples."""
     dataset = TextClassificationDataset(examples, tokenizer, max_length)
-    order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
     logits = torch.empty(len(dataset), model.config.num_labels)
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+    for indices in length_batches(dataset.lengths, batch_size, max_batch_tokens):
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
         with autocast:
             logits[indices] = model(**batch).logits.float().cpu()

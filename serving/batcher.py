@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests share one forward pass.
 
 Requests wait in a queue; the batcher takes the oldest, then keeps taking until the batch holds
---max_batch_size texts or --max_wait_ms has passed since it started gathering, and runs the whole
-batch in one worker thread (the event loop keeps accepting requests meanwhile). The classifier sorts
-a batch by length before it pads, as classify_plm.py does. The queue is bounded by texts, not
+--max_batch_size texts, or as many as the last round brought (the last batch's and those that came in
+while it ran: a lone client is answered at once), or --max_wait_ms has passed, and runs the whole
+batch in one worker thread (the event loop keeps accepting requests meanwhile). The
+classifier sorts the batch by length and runs it in forward passes of --batch_size texts. The queue is bounded by texts, not
 requests: past --max_queue a request is refused at once (HTTP 503) instead of waiting without end."""
 import asyncio
 import time
@@ -33,6 +34,11 @@ class Batcher:
         self.waiting = deque()  # jobs not yet in a batch, oldest first
         self.arrived = asyncio.Event()
         self.queued_texts = 0  # texts waiting in the queue, not yet in a batch
+        # How many texts the next batch can expect: those of the last batch (their clients come back) and
+        # those that arrived while it ran. A batch waits for company only up to that many: a lone client
+        # is answered at once, and 8 clients run as soon as all 8 are back. A new server expects a full
+        # batch (its first request waits --max_wait_ms once).
+        self.expected = max_batch_size
         self.task = None
         # One thread: batches run one after another, each using all of the backend's intra-op threads.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
@@ -79,6 +85,7 @@ class Batcher:
                         job.future.set_exception(error)
                 continue
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.expected = len(items) + self.queued_texts
             start = 0
             for job in jobs:
                 end = start + len(job.items)
@@ -95,8 +102,10 @@ class Batcher:
             await self.arrived.wait()
         jobs = [self.waiting.popleft()]
         size = len(jobs[0].items)
+        # Waiting for the expected texts only: with a fixed 5 ms wait a lone client's p50 was 8.7 ms (onnx
+        # int8; 3.1 ms without), and 8 clients idled the model 5 ms a round (255 sentences/s, unbatched 400).
         deadline = time.perf_counter() + self.max_wait
-        while size < self.max_batch_size:
+        while size < min(self.max_batch_size, self.expected):
             if not self.waiting:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

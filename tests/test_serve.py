@@ -46,6 +46,7 @@ def client_for(model_fn, **limits):
     from inference.classifier import load_classifier
     from serving.app import create_app
     classifier = load_classifier(Namespace(model_fn=model_fn, backend="torch", quantize="none", batch_size=128,
+                                           max_batch_tokens=None,
                                            max_length=None, device="cpu", precision="fp32"))
     return TestClient(create_app(classifier, **limits))
 
@@ -126,6 +127,25 @@ def test_multi_label_marks_labels_at_their_thresholds(models):
             scores = [p["score"] for p in predictions]
             assert abs(sum(scores) - 1) > 1e-3  # a sigmoid per label, not a softmax
             assert ranked(predictions)[1] == ["positive"]  # per-label thresholds, applied by label
+
+
+def test_forward_passes_by_token_budget(models):
+    """length_batches: length-sorted passes within both caps; a classifier with a token budget gives the
+    same logits as one without."""
+    from argparse import Namespace
+
+    from inference.classifier import length_batches, load_classifier
+    lengths = [5, 40, 7, 12, 40, 3, 90, 8]
+    passes = list(length_batches(lengths, batch_size=3, max_tokens=80))
+    assert sorted(i for batch in passes for i in batch) == list(range(len(lengths)))
+    assert [[lengths[i] for i in batch] for batch in passes] == [[3, 5, 7], [8, 12], [40, 40], [90]]
+    assert list(length_batches(lengths, batch_size=100)) == [sorted(range(8), key=lengths.__getitem__)]
+
+    def logits(max_batch_tokens):
+        return load_classifier(Namespace(model_fn=models["single"], backend="torch", quantize="none", batch_size=64,
+                                         max_batch_tokens=max_batch_tokens, max_length=None, device="cpu",
+                                         precision="fp32")).logits([(text, None) for text in REVIEWS[:40]])
+    assert logits(40) == pytest.approx(logits(None), abs=1e-5)
 
 
 BAD_REQUESTS = [  # body, status, error_type, words in the message
