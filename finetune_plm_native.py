@@ -152,12 +152,7 @@ def main():
     recorder.close()
 
     # The best epoch's weights, evaluated once more on validation and once on test.
-    if context.is_main:
-        load_best_weights(model, partial)
-    context.barrier()
-    if context.enabled:  # every process evaluates its shard with rank 0's best weights
-        for parameter in model.module.state_dict().values():
-            torch.distributed.broadcast(parameter, src=0)
+    load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
     # multi-label: the test set is scored at the decision threshold tuned on validation
     valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
                      threshold_per_label=args.threshold_per_label)

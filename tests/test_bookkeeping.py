@@ -17,7 +17,7 @@ from utils.errors import UserError
 from utils.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, SCORES, classification_metrics, selection_score,
                            summary_line)
 from utils.report import history_row, row_metrics
-from utils.runtime import autocast_context, pad_to_multiple_of
+from utils.runtime import DistributedContext, autocast_context, pad_to_multiple_of
 
 
 def metrics_of(gold, predicted, n_labels=3):
@@ -58,7 +58,7 @@ def test_recorder_keeps_the_best_evaluations_weights(tmp_path):
     recorder.close()
     assert [row["epoch"] for row in recorder.history] == [1, 2, 3]
     assert saved[3] == saved[2]  # a tie keeps the earlier evaluation
-    load_best_weights(model, tmp_path)
+    load_best_weights(model, tmp_path, DistributedContext())
     assert model.weight.eq(2).all()
 
     resumed = EvaluationRecorder(tmp_path / "runs", tmp_path, "macro_f1", is_main=True)
@@ -159,9 +159,41 @@ def test_an_unreadable_newest_state_falls_back_to_the_one_before(tmp_path, capsy
 
 def test_precision_helpers():
     cpu = torch.device("cpu")
+    a, b = torch.ones(4, 4), torch.ones(4, 4)
     context = autocast_context(cpu, "fp32")
     assert isinstance(context, contextlib.nullcontext)
     with context:  # built once, entered every step
         with context:
-            assert torch.ones(2).dtype == torch.float32
+            assert (a @ b).dtype == torch.float32
+    with autocast_context(cpu, "bf16"):  # the same helper's half-precision context does cast matmuls
+        assert (a @ b).dtype == torch.bfloat16
     assert pad_to_multiple_of("fp32") is None and pad_to_multiple_of("bf16") == 8
+
+
+def _load_best_weights_on(rank, store, directories, results):
+    """One of two gloo processes: each starts from its own weights and looks for the best weights in its
+    own directory, as on two machines; only rank 0's directory holds them."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(rank)
+    model = torch.nn.Linear(3, 2)
+    load_best_weights(model, directories[rank], DistributedContext(rank=rank, world_size=2))
+    torch.save(model.state_dict(), results[rank])
+    torch.distributed.destroy_process_group()
+
+
+def test_best_weights_reach_a_process_without_the_partial_directory(tmp_path):
+    """Rank 1's directory does not exist (another machine): it still ends with rank 0's best weights."""
+    best = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        best.weight.fill_(7.0)
+        best.bias.fill_(-1.0)
+    (tmp_path / "rank0").mkdir()
+    from safetensors.torch import save_model
+    save_model(best, str(tmp_path / "rank0" / BEST_WEIGHTS))
+    directories = [str(tmp_path / "rank0"), str(tmp_path / "elsewhere")]
+    results = [str(tmp_path / f"result{rank}.pt") for rank in range(2)]
+    torch.multiprocessing.spawn(_load_best_weights_on, args=(str(tmp_path / "store"), directories, results),
+                                nprocs=2, join=True)
+    for result in results:
+        state = torch.load(result)
+        assert state["weight"].eq(7.0).all() and state["bias"].eq(-1.0).all()

@@ -93,8 +93,17 @@ def save_best_weights(model, directory):
     os.replace(tmp, Path(directory) / BEST_WEIGHTS)
 
 
-def load_best_weights(model, directory):
-    from safetensors.torch import load_model as load_safetensors
-    path = Path(directory) / BEST_WEIGHTS
-    if path.exists():
-        load_safetensors(getattr(model, "module", model), str(path))
+def load_best_weights(model, directory, context):
+    """The best evaluation's weights into the model of every process. Only rank 0 writes them, into its
+    own partial directory, which a process on another machine does not have: rank 0 reads them and
+    sends them to the others (both trainers)."""
+    import torch
+    model = getattr(model, "module", model)
+    if context.is_main:
+        from safetensors.torch import load_model as load_safetensors
+        path = Path(directory) / BEST_WEIGHTS
+        if path.exists():
+            load_safetensors(model, str(path))
+    if context.enabled:
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
