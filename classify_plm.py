@@ -17,6 +17,7 @@ from inference.classifier import add_classifier_flags, load_classifier
 from inference.decision import choose_labels
 from utils.cli import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
+from utils.log import log
 
 
 def parse_args():
@@ -63,8 +64,8 @@ def main():
         out.flush()
         n_sentences += len(chunk)
     elapsed = time.time() - started
-    print(f"classified {n_sentences} sentences in {elapsed:.2f} s "
-          f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)", file=sys.stderr)
+    log.info(f"classified {n_sentences} sentences in {elapsed:.2f} s "
+             f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)")
 
 
 def read_lines(stream):

@@ -7,12 +7,12 @@ only when all three are written (a finished evaluation there is replaced only by
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from utils.cli import ArgumentParser, float_range, int_at_least
+from utils.cli import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_runtime_flags,
+                       float_range, int_at_least)
 from utils.errors import UserError, exit_on_user_error, first_line, on_failure
-from utils.tokens import MIN_LENGTH
+from utils.log import log
 
 
 def parse_args():
@@ -22,32 +22,25 @@ def parse_args():
                    help="labelled data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet or a "
                         "Dataset.save_to_disk directory")
     p.add_argument("--output_dir", help="where the reports go (default: <model_fn>/evaluation/<test file name>)")
-    p.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
-    p.add_argument("--text_pair_column", help="second-sentence column, for a model trained on pairs")
-    p.add_argument("--label_column", help="label column name (or 0-based position)")
-    p.add_argument("--label_separator", help="between the labels of one example (multi-label models; default: as trained)")
-    p.add_argument("--label_columns", help="one 0/1 column per label (multi-label models), as in the trainers")
-    p.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line, as in the trainers")
+    data = p.add_argument_group("data")
+    add_column_flags(data, trained=True)
+    add_cache_flag(data)
     p.add_argument("--threshold", type=float_range(0, 1), default=None,
                    help="multi-label models: the decision threshold, for every label (default: the one tuned "
                         "when it was trained, or one per label after --threshold_per_label)")
-    p.add_argument("--batch_size", type=int_at_least(1), default=128)
-    p.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
-                   help="truncate at this many tokens (default: as trained)")
+    add_batch_flags(p.add_argument_group("batches"), batch_size=128)
     p.add_argument("--n_errors", type=int_at_least(0), default=50, help="highest-loss examples in errors.tsv")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="auto: bf16/fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--cache_dir", help="where the tokenized file is cached (as in the trainers)")
+    add_runtime_flags(p.add_argument_group("runtime"))
     return p.parse_args()
 
 
 def main():
     args = parse_args()
     from data_load import TextClassificationCollator, encode_split
-    from data_load.splits import labeling_from, load_labelled
+    from data_load.readers import Labeling
+    from data_load.splits import load_labelled
     from training.evaluation import evaluation, predict_logits
-    from utils.model import model_max_length
+    from utils.lengths import model_max_length
     from utils.report import json_text, per_class_table, plot_confusion_matrix, write_errors
     from utils.metrics import summary_line
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
@@ -60,8 +53,8 @@ def main():
     tokenizer, model, saved = load_checkpoint(args.model_fn, device)
     labels, multi_label = list(saved.labels), saved.multi_label
     if saved.pairs and not args.text_pair_column:
-        print(f"warning: {args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
-              "the second sentence", file=sys.stderr)
+        log.warning(f"{args.model_fn} was trained on sentence pairs; pass --text_pair_column to give it "
+                    "the second sentence")
     for flag in ("threshold", "label_columns"):
         if getattr(args, flag) is not None and not multi_label:
             raise UserError(f"--{flag}: {args.model_fn} is a single-label model; --{flag} applies to multi-label ones")
@@ -71,9 +64,8 @@ def main():
                 setattr(args, flag, getattr(saved, flag))
         args.label_separator = args.label_separator or saved.label_separator
     threshold = saved.threshold if args.threshold is None else args.threshold
-    labeling = labeling_from(argparse.Namespace(multi_label=multi_label, label_separator=args.label_separator,
-                                                label_columns=args.label_columns, label_names_fn=args.label_names_fn,
-                                                label_column=args.label_column))
+    labeling = Labeling.from_flags(multi_label, args.label_separator, args.label_columns, args.label_names_fn,
+                                   args.label_column)
     split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
                           args.cache_dir, labeling)
     max_length = saved.input_length(args.max_length, model_max_length(model, tokenizer))
@@ -101,7 +93,7 @@ def main():
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "")
-    print(f"\nwrote {written} to {output_dir}", file=sys.stderr)
+    log.info(f"\nwrote {written} to {output_dir}")
 
 
 REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png"}

@@ -15,10 +15,12 @@ from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
-from utils.checkpoint import latest_train_state, partial_dir, resume_dir, start_run
 from utils.errors import exit_on_user_error
+from utils.log import log
 from utils.metrics import trainer_compute_metrics
+from utils.run_dir import partial_dir, resume_dir, start_run
 from utils.runtime import StopRequest, pad_to_multiple_of
+from utils.train_state import latest_train_state
 
 
 def main():
@@ -86,7 +88,7 @@ def main():
     recorder.close()
     if callback.stop.requested:
         if context.is_main:
-            print("interrupted: state saved; continue with --resume", file=sys.stderr)
+            log.info("interrupted: state saved; continue with --resume")
         sys.exit(130)
 
     # The best epoch's weights, evaluated once more on validation and once on test.

@@ -19,9 +19,11 @@ from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.args import training_parser
-from utils.checkpoint import load_train_state, partial_dir, restore, resume_dir, save_train_state, snapshot, start_run
 from utils.errors import exit_on_user_error
+from utils.log import log
+from utils.run_dir import partial_dir, resume_dir, start_run
 from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
+from utils.train_state import load_train_state, restore, save_train_state, snapshot
 
 
 def main():
@@ -139,7 +141,7 @@ def main():
             if stop.agreed():
                 save_state()
                 if context.is_main:
-                    print("interrupted: state saved; continue with --resume", file=sys.stderr)
+                    log.info("interrupted: state saved; continue with --resume")
                 sys.exit(130)
             if stopped_early:
                 break

@@ -5,8 +5,8 @@ try it at /, /info, /health, Prometheus /metrics and the OpenAPI page at /docs.
     curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '{"inputs": "Works perfectly."}'
 
 Concurrent requests are batched: up to --max_batch_size texts, or what has arrived within --max_wait_ms,
-go through the model in one forward pass, with the same classifier (and the same labels and scores)
-as classify_plm.py on the same backend. It listens on 127.0.0.1 only: to reach it from other machines
+go through the model together, sorted by length in passes of at most --max_batch_tokens, with the same
+classifier (and the same labels and scores) as classify_plm.py on the same backend. It listens on 127.0.0.1 only: to reach it from other machines
 pass --host 0.0.0.0 behind a firewall or a reverse proxy (there is no authentication). SIGTERM or
 Ctrl-C stops taking connections, answers the requests in flight, then exits 0."""
 import argparse
@@ -14,11 +14,11 @@ import errno
 import logging
 import signal
 import socket
-import sys
 
 from inference.classifier import add_classifier_flags, load_classifier
 from utils.cli import ArgumentParser, float_at_least, int_at_least
 from utils.errors import UserError, exit_on_user_error
+from utils.log import log, route
 
 
 def parse_args():
@@ -32,7 +32,8 @@ def parse_args():
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     server.add_argument("--port", type=int_at_least(0), default=8000, help="0: any free port (printed at start)")
     server.add_argument("--max_batch_size", type=int_at_least(1), default=64,
-                        help="most texts gathered into one forward pass")
+                        help="most texts gathered from concurrent requests into one batch (a request with more "
+                             "runs alone); a batch runs in forward passes of --max_batch_tokens")
     server.add_argument("--max_wait_ms", type=float_at_least(0), default=5.0,
                         help="how long a batch waits for more requests before it runs, while the server is "
                              "busy (the last batch was shared); a lone client is answered at once")
@@ -45,6 +46,9 @@ def parse_args():
     args = p.parse_args()
     if args.port > 65535:
         p.error(f"argument --port: {args.port} is out of range; expected a port number from 0 to 65535")
+    if args.max_inputs > args.max_queue:  # such a request could never be queued, busy or not
+        p.error(f"argument --max_inputs: {args.max_inputs} is more than --max_queue {args.max_queue}; "
+                "raise --max_queue or lower --max_inputs")
     return args
 
 
@@ -63,17 +67,20 @@ def main():
                      args.max_chars)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    print(f"serving {args.model_fn} ({classifier.backend}{' int8' * (args.quantize == 'int8')}, "
-          f"{len(classifier.labels)} labels) at {url}  (page: {url}/  API: {url}/docs)", file=sys.stderr, flush=True)
+    log.info(f"serving {args.model_fn} ({classifier.backend}{' int8' * (args.quantize == 'int8')}, "
+             f"{len(classifier.labels)} labels) at {url}  (page: {url}/  API: {url}/docs)")
     # uvicorn answers SIGTERM/SIGINT by finishing the requests in flight, then raises the signal again
     # with the handler it found: this one, so the process ends with exit code 0 rather than 143.
     stopped = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: stopped.append(number))
-    config = uvicorn.Config(app, log_config=log_config(), access_log=args.access_log, timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    route("uvicorn", logging.WARNING)  # uvicorn's own lines in the same form (its start-up notes are ours above)
+    route("uvicorn.access", logging.INFO)
+    config = uvicorn.Config(app, log_config=None, access_log=args.access_log, timeout_graceful_shutdown=30)
+    if not stopped:  # a signal that came before uvicorn took the signals over: stop without serving
+        uvicorn.Server(config).run(sockets=[sock])
     reason = signal.Signals(stopped[0]).name if stopped else "shutdown"
-    print(f"stopped ({reason}): the requests in flight were answered", file=sys.stderr)
+    log.info(f"stopped ({reason})")
 
 
 def listen(host, port):
@@ -96,23 +103,6 @@ def listen(host, port):
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-def log_config():
-    """uvicorn's and the service's log lines as the other commands print theirs: `warning: ...` on stderr."""
-    return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"plain": {"()": LowercaseLevel, "format": "%(levelname)s: %(message)s"}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
-                                    "stream": "ext://sys.stderr"}},
-            "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
-                        "uvicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-                        "serve_plm": {"handlers": ["stderr"], "level": "INFO", "propagate": False}}}
-
-
-class LowercaseLevel(logging.Formatter):
-    def format(self, record):
-        record.levelname = record.levelname.lower()
-        return super().format(record)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def frozen(train, test, batch_size=64):
     import torch
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     encoder = AutoModel.from_pretrained(default_model_path()).eval()
 

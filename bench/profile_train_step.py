@@ -22,7 +22,8 @@ def main():
     args = p.parse_args()
     require_shared()
     from data_load import Example, LengthGroupedBatchSampler, TextClassificationCollator, TextClassificationDataset
-    from utils.model import default_model_path, load_classifier, load_tokenizer
+    from utils.hub import default_model_path
+    from utils.model import load_classifier, load_tokenizer
     rows = DATASETS[args.dataset]("train", args.batch_size * (args.steps + 2), seed=5)
     labels = sorted({label for label, _ in rows})
     tokenizer = load_tokenizer(default_model_path())

@@ -45,7 +45,7 @@ def main():
     require_shared()
     import torch
     torch.set_num_threads(args.threads)
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     model_name = args.pretrained_model_name or default_model_path()
     print(f"machine: {machine()}\nmodel: {model_name}\n")
     for dataset in args.datasets:

@@ -4,8 +4,8 @@ from data_load.dataset import (TextClassificationDataset, TextLookup, column_num
                               label_matrix, model_inputs)
 from data_load.readers import Example, read_examples
 from data_load.sampler import LengthGroupedBatchSampler, LengthGroupedSampler
-from data_load.splits import Split, Splits, load_splits
+from data_load.splits import DataOptions, Split, Splits, load_splits
 
-__all__ = ["Example", "read_examples", "Split", "Splits", "load_splits", "encode_split", "encode_splits", "column_numpy", "label_matrix",
+__all__ = ["Example", "read_examples", "DataOptions", "Split", "Splits", "load_splits", "encode_split", "encode_splits", "column_numpy", "label_matrix",
            "model_inputs", "TextLookup", "TextClassificationDataset", "TextClassificationCollator",
            "LengthGroupedBatchSampler", "LengthGroupedSampler"]

@@ -10,13 +10,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.log import log
 
 CACHE_FORMAT = 2  # bump when what an entry holds changes; old entries are then ignored
-
 
 
 def cache_root(cache_dir=None):
@@ -84,4 +83,4 @@ def write_meta(directory, meta):
 
 
 def note(message):
-    print(message, file=sys.stderr)
+    log.info(message)

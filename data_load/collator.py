@@ -1,5 +1,8 @@
 """Pad a batch to its own longest sequence (dynamic padding), not to a fixed max_length."""
+import numpy as np
 import torch
+
+from data_load.labels import multi_hot
 
 
 class TextClassificationCollator:
@@ -27,10 +30,9 @@ class TextClassificationCollator:
         if "token_type_ids" in items[0]:
             batch["token_type_ids"] = self._pad([item["token_type_ids"] for item in items], width, 0)
         if "labels" in items[0] and isinstance(items[0]["labels"], list):  # label ids of multi-label examples
-            labels = torch.zeros(len(items), self.num_labels)
-            for i, item in enumerate(items):
-                labels[i, item["labels"]] = 1.0
-            batch["labels"] = labels
+            rows = [i for i, item in enumerate(items) for _ in item["labels"]]
+            ids = [j for item in items for j in item["labels"]]
+            batch["labels"] = torch.from_numpy(multi_hot(rows, ids, len(items), self.num_labels, np.float32))
         elif "labels" in items[0]:
             batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
         if self.with_text:

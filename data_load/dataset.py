@@ -1,10 +1,10 @@
 """The datasets the trainers and the classifier read: tokenized Arrow tables for training and
 evaluation, and a small in-memory one for a chunk of sentences to classify."""
-import numpy as np
 import torch
 
 from data_load.encoding import encode_texts, tokenize
-from data_load.splits import label_ids, select_rows
+from data_load.arrow import select_rows
+from data_load.labels import label_ids, multi_hot
 
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels")
 
@@ -55,9 +55,8 @@ def label_matrix(dataset, n_labels):
     if dataset._indices is not None:
         column = column.take(dataset._indices.column(0))
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    matrix = np.zeros((len(column), n_labels), dtype=np.int8)
-    matrix[pc.list_parent_indices(column).to_numpy(), pc.list_flatten(column).to_numpy()] = 1
-    return matrix
+    return multi_hot(pc.list_parent_indices(column).to_numpy(), pc.list_flatten(column).to_numpy(), len(column),
+                     n_labels)
 
 
 def model_inputs(dataset):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
-from data_load.splits import select_rows
+from data_load.arrow import select_rows
 from utils.tokens import CHARS_PER_TOKEN_CAP
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map

@@ -13,11 +13,11 @@ import csv
 import itertools
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError, located
+from utils.log import log
 
 DEFAULT_TEXT_COLUMNS = ("text", "sentence", "document", "review", "comments", "sentence1")
 DEFAULT_PAIR_COLUMNS = ("text_pair", "sentence2")
@@ -46,6 +46,16 @@ class Labeling:
 
     def key(self):
         return [self.multi, self.separator, self.columns, self.names]
+
+    @classmethod
+    def from_flags(cls, multi_label=False, separator=None, columns=None, names_fn=None, label_column=None):
+        """--multi_label, --label_separator, --label_columns (`a,b` or `first:last`), --label_names_fn."""
+        if columns and label_column:
+            raise UserError("--label_column and --label_columns both given: one label column, or one 0/1 column "
+                            "per label")
+        return cls(multi=bool(multi_label or columns), separator=separator or ",",
+                   columns=tuple(part.strip() for part in columns.split(",")) if columns else None,
+                   names=read_label_names(names_fn) if names_fn else None)
 
 
 SINGLE = Labeling()
@@ -406,4 +416,4 @@ def _check_distinct(path, keys):
 
 def warn_empty(path, n_empty):
     if n_empty:
-        print(f"warning: {path}: skipped {n_empty} row(s) with empty text", file=sys.stderr)
+        log.warning(f"{path}: skipped {n_empty} row(s) with empty text")

@@ -7,13 +7,13 @@ batches to a memory-mapped Arrow file in the cache, keyed by the data's content 
 flags, so a second run on the same data reads nothing but that file."""
 import contextlib
 import itertools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, file_digest, read_meta, write_meta
 from data_load.readers import DEFAULT_LABEL_COLUMNS, SINGLE, examples_from_rows, iter_examples, warn_empty
 from utils.errors import UserError, first_line, located
+from utils.log import log
 
 WRITE_BATCH = 10_000  # rows per Arrow record batch: ~1 MB of text, few Python objects alive at once
 VALID_SPLIT_NAMES = ("validation", "valid", "dev")
@@ -57,7 +57,7 @@ def hub_sources(name, config=None, cache_dir=None):
     """--dataset_name: a hub dataset id (or a local dataset directory), as {split: Source}. With the hub
     unreachable, only a copy already in the 🤗 datasets cache will do, and the answer comes at once."""
     import datasets
-    from utils.model import hub_reachable
+    from utils.hub import hub_reachable
     offline = not Path(name).is_dir() and not hub_reachable()
     hub_cache = str(Path(cache_dir) / "hub") if cache_dir else None
     try:
@@ -173,7 +173,7 @@ def pick_splits(sources, name, label_column=None):
     valid = next((sources[split] for split in VALID_SPLIT_NAMES if split in sources), None)
     test = sources.get("test")
     if test is not None and _unlabelled(test.dataset, label_column):
-        print(f"note: {test.name} has no labels: not evaluated", file=sys.stderr)
+        log.info(f"note: {test.name} has no labels: not evaluated")
         test = None
     return sources["train"], valid, test
 

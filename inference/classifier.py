@@ -2,10 +2,10 @@
 choose and tune it, defined once, and the loader that picks the backend.
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
-from inference.decision import choose_labels, probabilities_of
-from utils.cli import int_at_least
+from inference.decision import choose_labels
+from utils.cli import add_batch_flags, add_runtime_flags, int_at_least
 from utils.errors import UserError
-from utils.tokens import MIN_LENGTH
+from utils.scores import probabilities_of
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
                 "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
@@ -21,16 +21,11 @@ def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
     group.add_argument("--quantize", choices=["none", "int8"], default="none",
                        help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
                             "quantization of the Linear layers; with --backend onnx, the int8 model export_plm.py wrote")
-    group.add_argument("--batch_size", type=int_at_least(1), default=batch_size,
-                       help="most texts in one forward pass (texts are sorted by length first)")
+    add_batch_flags(group, batch_size)
     group.add_argument("--max_batch_tokens", type=int_at_least(1), default=max_batch_tokens,
                        help="most tokens in one forward pass, padding included (texts x the longest): long texts go "
                             "in smaller passes, short ones in larger" + ("" if max_batch_tokens else "; default: no limit"))
-    group.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
-                       help="truncate at this many tokens (default: as trained; at most what the model allows)")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch backend only")
-    group.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                       help="auto: bf16/fp16 on CUDA, fp32 on CPU (torch backend only)")
+    add_runtime_flags(group, only="torch backend only")
     return group
 
 

@@ -2,20 +2,7 @@
 classifier uses it without torch)."""
 import numpy as np
 
-
-def sigmoid(logits):
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def probabilities_of(logits, multi_label):
-    """A sigmoid per label for a multi-label model, a softmax over the labels otherwise."""
-    logits = np.asarray(logits, dtype=np.float32)
-    return sigmoid(logits) if multi_label else softmax(logits)
+from utils.scores import at_threshold
 
 
 def choose_labels(probabilities, multi_label, top_k=None, threshold=0.5):
@@ -26,10 +13,10 @@ def choose_labels(probabilities, multi_label, top_k=None, threshold=0.5):
     if not multi_label:
         best = order[:, :top_k or 1]
         return np.take_along_axis(probabilities, best, axis=-1).tolist(), best.tolist()
-    limits = np.broadcast_to(np.asarray(threshold, dtype=np.float64), probabilities.shape[-1:])
+    passes = at_threshold(probabilities, threshold)
     scores, ids = [], []
-    for row, ranked in zip(probabilities, order):
-        chosen = [j for j in ranked if row[j] >= limits[j]][:top_k] or [ranked[0]]
+    for row, ranked, passing in zip(probabilities, order, passes):
+        chosen = [j for j in ranked if passing[j]][:top_k] or [ranked[0]]
         scores.append([float(row[j]) for j in chosen])
         ids.append([int(j) for j in chosen])
     return scores, ids

@@ -5,7 +5,7 @@ import torch
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError
-from utils.model import model_max_length
+from utils.lengths import model_max_length
 from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
 from utils.saved_model import load_checkpoint
 

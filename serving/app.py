@@ -8,7 +8,6 @@
   GET  /docs      FastAPI's OpenAPI page
 Errors are JSON, {"error": "...", "error_type": "..."}, with one log line each."""
 import json
-import logging
 import platform
 import time
 from contextlib import asynccontextmanager
@@ -18,14 +17,16 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from serving.batcher import Batcher, Overloaded
 from serving.metrics import Metrics
 from serving.requests import REQUEST_SCHEMA, RESPONSE_SCHEMA, BadRequest, parse_predict, predictions
+from utils.errors import first_line
+from utils.log import log
 
 PAGE = Path(__file__).with_name("page.html")
 RETRY_AFTER_S = 1  # a full queue drains in well under a second at the measured rates (docs/benchmarks.md)
-log = logging.getLogger("serve_plm")
 
 
 def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, max_inputs=256, max_chars=20000):
@@ -77,8 +78,11 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
         except Overloaded as error:
             return refuse(503, "overloaded", f"the server is busy: {error}; retry in {RETRY_AFTER_S} s",
                           {"Retry-After": str(RETRY_AFTER_S)})
-        except Exception as error:  # the backend failed on this batch; the server goes on
-            log.exception("POST /predict 500 backend")
+        except ClientDisconnect:  # the client left while sending: nobody to answer
+            metrics.errors.labels("disconnected").inc()
+            return Response(status_code=400)
+        except Exception as error:  # the backend failed on this request; the server goes on
+            log.error(f"POST /predict 500 backend: {type(error).__name__}: {first_line(error)}")
             metrics.requests.labels("500").inc()
             metrics.errors.labels("backend").inc()
             return json_response({"error": f"the model failed on this batch: {error}", "error_type": "backend"}, 500)

@@ -1,11 +1,13 @@
-"""Dynamic batching: concurrent requests share one forward pass.
+"""Dynamic batching: concurrent requests share the model's forward passes.
 
 Requests wait in a queue; the batcher takes the oldest, then keeps taking until the batch holds
 --max_batch_size texts, or as many as the last round brought (the last batch's and those that came in
 while it ran: a lone client is answered at once), or --max_wait_ms has passed, and runs the whole
-batch in one worker thread (the event loop keeps accepting requests meanwhile). The
-classifier sorts the batch by length and runs it in forward passes of --batch_size texts. The queue is bounded by texts, not
-requests: past --max_queue a request is refused at once (HTTP 503) instead of waiting without end."""
+batch in one worker thread (the event loop keeps accepting requests meanwhile). The classifier sorts
+the batch by length and runs it in passes of at most --batch_size texts and --max_batch_tokens padded
+tokens. The queue is bounded by texts, not requests: past --max_queue a request is refused at once
+(HTTP 503) instead of waiting without end. A batch that fails is run again request by request, so
+only the request that fails gets the error."""
 import asyncio
 import time
 from collections import deque
@@ -80,9 +82,7 @@ class Batcher:
                 logits, probabilities, scores, ids = await loop.run_in_executor(
                     self.executor, self.classifier.predict, items)
             except Exception as error:  # a failed batch fails its requests, not the server
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                await self.one_by_one(jobs, error)
                 continue
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.expected = len(items) + self.queued_texts
@@ -93,6 +93,21 @@ class Batcher:
                     job.future.set_result((logits[start:end], probabilities[start:end], scores[start:end],
                                            ids[start:end]))
                 start = end
+
+    async def one_by_one(self, jobs, error):
+        """A batch failed: run its requests alone, so that only the one that fails gets the error."""
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            try:
+                result = error if len(jobs) == 1 else await loop.run_in_executor(
+                    self.executor, self.classifier.predict, job.items)
+            except Exception as own_error:
+                result = own_error
+            if not job.future.done():
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
 
     async def gather(self):
         """The next batch: the oldest job, then whatever arrives until the batch is full or the wait is over.

@@ -60,8 +60,9 @@ def parse_predict(body, pairs, max_inputs, max_chars):
     """The request's inputs as (text, pair) items, checked against the limits; BadRequest otherwise."""
     try:
         request = json.loads(body)
-    except ValueError as error:  # UnicodeDecodeError included
-        raise BadRequest(400, "invalid_json", f"the body is not JSON ({error}); send {{\"inputs\": \"a text\"}}") from None
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError included; RecursionError: [[[[...]]]]
+        raise BadRequest(400, "invalid_json", f"the body is not JSON ({str(error)[:200]}); "
+                                              f"send {{\"inputs\": \"a text\"}}") from None
     if not isinstance(request, dict):
         raise BadRequest(422, "validation", f"the body must be a JSON object like {{\"inputs\": \"a text\"}}, "
                                             f"not a {type(request).__name__}")
@@ -81,6 +82,11 @@ def parse_predict(body, pairs, max_inputs, max_chars):
         where = f"inputs[{i}]" if batch else "inputs"
         if not text.strip():
             raise BadRequest(400, "empty", f"{where} is empty: send text to classify")
+        try:  # a lone surrogate (JSON "\ud800") is no text the tokenizer can take
+            text.encode("utf-8"), (pair or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(400, "validation", f"{where} holds an unpaired surrogate (\\ud800-\\udfff): "
+                                                "send UTF-8 text") from None
         size = len(text) + len(pair or "")
         if size > max_chars:
             raise BadRequest(413, "validation", f"{where} has {size} characters; at most {max_chars} (--max_chars)")

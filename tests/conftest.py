@@ -33,6 +33,17 @@ def run_script(script, *args, stdin=None, check=True, timeout=600, env=None):
     return result
 
 
+def data_options(**flags):
+    """DataOptions from trainer flag values (the parser's defaults for the rest), through the trainers' own
+    conversion, training.prepare.data_options."""
+    from types import SimpleNamespace
+
+    from training.prepare import data_options as from_flags
+    from utils.args import training_parser
+    defaults = vars(training_parser("tests").parse_args(["--model_fn", "unused", "--train_fn", "unused"]))
+    return from_flags(SimpleNamespace(**{**defaults, **flags}))
+
+
 def shared(*parts):
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
@@ -64,7 +75,7 @@ def tiny_model(tmp_path_factory):
     """A 2-layer BERT built from a config, with the offline model's tokenizer: fast enough for the
     kill/resume, multi-process and reproducibility tests, and still a real transformer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     directory = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,

@@ -4,10 +4,9 @@ Every data case is checked in-process against the shared data path (fast tier); 
 goes through the real script for the exit code, the single line and the absence of leftovers."""
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
-from conftest import run_script
+from conftest import data_options, run_script
 
 from data_load import load_splits
 from utils.errors import UserError
@@ -59,7 +58,7 @@ def data_files(tmp_path, case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_data_is_one_clear_error(tmp_path, case):
     train_fn, valid_fn, expected = data_files(tmp_path, case)
-    args = SimpleNamespace(train_fn=train_fn, valid_fn=valid_fn, test_fn=None, valid_ratio=0.1, seed=0,
+    args = data_options(train_fn=train_fn, valid_fn=valid_fn, test_fn=None, valid_ratio=0.1, seed=0,
                            text_column=None, text_pair_column=None, label_column=None)
     with pytest.raises(UserError) as error:
         load_splits(args)
@@ -166,7 +165,7 @@ SURPRISES = {
 @pytest.mark.parametrize("case", list(SURPRISES))
 def test_surprising_data_is_refused_with_one_line(tmp_path, case):
     name, content, flags, expected = SURPRISES[case]
-    args = SimpleNamespace(**{"train_fn": write(tmp_path / name, content), "valid_fn": None, "test_fn": None,
+    args = data_options(**{"train_fn": write(tmp_path / name, content), "valid_fn": None, "test_fn": None,
                               "valid_ratio": 0.5, "seed": 0, "text_column": None, "text_pair_column": None,
                               "label_column": None, **flags})
     with pytest.raises(UserError) as error:
@@ -178,17 +177,18 @@ def test_surprising_data_is_refused_with_one_line(tmp_path, case):
 def test_integral_json_numbers_are_one_label_and_case_variants_are_warned(tmp_path, capsys):
     train = write(tmp_path / "t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "1"}\n'
                                         '{"text": "c", "label": 1.0}\n{"text": "d", "label": 2}\n')
-    args = SimpleNamespace(train_fn=train, valid_fn=None, test_fn=None, valid_ratio=0.25, seed=0, text_column=None,
-                           text_pair_column=None, label_column=None)
+    args = data_options(train_fn=train, valid_fn=None, test_fn=None, valid_ratio=0.25, seed=0, text_column=None,
+                        text_pair_column=None, label_column=None)
     assert load_splits(args).labels == ["1", "2"]
-    args.train_fn = write(tmp_path / "c.tsv", "Positive\ta\npositive\tb\nnegative\tc\nnegative\td\n")
+    args = data_options(train_fn=write(tmp_path / "c.tsv", "Positive\ta\npositive\tb\nnegative\tc\nnegative\td\n"),
+                        valid_ratio=0.25, seed=0)
     assert load_splits(args).labels == ["Positive", "negative", "positive"]
     assert "'Positive' and 'positive' differ only in case" in capsys.readouterr().err
 
 
 def test_validation_file_must_not_be_the_training_file(tmp_path):
     train = write(tmp_path / "t.tsv", GOOD)
-    args = SimpleNamespace(train_fn=train, valid_fn=str(tmp_path / "." / "t.tsv"), test_fn=None, valid_ratio=0.1,
+    args = data_options(train_fn=train, valid_fn=str(tmp_path / "." / "t.tsv"), test_fn=None, valid_ratio=0.1,
                            seed=0, text_column=None, text_pair_column=None, label_column=None)
     with pytest.raises(UserError, match="--valid_fn .* is the training file"):
         load_splits(args)

@@ -12,7 +12,7 @@ from data_load import LengthGroupedBatchSampler
 from training.prepare import training_schedule
 from training.recorder import BEST_WEIGHTS, EvaluationRecorder, load_best_weights
 from utils.args import training_parser
-from utils.checkpoint import latest_train_state, save_train_state, train_states
+from utils.train_state import latest_train_state, save_train_state, train_states
 from utils.errors import UserError
 from utils.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, SCORES, classification_metrics, selection_score,
                            summary_line)
@@ -125,7 +125,7 @@ def test_weighted_loss_weighs_each_example_by_its_class():
     (432, 32, 1, 1), (433, 32, 3, 1), (100, 8, 2, 2), (1001, 16, 4, 3), (7, 32, 1, 1)])
 def test_schedule_matches_the_sampler(n, batch_size, accumulation, world_size):
     args = SimpleNamespace(batch_size=batch_size, gradient_accumulation_steps=accumulation, n_epochs=3,
-                           warmup_ratio=0.1)
+                           warmup_ratio=0.1, max_steps=None)
     schedule = training_schedule(n, args, world_size)
     for rank in range(world_size):
         sampler = LengthGroupedBatchSampler(list(range(n)), batch_size, world_size=world_size, rank=rank)
@@ -197,3 +197,22 @@ def test_best_weights_reach_a_process_without_the_partial_directory(tmp_path):
     for result in results:
         state = torch.load(result)
         assert state["weight"].eq(7.0).all() and state["bias"].eq(-1.0).all()
+
+
+def test_one_logger_main_process_only_below_errors(capsys):
+    """The user-visible forms stay `warning: ...`/`error: ...`; a non-main process of a distributed run
+    logs errors only (a data warning prints once, not once per process)."""
+    from utils.log import log, setup_logging
+    try:
+        setup_logging(rank=0)
+        log.info("note: plain")
+        log.warning("a warning")
+        log.error("an error")
+        assert capsys.readouterr().err.splitlines() == ["note: plain", "warning: a warning", "error: an error"]
+        setup_logging(rank=1)
+        log.info("note: plain")
+        log.warning("a warning")
+        log.error("an error")
+        assert capsys.readouterr().err.splitlines() == ["error: an error"]
+    finally:
+        setup_logging(rank=0)

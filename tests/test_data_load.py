@@ -1,17 +1,19 @@
 """Readers, label mapping, splits, dataset, collator and sampler, on small files written here."""
 import json
 from collections import Counter
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from conftest import data_options
 from transformers import AutoTokenizer
 
 from data_load import (LengthGroupedBatchSampler, TextClassificationCollator, TextClassificationDataset, load_splits,
                        read_examples)
-from data_load.splits import label_list, split_off_validation
+from data_load.labels import sorted_labels
+from data_load.validation import split_indices
 from utils.errors import UserError
-from utils.model import default_model_path
+from utils.hub import default_model_path
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +142,22 @@ def test_seeded_stratified_split(tmp_path):
 def test_unseen_validation_label(tmp_path):
     train = write(tmp_path / "t.tsv", "pos\ta\nneg\tb\n")
     valid = write(tmp_path / "v.tsv", "pos\tc\nmaybe\td\n")
-    args = SimpleNamespace(train_fn=train, valid_fn=valid, test_fn=None, valid_ratio=0.1, seed=0,
+    args = data_options(train_fn=train, valid_fn=valid, test_fn=None, valid_ratio=0.1, seed=0,
                            text_column=None, text_pair_column=None, label_column=None)
     with pytest.raises(UserError, match=r"v\.tsv:2: label 'maybe' never occurs in the training data"):
         load_splits(args)
+
+
+def label_list(examples, path):
+    """sorted_labels over in-memory Examples."""
+    return sorted_labels({example.label for example in examples}, len(examples), path)
+
+
+def split_off_validation(examples, ratio, seed):
+    """split_indices for a list of Examples: (train, valid) lists."""
+    codes = np.unique([example.label for example in examples], return_inverse=True)[1]
+    train, valid = split_indices(codes, ratio, seed)
+    return [examples[i] for i in train], [examples[i] for i in valid]
 
 
 # --- dataset, collator, sampler --------------------------------------------------------------------
@@ -229,7 +243,7 @@ def test_stratified_split_is_scikit_learns(n, n_classes, ratio, seed):
     """The NumPy stratified split draws exactly the split scikit-learn's train_test_split draws."""
     import numpy as np
     from sklearn.model_selection import train_test_split
-    from data_load.splits import stratified_split
+    from data_load.validation import stratified_split
     codes = np.random.default_rng(seed).integers(0, n_classes, n)
     expected = train_test_split(np.arange(n), test_size=ratio, random_state=seed, stratify=codes)
     for ours, theirs in zip(stratified_split(codes, ratio, seed), expected):

@@ -2,10 +2,9 @@
 cache, seeded subsets, --max_steps; in-process where it can be, the real scripts where it must."""
 import json
 import re
-from types import SimpleNamespace
 
 import pytest
-from conftest import run_script, write_tsv
+from conftest import data_options, run_script, write_tsv
 
 from data_load import column_numpy, encode_splits, load_splits, read_examples
 from utils.errors import UserError
@@ -15,7 +14,7 @@ ROWS = [("pos", "a fine film"), ("neg", "dull and long"), ("pos", "loved it"), (
 
 
 def args_for(train_fn, tmp_path, **flags):
-    return SimpleNamespace(**{"train_fn": train_fn, "valid_fn": None, "test_fn": None, "valid_ratio": 0.2, "seed": 0,
+    return data_options(**{"train_fn": train_fn, "valid_fn": None, "test_fn": None, "valid_ratio": 0.2, "seed": 0,
                               "text_column": None, "text_pair_column": None, "label_column": None,
                               "cache_dir": tmp_path / "cache", **flags})
 
@@ -27,7 +26,7 @@ def texts_and_labels(split):
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     return AutoTokenizer.from_pretrained(default_model_path())
 
 
@@ -102,7 +101,7 @@ def test_tokenizer_input_names_are_part_of_the_cache_key(tmp_path, tokenizer, ca
     """A DistilBERT-style checkpoint with a BERT vocabulary takes no token_type_ids: it must not reuse
     ids tokenized for BERT."""
     from transformers import AutoTokenizer
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     args = args_for(write_tsv(tmp_path / "t.tsv", ROWS), tmp_path)
     with_types, _, _ = encode_splits(load_splits(args), tokenizer, 32, cache_dir=args.cache_dir)
     plain = AutoTokenizer.from_pretrained(default_model_path(), model_input_names=["input_ids", "attention_mask"])

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, SCRIPT_ENV, run_script
 
 from utils.args import training_parser
-from utils.checkpoint import check_resume_matches, partial_dir, run_fingerprint, start_run
+from utils.resume import check_resume_matches, run_fingerprint
+from utils.run_dir import partial_dir, start_run
 from utils.saved_model import load_checkpoint
 from utils.errors import UserError, exit_on_user_error, on_failure
 from utils.model import load_tokenizer

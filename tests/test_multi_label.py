@@ -2,12 +2,11 @@
 names), scores and the tuned threshold, the loss, the printed labels; and both trainers end to end
 on GoEmotions and Korean UnSmile subsets with flags only."""
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, shared
+from conftest import data_options, run_script, shared
 
 from data_load import load_splits
 from data_load.readers import Labeling, read_examples
@@ -21,7 +20,7 @@ GOEMOTIONS_FLAGS = ["--text_column", "0", "--label_column", "1", "--multi_label"
 
 
 def args_for(train_fn, tmp_path, **flags):
-    return SimpleNamespace(**{"train_fn": train_fn, "valid_fn": None, "test_fn": None, "valid_ratio": 0.25, "seed": 0,
+    return data_options(**{"train_fn": train_fn, "valid_fn": None, "test_fn": None, "valid_ratio": 0.25, "seed": 0,
                               "text_column": None, "text_pair_column": None, "label_column": None,
                               "cache_dir": tmp_path / "cache", "multi_label": True, **flags})
 

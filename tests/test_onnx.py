@@ -1,6 +1,6 @@
 """ONNX export (export_plm.py) and the torch-free classifier (classify_plm.py --backend onnx).
 
-Checkpoints are written directly in the trainers' layout (utils.checkpoint.save_model), not trained:
+Checkpoints are written directly in the trainers' layout (utils.saved_model.save_model), not trained:
 the real MiniLM with a seeded random head gives varied predictions, which is all a comparison of
 two backends needs, in seconds instead of minutes."""
 import json
@@ -29,7 +29,7 @@ def tiny_checkpoint(directory, kind, pairs=False):
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig,
                               RobertaConfig)
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     extra = {} if kind == "bert" else {"model_input_names": ["input_ids", "attention_mask"]}
     tokenizer = AutoTokenizer.from_pretrained(default_model_path(), **extra)
     size = dict(vocab_size=tokenizer.vocab_size, num_labels=2)
@@ -57,7 +57,7 @@ def minilm(tmp_path_factory):
     """The real default model (6 layers) with a seeded 6-class head, exported by export_plm.py."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     directory = tmp_path_factory.mktemp("onnx") / "minilm"
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=len(EMOTIONS))
@@ -145,7 +145,7 @@ def test_tokenizers_alone_give_transformers_ids():
     """FastTokenizer (tokenizers only) against transformers' tokenizer and collator, pairs and truncation too."""
     from transformers import AutoTokenizer
     from data_load import Example, TextClassificationCollator, TextClassificationDataset
-    from utils.model import default_model_path
+    from utils.hub import default_model_path
     from inference.onnx_export import VERIFY_TEXTS
     from utils.tokens import FastTokenizer
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())

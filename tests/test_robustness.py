@@ -26,8 +26,11 @@ def start(script, args, log):
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for_state(model_fn, min_step, process, timeout=240):
-    """Block until a complete resumable state at or past min_step exists."""
+def freeze_at_state(model_fn, min_step, process, timeout=240):
+    """Once a complete resumable state at or past min_step exists, stop the run where it is (SIGSTOP), so
+    that the signal the test sends next finds it mid-run however fast the machine: the run has dozens of
+    steps left when the state appears, and is frozen within ~10 ms of it. Returns the state's step; the
+    caller sends its signal and then SIGCONT."""
     resume = model_fn.parent / f".{model_fn.name}.partial" / "resume"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -35,8 +38,10 @@ def wait_for_state(model_fn, min_step, process, timeout=240):
         for state in resume.glob("checkpoint-*"):
             done = (state / "train_state.pt").exists() or (state / "trainer_state.json").exists()
             if done and int(state.name.split("-")[1]) >= min_step:
+                process.send_signal(signal.SIGSTOP)
+                assert process.poll() is None, "the run ended before it could be interrupted"
                 return int(state.name.split("-")[1])
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError("no resumable state appeared")
 
 
@@ -60,7 +65,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_model, uninterrupted, scri
     model_fn = tmp_path / "model"
     with open(tmp_path / "log", "w") as log:
         process = start(script, train_args(model_fn, tiny_model, "--save_every", 20), log)
-        step = wait_for_state(model_fn, 60, process)  # into the second epoch
+        step = freeze_at_state(model_fn, 60, process)  # into the second epoch
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert step % 54 != 0 and not model_fn.exists()
@@ -80,8 +85,9 @@ def test_ctrl_c_saves_state_and_resume_finishes(tmp_path, tiny_model, script):
     model_fn = tmp_path / "model"
     with open(tmp_path / "log", "w") as log:
         process = start(script, train_args(model_fn, tiny_model, "--save_every", 10), log)
-        wait_for_state(model_fn, 10, process)
+        freeze_at_state(model_fn, 10, process)
         process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGCONT)
         assert process.wait(timeout=120) == 130
     output = (tmp_path / "log").read_text()
     assert "state saved; continue with --resume" in output and "Traceback" not in output
@@ -98,7 +104,7 @@ def test_crash_never_replaces_a_finished_model(tmp_path, tiny_model):
     before = (model_fn / "model.safetensors").read_bytes()
     with open(tmp_path / "log", "w") as log:
         process = start("finetune_plm_native.py", train_args(model_fn, tiny_model, "--save_every", 5, "--seed", 1), log)
-        wait_for_state(model_fn, 5, process)
+        freeze_at_state(model_fn, 5, process)
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert (model_fn / "model.safetensors").read_bytes() == before
@@ -118,10 +124,12 @@ def test_two_processes_on_cpu(tmp_path, tiny_model, script):
     assert record["world_size"] == 2
     assert record["optimizer_steps"] == 2 * 27  # 54 batches an epoch, split over two processes
     assert run.stdout.count("valid_accuracy") == 1  # only rank 0 prints the history table
-    # one process tokenizes the training file, the other waits and reads what it wrote (no ^ anchor: the
-    # other process's progress bars can share the line, as they did on a CI run)
-    assert len(re.findall(r"tokenizing [\d,]+ examples of", run.stderr)) == 1, run.stderr[-3000:]
-    assert run.stderr.count("reusing tokenized") == 1
+    # one process tokenizes the training file, the other waits and reads what it wrote; only rank 0 logs
+    # below errors, so its one line says which it was (no ^ anchor: the other process's progress bars can
+    # share the line, as they did on a CI run), and the cache holds one entry of token ids
+    notes = re.findall(r"tokenizing [\d,]+ examples of|reusing tokenized", run.stderr)
+    assert len(notes) == 1, run.stderr[-3000:]
+    assert len([entry for entry in (tmp_path / "cache" / "tokens").iterdir() if not entry.name.startswith(".")]) == 1
     metrics = json.loads((model_fn / "metrics.json").read_text())["valid"]
     assert metrics["n_examples"] == 48  # gathered from both processes, each example once
     out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="it broke\nlove it\n").stdout.splitlines()

@@ -162,18 +162,42 @@ BAD_REQUESTS = [  # body, status, error_type, words in the message
     (json.dumps({"inputs": ["fine", ""]}).encode(), 400, "empty", "inputs[1] is empty"),
     (json.dumps({"inputs": ["x"] * 9}).encode(), 413, "validation", "at most 8 (--max_inputs)"),
     (json.dumps({"inputs": "x" * 201}).encode(), 413, "validation", "at most 200 (--max_chars)"),
+    (b'{"inputs": "a lone \\ud800 surrogate"}', 400, "validation", "unpaired surrogate"),
+    (b"[" * 5000 + b"]" * 5000, 400, "invalid_json", "not JSON"),  # deeper than json.loads recurses
 ]
 
 
 @pytest.mark.parametrize("body,status,error_type,words", BAD_REQUESTS)
-def test_bad_requests_get_a_json_error_and_the_server_goes_on(single, caplog, body, status, error_type, words):
+def test_bad_requests_get_a_json_error_and_the_server_goes_on(single, capsys, body, status, error_type, words):
+    capsys.readouterr()
     response = single.post("/predict", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status
     assert response.json()["error_type"] == error_type and words in response.json()["error"]
-    logged = [r for r in caplog.records if r.name == "serve_plm"]
-    assert len(logged) == 1 and f"{status} {error_type}" in logged[0].getMessage()
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == 1 and logged[0].startswith(f"warning: POST /predict {status} {error_type}: ")
     assert single.post("/predict", json={"inputs": "still serving"}).status_code == 200
     assert f'finetune_plm_errors_total{{error_type="{error_type}"}}' in single.get("/metrics").text
+
+
+def test_a_failing_request_does_not_fail_the_requests_batched_with_it(models):
+    """The model fails on one request's text (a stand-in failure wrapped around the real classifier): the
+    batch is run again request by request, and only that request gets the 500."""
+    with client_for(models["single"], max_wait_ms=2000) as client:
+        classifier = client.app.state.batcher.classifier
+        real_predict = classifier.predict
+
+        def predict(items, *args, **kwargs):
+            if any("BOOM" in text for text, _ in items):
+                raise ValueError("cannot classify BOOM")
+            return real_predict(items, *args, **kwargs)
+        classifier.predict = predict
+        with ThreadPoolExecutor(2) as pool:
+            good = pool.submit(client.post, "/predict", json={"inputs": ["fine", "also fine"]})
+            bad = pool.submit(client.post, "/predict", json={"inputs": "BOOM"})
+            good, bad = good.result(timeout=60), bad.result(timeout=60)
+        assert good.status_code == 200 and len(good.json()) == 2
+        assert bad.status_code == 500 and bad.json()["error_type"] == "backend"
+        assert metric(client.get("/metrics").text, "finetune_plm_batch_size_count") == 1  # they shared a batch
 
 
 def test_a_full_queue_answers_503_with_retry_after(models):
@@ -298,23 +322,29 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(models):
 
 
 @pytest.mark.slow  # starts the real server
-def test_start_up_errors_are_one_line(models, tmp_path):
-    result = run_script("serve_plm.py", "--model_fn", tmp_path / "nothing", "--port", "0", check=False)
+def test_start_up_errors_are_one_line(models, exported, tmp_path):
+    """On the onnx backend, which starts in half a second (the model checks are the ones classify_plm.py
+    runs on either backend: tests/test_bad_input.py, tests/test_onnx.py)."""
+    onnx = ("--backend", "onnx", "--port", "0")
+    result = run_script("serve_plm.py", "--model_fn", tmp_path / "nothing", *onnx, check=False)
     assert_clean_failure(result, "no such model directory")
     broken = tmp_path / "broken"
-    shutil.copytree(models["single"], broken)
+    shutil.copytree(exported, broken)
     (broken / "config.json").write_text("{ cut sh")
-    result = run_script("serve_plm.py", "--model_fn", broken, "--port", "0", check=False)
+    result = run_script("serve_plm.py", "--model_fn", broken, *onnx, check=False)
     assert_clean_failure(result, "config.json: cannot read it as JSON")
     result = run_script("serve_plm.py", "--model_fn", models["single"], "--backend", "onnx", "--port", "0",
                         check=False)
     assert_clean_failure(result, "no model.onnx", "export_plm.py")
     result = run_script("serve_plm.py", "--model_fn", models["single"], "--port", "70000", check=False)
     assert_clean_failure(result, "--port")
-    server = Server(models["single"])
+    result = run_script("serve_plm.py", "--model_fn", models["single"], "--max_inputs", "10", "--max_queue", "5",
+                        check=False)
+    assert_clean_failure(result, "--max_inputs", "--max_queue")
+    server = Server(exported, "--backend", "onnx")
     try:
         port = server.url.rsplit(":", 1)[1]
-        result = run_script("serve_plm.py", "--model_fn", models["single"], "--port", port, check=False)
+        result = run_script("serve_plm.py", "--model_fn", exported, "--backend", "onnx", "--port", port, check=False)
         assert_clean_failure(result, f"--port {port}", "in use")
     finally:
         server.stop()

@@ -91,7 +91,7 @@ def test_new_characters_start_apart_from_known_pieces(tiny_model):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from data_load.readers import Example
-    from utils.model import extend_vocabulary
+    from utils.vocabulary import extend_vocabulary
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     old = model.get_input_embeddings().weight.detach().clone()

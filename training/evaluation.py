@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from data_load import TextLookup, column_numpy, label_matrix, model_inputs
-from data_load.splits import is_multi_label
+from data_load.labels import is_multi_label
 from utils.metrics import classification_metrics, multi_label_metrics
 
 

@@ -1,14 +1,14 @@
 """The end of a run: the best weights evaluated, the model, reports and training record written into
 the partial directory, which then moves into place."""
-import sys
 import time
 
 import torch
 
 from training.recorder import BEST_WEIGHTS
-from utils.checkpoint import commit_run, partial_dir
 from utils.errors import UserError, first_line
+from utils.log import log
 from utils.report import write_report
+from utils.run_dir import commit_run, partial_dir
 from utils.saved_model import save_model
 
 
@@ -29,7 +29,7 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
     # the best weights go only now: a failed save above keeps them for --resume
     (partial / BEST_WEIGHTS).unlink(missing_ok=True)
     commit_run(args.model_fn)
-    print(f"\nsaved {args.model_fn}", file=sys.stderr)
+    log.info(f"\nsaved {args.model_fn}")
 
 
 def _versions():

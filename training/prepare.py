@@ -1,21 +1,25 @@
 """Set-up every training run shares: device and precision, data, tokenizer, model, schedule; and the
 summary of what the run is about to do. Every bad input or flag fails here, before anything is written."""
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_load import Splits, encode_splits, load_splits
+from data_load import DataOptions, Splits, encode_splits, load_splits
+from data_load.readers import Labeling
 from training.loss import class_weights, label_log_odds
-from utils.checkpoint import check_output, check_resume_matches, lock_output, run_fingerprint
 from utils.errors import UserError
+from utils.hub import resolve_model_name
+from utils.lengths import clamp_max_length, model_max_length
+from utils.log import log, setup_logging
 from utils.metrics import MULTI_LABEL_SCORES, SCORES
-from utils.model import (UNK_WARN_SHARE, check_vocabulary, clamp_max_length, default_learning_rate,
-                         extend_vocabulary, load_classifier, load_tokenizer, model_max_length, resolve_model_name)
+from utils.model import load_classifier, load_tokenizer
+from utils.resume import check_resume_matches, run_fingerprint
+from utils.run_dir import check_output, lock_output
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
+from utils.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
 
 
 @dataclass
@@ -52,8 +56,27 @@ class Prepared:
         return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length}
 
 
+def data_options(args):
+    """The trainers' data flags as the typed values data_load takes."""
+    return DataOptions(
+        train_fn=args.train_fn, valid_fn=args.valid_fn, test_fn=args.test_fn, dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name, text_column=args.text_column,
+        text_pair_column=args.text_pair_column, label_column=args.label_column,
+        labeling=Labeling.from_flags(args.multi_label, args.label_separator, args.label_columns, args.label_names_fn,
+                                     args.label_column),
+        valid_ratio=args.valid_ratio, seed=args.seed, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, cache_dir=args.cache_dir)
+
+
+def default_learning_rate(model):
+    """Small models fine-tune best with a larger step than the 2e-5..5e-5 that suits BERT-base:
+    on emotion, MiniLM-L6 reached 76% after 90 steps at 2e-4 against 66% at 1e-4."""
+    return 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
+
+
 def prepare(args, trainer_name):
     context = distributed_context()
+    setup_logging(context.rank)  # the other processes of a distributed run: errors only
     device = choose_device(args.device, context.local_rank)
     precision = choose_precision(args.precision, device)
     if context.is_main:
@@ -62,7 +85,7 @@ def prepare(args, trainer_name):
     if args.log_dir and Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
-    splits = load_splits(args)
+    splits = load_splits(data_options(args))
     weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
                              splits.multi_label) if args.class_weight not in (None, "", "none") else None)
     if splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
@@ -81,8 +104,8 @@ def prepare(args, trainer_name):
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
-        print(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
-              f"added {added} characters to the vocabulary", file=sys.stderr)
+        log.info(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
+                 f"added {added} characters to the vocabulary")
     lr = args.lr if args.lr is not None else default_learning_rate(model)
     max_length = clamp_max_length(args.max_length, model_max_length(model, tokenizer))
     # One process per machine tokenizes; the others wait on the cache entry's lock, then read it.
@@ -97,7 +120,7 @@ def training_schedule(n_train, args, world_size):
     """--max_steps, when given, replaces --n_epochs (as in TrainingArguments): the schedule spans it."""
     batches = math.ceil(math.ceil(n_train / args.batch_size) / world_size)
     steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-    max_steps = getattr(args, "max_steps", None)
+    max_steps = args.max_steps
     total = max_steps or steps_per_epoch * args.n_epochs
     return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio), math.ceil(total / steps_per_epoch))
 
@@ -131,4 +154,4 @@ def print_plan(run, args, trainer_name):
           if run.class_weights is not None else []),
         f"  precision = {run.precision}, device = {run.device}, world size = {world}",
     ]
-    print("\n".join(lines), file=sys.stderr)
+    log.info("\n".join(lines))

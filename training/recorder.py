@@ -2,14 +2,12 @@
 TensorBoard scalars, and the weights of the best evaluation so far kept on disk."""
 import math
 import os
-import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from utils.checkpoint import partial_dir
+from utils.log import log
 from utils.metrics import selection_score, summary_line
 from utils.report import TensorBoardLogger, history_row, row_metrics
+from utils.run_dir import partial_dir
 
 BEST_WEIGHTS = "best_model.safetensors"
 LOG_EVERY = 10  # optimizer steps between step-wise loss/lr logs
@@ -61,13 +59,12 @@ class EvaluationRecorder:
         self.board.log({"train_loss": train_loss}, at, prefix=prefix)
         if improved:
             save_best_weights(model, self.directory)
-        # tqdm.write: Trainer's progress bar is still on the line; this prints above it, on a line of its own
         where = f"step {step} (epoch {epoch})" if self.by_steps else f"epoch {epoch}"
-        tqdm.write(f"{where}: train loss {train_loss:.4f}; valid {summary_line(metrics)}", file=sys.stderr)
+        log.info(f"{where}: train loss {train_loss:.4f}; valid {summary_line(metrics)}")
         if self.stalled():
             best = self.history[self.best_index]
-            tqdm.write(f"early stopping: {self.best_metric} has not improved for {self.patience} evaluations "
-                       f"(best {best['valid_' + self.best_metric]:.4f} at step {best['step']})", file=sys.stderr)
+            log.info(f"early stopping: {self.best_metric} has not improved for {self.patience} evaluations "
+                 f"(best {best['valid_' + self.best_metric]:.4f} at step {best['step']})")
         return row
 
     def stalled(self):

@@ -1,15 +1,12 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
-from utils.cli import ArgumentParser, float_above, float_at_least, float_range, int_at_least
+from utils.cli import (ArgumentParser, add_cache_flag, add_column_flags, add_runtime_flags, float_above,
+                       float_at_least, float_range, int_at_least)
 from utils.metrics import ALL_SCORES
-from utils.model import DEFAULT_MODEL_HELP
+from utils.hub import DEFAULT_MODEL_HELP
 from utils.tokens import MIN_LENGTH
 
-
-CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: the 🤗 datasets cache, "
-              "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
-              "the data's content, the tokenizer and --max_length; delete the directory to clear it")
 
 CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_classes * n_examples_of_class), as "
                      "scikit-learn; multi-label: negatives / positives of each label, BCE's pos_weight), weights in label order (`1,2.5,1`) or by name (`neg=1,pos=3`, the rest 1); "
@@ -50,21 +47,13 @@ def training_parser(description):
     io.add_argument("--valid_ratio", type=float_range(0, 1, low_open=True, high_open=True), default=0.1,
                     help="share of --train_fn held out for validation (seeded, stratified) when --valid_fn is absent")
     io.add_argument("--test_fn", help="test data, evaluated once at the end with the best model")
-    io.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
-    io.add_argument("--text_pair_column", help="second-sentence column for pair tasks (MRPC, NLI)")
-    io.add_argument("--label_column", help="label column name (or 0-based position)")
+    add_column_flags(io)
     io.add_argument("--multi_label", action="store_true",
                     help="each example has any number of labels (a sigmoid per label, a decision threshold tuned "
                          "on validation): the label field holds them separated by --label_separator, or a JSON list")
     io.add_argument("--threshold_per_label", action="store_true",
                     help="with --multi_label: tune one decision threshold per label on validation instead of one for "
                          "all: better macro-F1, worse micro-F1 (GoEmotions: +0.011 and -0.012; docs/accuracy.md)")
-    io.add_argument("--label_separator", default=",", help="between the labels of one example, with --multi_label")
-    io.add_argument("--label_columns",
-                    help="one 0/1 column per label instead of --label_column (implies --multi_label): names or "
-                         "0-based positions separated by commas, or a range first:last (e.g. 여성/가족:clean)")
-    io.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line (line 1 names id 0), "
-                                             "e.g. GoEmotions' labels.txt")
     io.add_argument("--max_train_samples", type=int_at_least(1), default=None,
                     help="train on a seeded random subset of this many examples (quick runs)")
     io.add_argument("--max_eval_samples", type=int_at_least(1), default=None,
@@ -72,7 +61,7 @@ def training_parser(description):
     io.add_argument("--preprocessing_num_workers", type=int_at_least(1), default=None,
                     help="processes that tokenize the data (default: 1 below 50,000 examples, else one per "
                          "core, at most 8)")
-    io.add_argument("--cache_dir", help=CACHE_HELP)
+    add_cache_flag(io)
 
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model_name", default=None, help=DEFAULT_MODEL_HELP)
@@ -101,9 +90,7 @@ def training_parser(description):
                        help="share of steps with linear warm-up, then linear decay to 0")
     train.add_argument("--max_grad_norm", type=float_above(0), default=1.0, help="gradient clipping norm")
     train.add_argument("--class_weight", default="none", help=CLASS_WEIGHT_HELP)
-    train.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                       help="auto: bf16 on CUDA that supports it, else fp16 on CUDA, else fp32")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_runtime_flags(train)
     train.add_argument("--no_group_by_length", action="store_true",
                        help="do not batch sentences of similar length together (slower)")
     train.add_argument("--seed", type=int_at_least(0), default=42, help="seeds Python, NumPy, torch, splits and data order")

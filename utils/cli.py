@@ -1,9 +1,13 @@
-"""Command-line parsing for every entry point: one-line errors and range-checked flag values.
+"""Command-line parsing for every entry point: one-line errors, range-checked flag values, and the flag
+groups several commands share, each defined once (columns and labels, device and precision, the cache).
 
 Imports nothing heavy (no torch, no transformers): the torch-free classifier parses its flags here too."""
 import argparse
 import math
 import sys
+
+from utils.log import log
+from utils.tokens import MIN_LENGTH
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -11,7 +15,7 @@ class ArgumentParser(argparse.ArgumentParser):
     itself prints the whole usage first)."""
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        log.error(f"{message} (see --help)")
         sys.exit(2)
 
 
@@ -55,3 +59,44 @@ def float_at_least(low):
 
 def float_range(low, high, low_open=False, high_open=False):
     return _number(float, low, high, low_open, high_open)
+
+
+CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: the 🤗 datasets cache, "
+              "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
+              "the data's content, the tokenizer and --max_length; delete the directory to clear it")
+
+
+def add_column_flags(group, trained=False):
+    """Which columns hold the text, the pair and the label(s), and how label sets are written. trained:
+    for a command that reads data for a saved model, whose label flags default to how it was trained."""
+    as_trained = "; default: as the model was trained" if trained else ""
+    group.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
+    group.add_argument("--text_pair_column", help="second-sentence column for pair tasks (MRPC, NLI)")
+    group.add_argument("--label_column", help="label column name (or 0-based position)")
+    group.add_argument("--label_separator", default=None if trained else ",",
+                       help="between the labels of one example, in multi-label data" + as_trained)
+    group.add_argument("--label_columns",
+                       help="one 0/1 column per label instead of --label_column (multi-label): names or 0-based "
+                            "positions separated by commas, or a range first:last (e.g. 여성/가족:clean)" + as_trained)
+    group.add_argument("--label_names_fn", help="a file naming integer class ids, one name a line (line 1 names id 0), "
+                                                "e.g. GoEmotions' labels.txt" + as_trained)
+
+
+def add_runtime_flags(group, only=None):
+    """--device and --precision; `only` names where they apply (e.g. the torch backend)."""
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=only)
+    group.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                       help="auto: bf16 on CUDA that supports it, else fp16 on CUDA, else fp32"
+                            + (f" ({only})" if only else ""))
+
+
+def add_cache_flag(group):
+    group.add_argument("--cache_dir", help=CACHE_HELP)
+
+
+def add_batch_flags(group, batch_size):
+    """How a saved model is run on data: texts a forward pass, and --max_length (default: as trained)."""
+    group.add_argument("--batch_size", type=int_at_least(1), default=batch_size,
+                       help="most texts in one forward pass (texts are sorted by length first)")
+    group.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=None,
+                       help="truncate at this many tokens (default: as trained; at most what the model allows)")

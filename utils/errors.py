@@ -1,6 +1,8 @@
 """User-facing errors: one line on stderr, exit code 2, no traceback; and what a failed run undoes."""
 import sys
 
+from utils.log import log, setup_logging
+
 
 class UserError(Exception):
     """Something the user can fix (bad file, bad flag). The message says what and how."""
@@ -30,17 +32,18 @@ def exit_on_user_error(main):
     """Run `main()`. A UserError, an OS error (disk full, permission denied: the environment, not a
     bug) or Ctrl-C ends in one line on stderr, after the registered clean-ups: exit code 2, or 130 for
     an interrupt."""
+    setup_logging(rank=0)  # a trainer lowers it on the other processes (training.prepare)
     try:
         return main()
     except BrokenPipeError:  # the reader went away (`... | head`): the caller decides, it is no error
         raise
     except UserError as error:
-        message, code = f"error: {error}", 2
+        message, prefix, code = str(error), "error: ", 2
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
-        message, code = f"error: {where}{error.strerror or first_line(error)}", 2
+        message, prefix, code = f"{where}{error.strerror or first_line(error)}", "error: ", 2
     except KeyboardInterrupt:
-        message, code = "interrupted: stopped at once", 130
+        message, prefix, code = "stopped at once", "interrupted: ", 130
     notes = [note for note in (cleanup() for cleanup in _failure_cleanups) if note]
-    print("; ".join([message, *notes]), file=sys.stderr)
+    log.error("; ".join([message, *notes]), extra={"prefix": prefix})
     sys.exit(code)

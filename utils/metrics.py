@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef,
-                             precision_recall_fscore_support)
+
+from utils.scores import at_threshold, log_softmax, sigmoid
+
+
+def sk():
+    """sklearn.metrics, imported when first used: importing it takes 1.1 s (scipy, pandas), which --help
+    and a run stopped by a bad flag or file need not pay (finetune_plm_native.py --help: 3.7 s -> 2.2 s)."""
+    import sklearn.metrics
+    return sklearn.metrics
 
 
 @dataclass(frozen=True)
@@ -16,12 +23,6 @@ class Score:
     title: str  # as printed after each evaluation
     compute: Callable  # (gold ids, predicted ids, logits, class ids) -> float
     higher_is_better: bool = True
-
-
-def log_softmax(logits):
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def example_losses(logits, labels):
@@ -32,17 +33,13 @@ def example_losses(logits, labels):
 SCORES = {
     "loss": Score("loss", lambda gold, predicted, logits, ids: example_losses(logits, gold).mean(),
                   higher_is_better=False),
-    "accuracy": Score("accuracy", lambda gold, predicted, logits, ids: accuracy_score(gold, predicted)),
-    "macro_f1": Score("macro-F1", lambda gold, predicted, logits, ids: f1_score(
+    "accuracy": Score("accuracy", lambda gold, predicted, logits, ids: sk().accuracy_score(gold, predicted)),
+    "macro_f1": Score("macro-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, labels=ids, average="macro", zero_division=0)),
-    "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: f1_score(
+    "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, labels=ids, average="weighted", zero_division=0)),
-    "mcc": Score("MCC", lambda gold, predicted, logits, ids: matthews_corrcoef(gold, predicted)),
+    "mcc": Score("MCC", lambda gold, predicted, logits, ids: sk().matthews_corrcoef(gold, predicted)),
 }
-
-
-def sigmoid(logits):
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def binary_losses(logits, targets):
@@ -53,8 +50,7 @@ def binary_losses(logits, targets):
 
 def macro_roc_auc(gold, logits):
     """Mean ROC-AUC over the labels that have both positive and negative examples here."""
-    from sklearn.metrics import roc_auc_score
-    scores = [roc_auc_score(gold[:, j], logits[:, j]) for j in range(gold.shape[1]) if 0 < gold[:, j].sum() < len(gold)]
+    scores = [sk().roc_auc_score(gold[:, j], logits[:, j]) for j in range(gold.shape[1]) if 0 < gold[:, j].sum() < len(gold)]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -63,12 +59,12 @@ def macro_roc_auc(gold, logits):
 MULTI_LABEL_SCORES = {
     "loss": Score("loss", lambda gold, predicted, logits, ids: binary_losses(logits, gold).mean(),
                   higher_is_better=False),
-    "accuracy": Score("subset accuracy", lambda gold, predicted, logits, ids: accuracy_score(gold, predicted)),
-    "micro_f1": Score("micro-F1", lambda gold, predicted, logits, ids: f1_score(
+    "accuracy": Score("subset accuracy", lambda gold, predicted, logits, ids: sk().accuracy_score(gold, predicted)),
+    "micro_f1": Score("micro-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, average="micro", zero_division=0)),
-    "macro_f1": Score("macro-F1", lambda gold, predicted, logits, ids: f1_score(
+    "macro_f1": Score("macro-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, average="macro", zero_division=0)),
-    "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: f1_score(
+    "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, average="weighted", zero_division=0)),
     "roc_auc": Score("macro ROC-AUC", lambda gold, predicted, logits, ids: macro_roc_auc(gold, logits)),
 }
@@ -86,13 +82,14 @@ def tune_threshold(logits, gold, per_label=False):
     gets right here, e.g. one without examples, takes the one for every label). A tie goes to the one
     nearest 0.5."""
     probabilities = sigmoid(logits)
-    overall = nearest_half_of_best([f1_score(gold, (probabilities >= t).astype(int), average="macro", zero_division=0)
+    overall = nearest_half_of_best([sk().f1_score(gold, at_threshold(probabilities, t).astype(int), average="macro",
+                                                   zero_division=0)
                                     for t in THRESHOLDS])
     if not per_label:
         return overall
     thresholds = []
     for j in range(gold.shape[1]):
-        scores = [f1_score(gold[:, j], (probabilities[:, j] >= t).astype(int), zero_division=0) for t in THRESHOLDS]
+        scores = [sk().f1_score(gold[:, j], at_threshold(probabilities[:, j], t).astype(int), zero_division=0) for t in THRESHOLDS]
         thresholds.append(nearest_half_of_best(scores) if max(scores) > 0 else overall)
     return thresholds
 
@@ -111,8 +108,8 @@ def multi_label_metrics(logits, gold, label_names, threshold=None, per_label=Fal
     if threshold is None:
         threshold = tune_threshold(logits, gold, per_label)
     threshold = [float(t) for t in threshold] if isinstance(threshold, (list, tuple, np.ndarray)) else float(threshold)
-    predicted = (sigmoid(logits) >= np.asarray(threshold)).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, zero_division=0)
+    predicted = at_threshold(sigmoid(logits), threshold).astype(int)
+    precision, recall, f1, support = sk().precision_recall_fscore_support(gold, predicted, zero_division=0)
     return {
         **{name: float(score.compute(gold, predicted, logits, None)) for name, score in MULTI_LABEL_SCORES.items()},
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
@@ -129,14 +126,14 @@ def classification_metrics(logits, labels, label_names):
     logits = np.asarray(logits)
     predictions = logits.argmax(axis=-1)
     ids = list(range(len(label_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
+    precision, recall, f1, support = sk().precision_recall_fscore_support(
         labels, predictions, labels=ids, zero_division=0)
     return {
         **{name: float(score.compute(labels, predictions, logits, ids)) for name, score in SCORES.items()},
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])}
                       for i, name in enumerate(label_names)},
-        "confusion_matrix": confusion_matrix(labels, predictions, labels=ids).tolist(),
+        "confusion_matrix": sk().confusion_matrix(labels, predictions, labels=ids).tolist(),
         "n_examples": int(len(labels)),
     }
 

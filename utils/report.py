@@ -3,13 +3,14 @@
 Both trainers call these with the same inputs, so their artefacts are identical in form."""
 import csv
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import binary_losses, example_losses, log_softmax, scalar_metrics, sigmoid, summary_line
+from utils.log import log
+from utils.metrics import binary_losses, example_losses, scalar_metrics, summary_line
+from utils.scores import at_threshold, log_softmax, sigmoid
 
 
 def json_text(value):
@@ -35,7 +36,7 @@ class TensorBoardLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("warning: tensorboard is not installed; no TensorBoard logs", file=sys.stderr)
+                log.warning("tensorboard is not installed; no TensorBoard logs")
                 return
             self.writer = SummaryWriter(log_dir=str(log_dir))
 
@@ -124,7 +125,7 @@ def write_multi_label_errors(path, result, label_names, n):
     """errors.tsv for multi-label examples: gold and predicted label sets (`, `-separated; `-` for none)."""
     gold = np.asarray(result["labels"])
     losses = binary_losses(result["logits"], gold)
-    predicted = sigmoid(result["logits"]) >= np.asarray(result["metrics"]["threshold"])  # one, or one per label
+    predicted = at_threshold(sigmoid(result["logits"]), result["metrics"]["threshold"])  # one, or one per label
 
     def names(row):
         return ", ".join(label_names[j] for j in np.flatnonzero(row)) or "-"

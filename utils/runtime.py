@@ -3,13 +3,13 @@ import contextlib
 import os
 import random
 import signal
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.log import log
 
 
 def set_seed(seed):
@@ -112,7 +112,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         if self.context.is_main:
-            print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+            log.info("\nstopping after this step (Ctrl-C again to stop at once)")
 
     def agreed(self):
         if not self.context.enabled:

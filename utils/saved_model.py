@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.errors import UserError, first_line
-from utils.model import clamp_max_length, position_limit
+from utils.lengths import clamp_max_length, position_limit
 
 TRAINING_ARGS = "training_args.json"
 WEIGHTS = "*.safetensors"

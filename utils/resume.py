@@ -1,0 +1,41 @@
+"""What a --resume must share with the interrupted run: its fingerprint, written when a run starts
+(utils.run_dir.start_run) and checked when it is resumed."""
+import json
+
+from utils.errors import UserError
+from utils.run_dir import RUN_FILE, partial_dir
+
+
+def run_fingerprint(args, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
+                                                                      "save_total_limit", "n_errors", "log_dir",
+                                                                      "test_fn", "device", "cache_dir",
+                                                                      "preprocessing_num_workers")):
+    """What a resumed run must share with the interrupted one: the flags that shape training, the
+    data (`data`: the training and validation sources by content, not name), the labels, the trainer
+    and the process count."""
+    flags = {key: value for key, value in vars(args).items() if key not in ignore}
+    return {"trainer": trainer, "flags": flags, "data": data, "labels": labels, "world_size": world_size}
+
+
+def check_resume_matches(model_fn, fingerprint):
+    """--resume continues only the same run: otherwise the restored state does not fit (labels) or
+    silently mixes two runs (data, batch size)."""
+    path = partial_dir(model_fn) / RUN_FILE
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a run interrupted before this check existed
+    if before.get("trainer") != fingerprint["trainer"]:
+        raise UserError(f"--resume: the interrupted run of {model_fn} was started by "
+                        f"finetune_plm_{before.get('trainer')}.py: resume it with that script")
+    changed = [f"--{key} ({before['flags'].get(key)!r} then, {value!r} now)"
+               for key, value in fingerprint["flags"].items() if before.get("flags", {}).get(key) != value]
+    changed += [f"the contents of --{key}" for key, digest in fingerprint["data"].items()
+                if before.get("data", {}).get(key) != digest]
+    if before.get("labels") != fingerprint["labels"]:
+        changed.append("the labels")
+    if before.get("world_size") != fingerprint["world_size"]:
+        changed.append(f"the number of processes ({before.get('world_size')} then, {fingerprint['world_size']} now)")
+    if changed:
+        raise UserError(f"--resume: this run differs from the interrupted one in {', '.join(changed)}: rerun with "
+                        f"the same flags and data, or delete {partial_dir(model_fn)} to start afresh")

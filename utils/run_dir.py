@@ -1,0 +1,152 @@
+"""A run's output directory, written atomically: the lock on --model_fn, the hidden partial directory
+a run works in, and the commit that moves the finished model into place.
+
+A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable states under
+`resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
+never leaves a half-written model, and an existing model is replaced only by a complete one."""
+import atexit
+import fcntl
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from utils.errors import UserError, on_failure
+from utils.log import log
+from utils.saved_model import TRAINING_ARGS
+from utils.train_state import train_states
+
+RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
+
+
+def partial_dir(model_fn):
+    model_fn = Path(model_fn)
+    return model_fn.parent / f".{model_fn.name}.partial"
+
+
+def resume_dir(model_fn):
+    return partial_dir(model_fn) / "resume"
+
+
+def lock_output(model_fn):
+    """Hold --model_fn for this run: a second run on it refuses at once. The lock is an flock on
+    `.<name>.lock` beside it, which the kernel drops if the run is killed. From here on, a run that
+    fails removes what it created, except a resumable state, and says how to resume from that."""
+    model_fn = Path(model_fn)
+    created = _make_parents(model_fn.parent)
+    path = model_fn.parent / f".{model_fn.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            _remove_empty(created)
+            raise UserError(f"--model_fn {model_fn}: cannot write in {model_fn.parent} ({error.strerror}): "
+                            "choose a directory you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--model_fn {model_fn}: another run is writing this model now (it holds {path}): "
+                            "wait for it to finish, or choose another --model_fn") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # still the file on disk, not one a finishing run just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+    partial_was_there = partial_dir(model_fn).exists()  # an earlier run's: not this run's to remove
+
+    def release():
+        path.unlink(missing_ok=True)  # before closing: nobody can lock the file we remove
+        os.close(fd)
+        _remove_empty(created)
+
+    def clean_up_failed_run():
+        """The partial directory goes, unless it holds a resumable state: then it stays, and the
+        note says so."""
+        partial = partial_dir(model_fn)
+        if partial.is_dir() and train_states(resume_dir(model_fn)):
+            return f"the resumable state in {resume_dir(model_fn)} is kept: continue with --resume"
+        if not partial_was_there:
+            shutil.rmtree(partial, ignore_errors=True)
+        return None
+
+    atexit.register(release)
+    on_failure(clean_up_failed_run)
+
+
+def _make_parents(directory):
+    """Create missing parent directories; returns the ones created, deepest first."""
+    missing = []
+    for parent in [directory, *directory.parents]:
+        if parent.is_dir():
+            break
+        if parent.exists():
+            raise UserError(f"--model_fn: {parent} is a file, not a directory: choose another --model_fn")
+        missing.append(parent)
+    try:
+        for parent in reversed(missing):
+            parent.mkdir()
+    except OSError as error:
+        _remove_empty(missing)
+        raise UserError(f"--model_fn: cannot create {error.filename} ({error.strerror}): "
+                        "choose a directory you can write to") from None
+    return missing
+
+
+def _remove_empty(directories):
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
+def check_output(model_fn, resume):
+    """Refuse, before anything is written, to clobber what is not ours or to drop an unfinished run."""
+    model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    old = model_fn.parent / f".{model_fn.name}.old"
+    if old.is_dir() and not model_fn.exists():  # a crash between commit_run's two renames
+        os.replace(old, model_fn)
+        log.warning(f"restored {model_fn} from {old} (an earlier run stopped while replacing it)")
+    if model_fn.exists() and not (model_fn / TRAINING_ARGS).exists() and (
+            not model_fn.is_dir() or any(model_fn.iterdir())):
+        raise UserError(f"{model_fn}: exists and is not a model written by this tool; "
+                        "refusing to replace it: choose another --model_fn")
+    if resume and not (partial / "resume").is_dir():
+        raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
+    if not resume and partial.exists():
+        raise UserError(f"{partial}: an interrupted run of {model_fn} is there: "
+                        f"add --resume to continue it, or delete that directory to start afresh")
+
+
+def start_run(model_fn, fingerprint):
+    """The partial directory, with the fingerprint a later --resume is checked against."""
+    partial = partial_dir(model_fn)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not (partial / RUN_FILE).exists():
+        (partial / RUN_FILE).write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False) + "\n")
+    return partial
+
+
+def commit_run(model_fn):
+    """Move the finished partial directory into place; the old model goes only once the new one is
+    there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
+    model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        shutil.rmtree(partial / "resume", ignore_errors=True)
+        (partial / RUN_FILE).unlink(missing_ok=True)
+        if model_fn.exists():
+            old = model_fn.parent / f".{model_fn.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(model_fn, old)
+            os.replace(partial, model_fn)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, model_fn)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
