@@ -14,7 +14,6 @@ import time
 from itertools import islice
 
 from inference.classifier import add_classifier_flags, load_classifier
-from inference.decision import choose_labels
 from utils.cli import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.log import log
@@ -46,7 +45,6 @@ def main():
     if args.threshold is not None and not classifier.multi_label:
         raise UserError(f"--threshold: {args.model_fn} is a single-label model (one label per sentence); "
                         "--threshold applies to multi-label models")
-    threshold = classifier.threshold if args.threshold is None else args.threshold
     # a multi-label prediction's labels are joined as in the training data (names may hold spaces)
     joiner = classifier.label_separator if classifier.multi_label else " "
 
@@ -54,8 +52,8 @@ def main():
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        probabilities = classifier.probabilities([split_pair(line, classifier.pairs) for line in chunk])
-        scores, best = choose_labels(probabilities, classifier.multi_label, args.top_k, threshold)
+        _, _, scores, best = classifier.predict([split_pair(line, classifier.pairs) for line in chunk], args.top_k,
+                                                args.threshold)  # None: the model's own threshold
         for line, row, ids in zip(chunk, scores, best):
             predicted = joiner.join(labels[i] for i in ids)
             if args.with_prob:

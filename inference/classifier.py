@@ -86,14 +86,10 @@ class Classifier:
         single sentence."""
         raise NotImplementedError
 
-    def probabilities(self, items):
-        """float32 (len(items), n_labels) probabilities in input order (a sigmoid per label for a
-        multi-label model, else a softmax)."""
-        return probabilities_of(self.logits(items), self.multi_label)
-
     def predict(self, items, top_k=None, threshold=None):
-        """(logits, probabilities, scores, label ids) of (text, pair) items; the chosen labels as
-        classify_plm.py prints them (inference.decision.choose_labels)."""
+        """(logits, probabilities, scores, label ids) of (text, pair) items: the probabilities a sigmoid per
+        label for a multi-label model, else a softmax; the chosen labels as classify_plm.py prints them
+        (inference.decision.choose_labels; threshold None: the model's own)."""
         logits = self.logits(items)
         probabilities = probabilities_of(logits, self.multi_label)
         scores, ids = choose_labels(probabilities, self.multi_label, top_k,
