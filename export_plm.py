@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from utils.cli import ArgumentParser
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import exit_on_user_error, require
 
 
 def parse_args():
@@ -22,10 +22,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    try:
-        from inference.onnx_export import export
-    except ImportError as error:
-        raise UserError(f"ONNX export needs {error.name}: pip install -r requirements/onnx.txt") from None
+    require(["onnx", "onnxscript", "onnxruntime"], "ONNX export", "pip install -r requirements/onnx.txt")
+    from inference.onnx_export import export
     export(args.model_fn)
     print(f"classify with: python classify_plm.py --model_fn {args.model_fn} --backend onnx [--quantize int8]",
           file=sys.stderr)

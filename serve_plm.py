@@ -17,7 +17,7 @@ import socket
 
 from inference.classifier import add_classifier_flags, load_classifier
 from utils.cli import ArgumentParser, float_at_least, int_at_least
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error, require
 from utils.log import log, route
 
 
@@ -54,13 +54,11 @@ def parse_args():
 
 def main():
     args = parse_args()
-    try:
-        import uvicorn
+    require(["fastapi", "uvicorn", "prometheus_client"], "serve_plm.py",
+            "pip install -r requirements/serve.txt (make setup installs it)")
+    import uvicorn
 
-        from serving.app import create_app
-    except ImportError as error:
-        raise UserError(f"serve_plm.py needs {error.name}: pip install -r requirements/serve.txt "
-                        "(make setup installs it)") from None
+    from serving.app import create_app
     classifier = load_classifier(args)
     sock = listen(args.host, args.port)
     app = create_app(classifier, args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_inputs,

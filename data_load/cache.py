@@ -3,9 +3,11 @@
 An entry is a directory named by a key: a hash of everything its content depends on (the data by
 content, the reading flags, the tokenizer, max_length). It is built in a temporary directory and
 renamed into place when complete, so a killed run never leaves half an entry; an flock on the key
-makes concurrent runs (torchrun's processes, two runs on one file) build it once and share it."""
+makes concurrent runs (torchrun's processes, two runs on one file) build it once and share it.
+An entry's meta.json records a checksum of each of its files, checked when the entry is opened: a
+damaged entry (a disk error, a file overwritten or cut short) is rebuilt with a warning instead of
+failing every run that reads it."""
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -13,9 +15,11 @@ import shutil
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.files import file_checksum
 from utils.log import log
+from utils.processes import close_lock, open_lock
 
-CACHE_FORMAT = 2  # bump when what an entry holds changes; old entries are then ignored
+CACHE_FORMAT = 3  # bump when what an entry holds changes; old entries are then ignored
 
 
 def cache_root(cache_dir=None):
@@ -31,30 +35,24 @@ def content_key(*parts):
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def file_digest(path):
-    """The file's content hash (blake2b: ~1 GB/s, so a 1 GB file costs about a second per run)."""
-    digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 23):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def build_lock(root, key):
     """Hold the key's lock while checking for and building its entry: other processes wait, then
-    find the entry built."""
+    find the entry built. A complete entry in a cache this process cannot write (read-only, shared)
+    is read without the lock: nobody can be changing it."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(root / f".{key}.lock")
     except OSError as error:
+        if read_meta(root / key, quiet=True) is not None:
+            yield
+            return
         raise UserError(f"cannot write the data cache in {root} ({error.strerror}): choose a writable "
                         "directory with --cache_dir") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the flock; the lock file stays (removing it would race with a waiter)
+        close_lock(fd)  # releases the flock; the lock file stays (removing it would race with a waiter)
 
 
 def build_entry(directory, build):
@@ -71,15 +69,31 @@ def build_entry(directory, build):
         raise
 
 
-def read_meta(directory):
+def read_meta(directory, quiet=False, verify=True):
+    """The entry's meta.json, or None when the entry must be built: absent, left unfinished, or damaged
+    (a file whose checksum is not the one written; checking costs about 25 ms per 100 MB,
+    utils.files.file_checksum). verify=False: just built by this process, not checked again."""
     try:
-        return json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None  # absent or left unfinished: rebuilt
+        meta = json.loads((directory / "meta.json").read_text())
+        checksums = meta.get("checksums", {})
+        damaged = next((name for name, digest in checksums.items()
+                        if verify and file_checksum(directory / name) != digest), None)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if damaged is None and checksums:
+        return meta
+    if not quiet:
+        log.warning(f"the cache entry {directory} is damaged ({damaged or 'no checksums'} is not what "
+                    "was written): rebuilding it")
+    return None
 
 
 def write_meta(directory, meta):
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    """meta.json, with the checksum of every other file of the entry; written last, it marks the entry complete."""
+    checksums = {path.name: file_checksum(path) for path in sorted(directory.iterdir())
+                 if path.is_file() and path.name != "meta.json"}
+    (directory / "meta.json").write_text(json.dumps({**meta, "checksums": checksums}, indent=1,
+                                                    ensure_ascii=False) + "\n")
 
 
 def note(message):

@@ -4,12 +4,12 @@ import hashlib
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
 from data_load.arrow import select_rows
+from utils.processes import run_forked
 from utils.tokens import CHARS_PER_TOKEN_CAP
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
@@ -31,6 +31,18 @@ def encode_texts(tokenizer, texts, pairs, max_length):
 def default_workers(n_rows):
     """--preprocessing_num_workers when not given: one process for small data, else one per core (at most 8)."""
     return 1 if n_rows < PARALLEL_FROM else max(1, min(os.cpu_count() or 1, 8))
+
+
+def capped_workers(asked, n_rows):
+    """--preprocessing_num_workers as given, but never more processes than cores (or rows): more only
+    add start-up and memory, each worker being a process of its own."""
+    if asked is None:
+        return default_workers(n_rows)
+    cap = max(1, min(os.cpu_count() or 1, n_rows))
+    if asked > cap:
+        note(f"note: --preprocessing_num_workers {asked}: using {cap}, the most that can help here "
+             f"({os.cpu_count()} cores, {n_rows:,} examples)")
+    return min(asked, cap)
 
 
 def tokenizer_fingerprint(tokenizer):
@@ -65,7 +77,7 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
         meta = read_meta(directory)
         if meta is None:
             shutil.rmtree(directory, ignore_errors=True)
-            workers = workers or default_workers(n_rows)
+            workers = capped_workers(workers, n_rows)
             note(f"tokenizing {n_rows:,} examples of {name} ({workers} process{'es' if workers > 1 else ''}); "
                  f"cached in {directory}")
             # A whole source is stored as token columns only, read beside its parsed table; a subset keeps
@@ -73,7 +85,7 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
             source = rows if indices is None else select_rows(rows, indices)
             build_entry(directory, lambda tmp: _map_tokenize(source, tokenizer, max_length, has_pairs, workers, tmp, key,
                                                              keep_text=indices is not None))
-            meta = read_meta(directory)
+            meta = read_meta(directory, verify=False)
         else:
             note(f"reusing tokenized {name} ({n_rows:,} examples) from {directory}")
     parts = [datasets.Dataset.from_file(str(directory / file)) for file in meta["files"]]
@@ -97,22 +109,38 @@ def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, ke
             out["token_type_ids"] = encoded["token_type_ids"]
         return out
 
-    # Worker processes are forked: tokenizers' own thread pool must not have started in this one.
-    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
-    if workers > 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    remove = None if keep_text else rows.column_names
+    files = [f"data-{index:05d}.arrow" for index in range(workers)]
+
+    def tokenize_shard(index, n_shards, report):
+        shard = rows if n_shards == 1 else rows.shard(n_shards, index, contiguous=True)
+
+        def encode_and_report(batch):
+            report(len(batch["text"]))
+            return encode(batch)
+        shard.map(encode_and_report, batched=True, batch_size=MAP_BATCH, features=features, remove_columns=remove,
+                  cache_file_name=str(directory / files[index]), new_fingerprint=f"{key}-{index}")
+
+    quiet = len(rows) < QUIET_BELOW
     bars = datasets.is_progress_bar_enabled()
-    if len(rows) < QUIET_BELOW:
-        datasets.disable_progress_bars()
+    datasets.disable_progress_bars()  # ours instead: one bar over all the workers
     try:
-        mapped = rows.map(encode, batched=True, batch_size=MAP_BATCH, num_proc=workers if workers > 1 else None,
-                          features=features, remove_columns=None if keep_text else rows.column_names,
-                          cache_file_name=str(directory / "data.arrow"), new_fingerprint=key, desc="tokenizing")
+        if workers == 1:
+            from tqdm.auto import tqdm
+            with tqdm(total=len(rows), desc="tokenizing", unit=" examples", disable=quiet) as bar:
+                tokenize_shard(0, 1, bar.update)
+        else:
+            # Worker processes are forked: tokenizers' own thread pool must not have started in this one.
+            parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                run_forked(workers, tokenize_shard, len(rows), "tokenizing", quiet)
+            finally:
+                if parallelism is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     finally:
         if bars:
             datasets.enable_progress_bars()
-        if parallelism is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
-    write_meta(directory, {"files": [Path(f["filename"]).name for f in mapped.cache_files], "n_rows": len(mapped)})
+    write_meta(directory, {"files": files, "n_rows": len(rows)})

@@ -18,6 +18,9 @@ def sorted_labels(labels, n_rows, path):
     if len(labels) > MAX_LABELS or (len(labels) > MANY_LABELS and len(labels) > n_rows / 2):
         raise UserError(f"{path}: {len(labels)} distinct labels in {n_rows} rows: this is probably not the "
                         "label column; choose it with --label_column")
+    if not labels:
+        raise UserError(f"{path}: no labels at all (every label field is empty): fill in the label column, or "
+                        "choose it with --label_column")
     if len(labels) < 2:
         raise UserError(f"{path}: only one class ({next(iter(labels))!r}): a classifier needs at least two")
     if all(_is_int(label) for label in labels):

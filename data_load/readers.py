@@ -321,11 +321,21 @@ def _missing(path, line, key):
 
 
 def _label_set(path, line, value, key, labeling):
-    """The labels of one multi-label example: a JSON list, or a field split at the separator; integer
-    ids named by --label_names_fn. No labels at all is allowed (none of the classes applies)."""
+    """The labels of one multi-label example: a JSON list (also as the text of a TSV/CSV field:
+    `["positive", "long"]`), or a field split at the separator; integer ids named by --label_names_fn.
+    No labels at all is allowed (none of the classes applies)."""
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise located(path, line, f"label '{key}' looks like a JSON list but is not one ({value.strip()[:60]}): "
+                                      'write it as ["a", "b"], or as a,b with --label_separator') from None
     if value is None:
         parts = []
     elif isinstance(value, list):
+        if any(isinstance(item, (list, dict)) for item in value):
+            raise located(path, line, f"label '{key}' is a nested list: a multi-label example's labels are one "
+                                      'flat list of class names, e.g. ["positive", "long"]')
         parts = [_label(path, line, {key: item}, key) for item in value]
     else:
         text = _label(path, line, {key: value}, key)

@@ -10,9 +10,10 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_load.cache import build_entry, build_lock, cache_root, content_key, file_digest, read_meta, write_meta
+from data_load.cache import build_entry, build_lock, cache_root, content_key, read_meta, write_meta
 from data_load.readers import DEFAULT_LABEL_COLUMNS, SINGLE, examples_from_rows, iter_examples, warn_empty
 from utils.errors import UserError, first_line, located
+from utils.files import file_digest
 from utils.log import log
 
 WRITE_BATCH = 10_000  # rows per Arrow record batch: ~1 MB of text, few Python objects alive at once
@@ -106,7 +107,7 @@ def parse(source, columns, cache_dir, labeling=SINGLE):
                 import shutil
                 shutil.rmtree(directory)
             build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, labeling, tmp)))
-            meta = read_meta(directory)
+            meta = read_meta(directory, verify=False)
     warn_empty(source.name, meta["n_empty"])
     dataset = datasets.Dataset.from_file(str(directory / "data.arrow"))
     return dataset, {**meta, "key": key}

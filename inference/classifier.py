@@ -4,7 +4,7 @@ choose and tune it, defined once, and the loader that picks the backend.
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
 from inference.decision import choose_labels
 from utils.cli import add_batch_flags, add_runtime_flags, int_at_least
-from utils.errors import UserError
+from utils.errors import UserError, require
 from utils.scores import probabilities_of
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
@@ -36,6 +36,8 @@ def load_classifier(args):
             flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
             raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
                             "use --backend torch for CUDA and half precision")
+        require(["onnxruntime", "tokenizers"], "--backend onnx",
+                "pip install -r requirements/onnx.txt (or just onnxruntime and tokenizers to classify)")
         from inference.onnx_classifier import OnnxClassifier
         return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens)
     from inference.torch_classifier import TorchClassifier

@@ -11,10 +11,11 @@ import numpy as np
 
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError, first_line
-from utils.saved_model import TRAINING_ARGS, SavedModel
+from utils.saved_model import TRAINING_ARGS, SavedModel, weights_digest
 from utils.tokens import FastTokenizer
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
+WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: utils.saved_model.weights_digest of the exported weights
 
 
 def load_session(path):
@@ -32,6 +33,18 @@ def load_session(path):
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... kinds
         raise UserError(f"{path}: cannot load the ONNX model (truncated or corrupt file?): {first_line(error)}; "
                         f"export it again with python export_plm.py --model_fn {path.parent}") from None
+
+
+def check_export_is_current(session, path, model_fn):
+    """The export must come from the weights in the directory now: a model retrained (or replaced) after
+    its export would otherwise be served as the old one, silently."""
+    exported = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+    if exported is None:
+        raise UserError(f"{path}: written by an older export_plm.py, which did not record the weights it came from, "
+                        f"so it may be older than the model: export again with python export_plm.py --model_fn {model_fn}")
+    if exported != weights_digest(model_fn):
+        raise UserError(f"{path}: exported from other weights than {model_fn}'s (the model was trained again after "
+                        f"the export): export again with python export_plm.py --model_fn {model_fn}")
 
 
 class OnnxClassifier(Classifier):
@@ -54,6 +67,7 @@ class OnnxClassifier(Classifier):
         self.quantize = quantize
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.session = load_session(path)
+        check_export_is_current(self.session, path, model_fn)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, arrays):

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from inference.onnx_classifier import ONNX_FILES, load_session
+from inference.onnx_classifier import ONNX_FILES, WEIGHTS_KEY, load_session
 from utils.errors import UserError, first_line
-from utils.saved_model import load_checkpoint
+from utils.run_dir import hold_model
+from utils.saved_model import SavedModel, load_checkpoint, weights_digest
 from utils.tokens import FastTokenizer
 
 # Different lengths (so batches are padded), non-Latin text and an emoji (unknown and split tokens),
@@ -46,9 +47,19 @@ INT8_TOLERANCE = 0.25
 
 
 def export(model_fn, log=print):
-    """Write model_fn/model.onnx and model_fn/model.int8.onnx, or nothing when either disagrees with PyTorch."""
-    tokenizer, model, saved = load_checkpoint(model_fn)
+    """Write model_fn/model.onnx and model_fn/model.int8.onnx, or nothing when either disagrees with PyTorch.
+    The model is held (utils.run_dir.hold_model) from before its weights are read until both files are in
+    place, and each file records the weights it was made from (WEIGHTS_KEY), so that the ONNX classifier
+    can refuse an export older than the model."""
+    SavedModel.read(model_fn)  # a missing or broken checkpoint is one line before the lock is taken
+    hold_model(model_fn, "export_plm.py")
     model_fn = os.fspath(model_fn)
+    for name in ONNX_FILES.values():  # what a killed export left (SIGKILL cannot be cleaned up after)
+        stale = os.path.join(model_fn, f".{name}.tmp")
+        if os.path.exists(stale):
+            os.remove(stale)
+    weights = weights_digest(model_fn)
+    tokenizer, model, saved = load_checkpoint(model_fn)
     if not os.path.exists(os.path.join(model_fn, "tokenizer.json")):
         raise UserError(f"{model_fn}: no tokenizer.json: the ONNX classifier needs the fast (tokenizers) version "
                         "of the tokenizer, and this model has only a slow one")
@@ -73,6 +84,8 @@ def export(model_fn, log=print):
             raise UserError(f"{model_fn}: the ONNX export disagrees with the PyTorch model (max abs logit difference "
                             f"{difference:.3g} > {FP32_TOLERANCE:g}); refusing to write it")
         quantize_int8(temporary["none"], temporary["int8"])
+        for path in temporary.values():
+            record_weights(path, weights)
         difference = max_difference(temporary["int8"], inputs, reference)
         log(f"{targets['int8']}: {size_mb(temporary['int8'])} MB; max abs logit difference to PyTorch fp32 "
             f"{difference:.3f} ({difference / spread:.1%} of the logits' spread {spread:.2f}; tolerance "
@@ -151,6 +164,15 @@ def quantize_int8(source, target):
     with quiet():
         quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gather"])
+
+
+def record_weights(path, weights):
+    """Store the weights' identity in the ONNX file's metadata (read back by onnxruntime at no cost)."""
+    import onnx
+    model = onnx.load(path)
+    del model.metadata_props[:]
+    model.metadata_props.add(key=WEIGHTS_KEY, value=weights)
+    onnx.save(model, path)
 
 
 def max_difference(path, inputs, reference):

@@ -113,7 +113,7 @@ def test_a_closed_pipe_is_not_turned_into_an_error():
 # --- resume must continue the same run ------------------------------------------------------------
 
 def test_resume_refuses_a_changed_run(tmp_path):
-    from data_load.cache import file_digest
+    from utils.files import file_digest
     train = tmp_path / "t.tsv"
     train.write_text(GOOD)
     args = training_parser("x").parse_args(["--model_fn", str(tmp_path / "m"), "--train_fn", str(train)])

@@ -1,4 +1,5 @@
 """User-facing errors: one line on stderr, exit code 2, no traceback; and what a failed run undoes."""
+import signal
 import sys
 
 from utils.log import log, setup_logging
@@ -6,6 +7,23 @@ from utils.log import log, setup_logging
 
 class UserError(Exception):
     """Something the user can fix (bad file, bad flag). The message says what and how."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's time limit): stops the program as Ctrl-C does, with its own exit code."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def require(modules, needed_for, install):
+    """Check optional packages before any work starts: one line naming what is missing and how to
+    install it, instead of an ImportError traceback halfway through."""
+    import importlib.util
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{needed_for} needs {', '.join(missing)}, which is not installed: {install}")
 
 
 def located(path, line, message):
@@ -30,9 +48,11 @@ def on_failure(cleanup):
 
 def exit_on_user_error(main):
     """Run `main()`. A UserError, an OS error (disk full, permission denied: the environment, not a
-    bug) or Ctrl-C ends in one line on stderr, after the registered clean-ups: exit code 2, or 130 for
-    an interrupt."""
+    bug), Ctrl-C or SIGTERM ends in one line on stderr, after the registered clean-ups: exit code 2,
+    or 130 for Ctrl-C and 143 for SIGTERM. Any other exception is a bug: its traceback is shown, but
+    the clean-ups run first, so that not even a bug leaves a state that a rerun refuses."""
     setup_logging(rank=0)  # a trainer lowers it on the other processes (training.prepare)
+    signal.signal(signal.SIGTERM, _terminate)  # a trainer's loop replaces it with a graceful stop (utils.runtime)
     try:
         return main()
     except BrokenPipeError:  # the reader went away (`... | head`): the caller decides, it is no error
@@ -42,8 +62,30 @@ def exit_on_user_error(main):
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         message, prefix, code = f"{where}{error.strerror or first_line(error)}", "error: ", 2
+    except Terminated:
+        message, prefix, code = "stopped by SIGTERM", "interrupted: ", 143
     except KeyboardInterrupt:
         message, prefix, code = "stopped at once", "interrupted: ", 130
-    notes = [note for note in (cleanup() for cleanup in _failure_cleanups) if note]
+    except SystemExit as exit:
+        if exit.code not in (0, None):
+            run_clean_ups()
+        raise
+    except BaseException:
+        run_clean_ups()
+        raise
+    notes = run_clean_ups()
     log.error("; ".join([message, *notes]), extra={"prefix": prefix})
     sys.exit(code)
+
+
+def run_clean_ups():
+    """Run the registered clean-ups once (the program is ending); their notes."""
+    notes = []
+    while _failure_cleanups:
+        try:
+            note = _failure_cleanups.pop(0)()
+        except Exception as error:  # one clean-up failing must not keep the others from running
+            note = f"clean-up failed: {first_line(error)}"
+        if note:
+            notes.append(note)
+    return notes

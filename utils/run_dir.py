@@ -5,7 +5,6 @@ A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable 
 `resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
 never leaves a half-written model, and an existing model is replaced only by a complete one."""
 import atexit
-import fcntl
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from utils.errors import UserError, on_failure
 from utils.log import log
+from utils.processes import close_lock, open_lock
 from utils.saved_model import TRAINING_ARGS
 from utils.train_state import train_states
 
@@ -35,32 +35,25 @@ def lock_output(model_fn):
     fails removes what it created, except a resumable state, and says how to resume from that."""
     model_fn = Path(model_fn)
     created = _make_parents(model_fn.parent)
-    path = model_fn.parent / f".{model_fn.name}.lock"
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            _remove_empty(created)
-            raise UserError(f"--model_fn {model_fn}: cannot write in {model_fn.parent} ({error.strerror}): "
-                            "choose a directory you can write to") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"--model_fn {model_fn}: another run is writing this model now (it holds {path}): "
-                            "wait for it to finish, or choose another --model_fn") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break  # still the file on disk, not one a finishing run just removed
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+    try:
+        fd, path = _take_lock(model_fn, "another run is writing this model now (it holds {path}): wait for it to "
+                                        "finish, or choose another --model_fn")
+    except UserError:
+        _remove_empty(created)
+        raise
 
-    partial_was_there = partial_dir(model_fn).exists()  # an earlier run's: not this run's to remove
+    partial = partial_dir(model_fn)
+    if partial.is_dir() and not train_states(resume_dir(model_fn)):
+        # an earlier run that died with nothing to resume from (killed before its first saved state, or a
+        # bug): we hold the lock, so no run is using it, and keeping it would make both a rerun and
+        # --resume refuse
+        shutil.rmtree(partial, ignore_errors=True)
+        log.warning(f"removed {partial}: an earlier run of {model_fn} stopped there with nothing to resume from")
+    partial_was_there = partial.exists()  # an earlier run's: not this run's to remove
 
     def release():
         path.unlink(missing_ok=True)  # before closing: nobody can lock the file we remove
-        os.close(fd)
+        close_lock(fd)
         _remove_empty(created)
 
     def clean_up_failed_run():
@@ -75,6 +68,38 @@ def lock_output(model_fn):
 
     atexit.register(release)
     on_failure(clean_up_failed_run)
+
+
+def hold_model(model_fn, what):
+    """Hold a finished model while `what` (e.g. "the export") reads it and writes beside it: no training
+    run can commit a new model into the directory meanwhile, and none starts. Released at exit."""
+    fd, path = _take_lock(Path(model_fn), "a training run is writing this model now (it holds {path}): run "
+                                          f"{what} once it has finished")
+
+    def release():
+        path.unlink(missing_ok=True)
+        close_lock(fd)
+    atexit.register(release)
+
+
+def _take_lock(model_fn, busy):
+    """(descriptor, path) of the flock'ed `.<name>.lock` beside model_fn; `busy` (formatted with the
+    path) says what to do when another process holds it."""
+    path = model_fn.parent / f".{model_fn.name}.lock"
+    while True:
+        try:
+            fd = open_lock(path, blocking=False)
+        except BlockingIOError:
+            raise UserError(f"--model_fn {model_fn}: " + busy.format(path=path)) from None
+        except OSError as error:
+            raise UserError(f"--model_fn {model_fn}: cannot write in {model_fn.parent} ({error.strerror}): "
+                            "choose a directory you can write to") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, path  # still the file on disk, not one a finishing run just removed
+        except FileNotFoundError:
+            pass
+        close_lock(fd)
 
 
 def _make_parents(directory):
