@@ -83,8 +83,8 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
             # A whole source is stored as token columns only, read beside its parsed table; a subset keeps
             # its texts, since its rows are not the parsed table's.
             source = rows if indices is None else select_rows(rows, indices)
-            build_entry(directory, lambda tmp: _map_tokenize(source, tokenizer, max_length, has_pairs, workers, tmp, key,
-                                                             keep_text=indices is not None))
+            build_entry(directory, lambda tmp: _map_tokenize(source, name, tokenizer, max_length, has_pairs, workers,
+                                                             tmp, key, keep_text=indices is not None))
             meta = read_meta(directory, verify=False)
         else:
             note(f"reusing tokenized {name} ({n_rows:,} examples) from {directory}")
@@ -93,7 +93,7 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
     return tokens if indices is not None else datasets.concatenate_datasets([rows, tokens], axis=1)
 
 
-def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, key, keep_text):
+def _map_tokenize(rows, name, tokenizer, max_length, has_pairs, workers, directory, key, keep_text):
     import datasets
     with_types = "token_type_ids" in tokenizer("a")
     features = rows.features.copy() if keep_text else datasets.Features()
@@ -134,7 +134,7 @@ def _map_tokenize(rows, tokenizer, max_length, has_pairs, workers, directory, ke
             parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
-                run_forked(workers, tokenize_shard, len(rows), "tokenizing", quiet)
+                run_forked(workers, tokenize_shard, len(rows), "tokenizing", f"tokenizing {name}", quiet)
             finally:
                 if parallelism is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM", None)

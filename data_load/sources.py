@@ -138,6 +138,9 @@ def _saved_sources(path):
     import datasets
     try:
         loaded = datasets.load_from_disk(str(path))
+    except IndexError as error:  # datasets 5.2 on a 0-row Dataset.save_to_disk: no Arrow file to read a schema from
+        why = "the saved dataset has no rows" if _no_data_files(path) else f"cannot load it: {first_line(error)}"
+        raise UserError(f"{path}: {why}") from None
     except FileNotFoundError:
         raise UserError(f"{path}: is a directory, but not one written by Dataset.save_to_disk or "
                         "DatasetDict.save_to_disk: pass a data file, or such a directory") from None
@@ -147,6 +150,16 @@ def _saved_sources(path):
         return Source(str(path), _saved_digest(loaded), "arrow", loaded)
     return {split: Source(f"{path}[{split}]", _saved_digest(dataset), "arrow", dataset)
             for split, dataset in loaded.items()}
+
+
+def _no_data_files(path):
+    """A save_to_disk directory (or a split of one) whose state.json lists no Arrow files."""
+    import json
+    states = [Path(path) / "state.json", *Path(path).glob("*/state.json")]
+    try:
+        return any(state.exists() and not json.loads(state.read_text()).get("_data_files") for state in states)
+    except (OSError, ValueError):
+        return False
 
 
 def _saved_digest(dataset):

@@ -17,6 +17,7 @@ from data_load.readers import SINGLE, Labeling
 from data_load.sources import file_source, hub_sources, parse, pick_splits
 from data_load.validation import seeded_subset, split_indices
 from utils.errors import UserError
+from utils.log import log
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ def load_splits(options):
         raise UserError(f"{train.name}: the label {label!r} contains the label separator {labeling.separator!r}, "
                         "which would split it when the model's predictions are printed: choose another "
                         "--label_separator")
+    else:
+        mixed = next(((label, mark) for label in labels for mark in ",;|" if mark in label), None)
+        if mixed:  # `a;b` among `a,b` fields: a class of its own unless the file mixes separators by mistake
+            log.warning(f"{train.name}: the label {mixed[0]!r} contains {mixed[1]!r}: if it holds several labels, "
+                        f"the file mixes separators; --label_separator is {labeling.separator!r}")
     if valid_source is not None:
         valid = read(valid_source)
         check_known_labels(valid, labels)

@@ -52,8 +52,11 @@ def export(model_fn, log=print):
     place, and each file records the weights it was made from (WEIGHTS_KEY), so that the ONNX classifier
     can refuse an export older than the model."""
     SavedModel.read(model_fn)  # a missing or broken checkpoint is one line before the lock is taken
-    hold_model(model_fn, "export_plm.py")
-    model_fn = os.fspath(model_fn)
+    with hold_model(model_fn, "export_plm.py"):
+        return _export(os.fspath(model_fn), log)
+
+
+def _export(model_fn, log):
     for name in ONNX_FILES.values():  # what a killed export left (SIGKILL cannot be cleaned up after)
         stale = os.path.join(model_fn, f".{name}.tmp")
         if os.path.exists(stale):

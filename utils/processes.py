@@ -55,10 +55,10 @@ def become_worker(parent_pid):
         os._exit(1)
 
 
-def run_forked(n_workers, task, total, desc, quiet=False):
+def run_forked(n_workers, task, total, desc, what, quiet=False):
     """Run `task(index, n_workers, report)` for each index in a forked worker process that dies with
-    this one, showing one progress bar over `total` items (each worker calls `report(n)` as it goes).
-    A worker that fails or is killed stops them all with one line; Ctrl-C or SIGTERM here stops them
+    this one, showing one progress bar (`desc`) over `total` items (each worker calls `report(n)` as it
+    goes). A worker that fails or is killed stops them all with one line about `what`; Ctrl-C or SIGTERM here stops them
     too. Forked, not spawned: a worker starts in milliseconds and shares this process's memory-mapped
     data instead of importing and reading it again."""
     import multiprocessing
@@ -100,7 +100,7 @@ def run_forked(n_workers, task, total, desc, quiet=False):
                 bar.update(done.value - bar.n)
                 for worker, pipe in zip(workers, pipes):
                     if worker.exitcode not in (None, 0):
-                        raise UserError(f"{desc}: {_worker_death(worker, pipe)}")
+                        raise UserError(f"{what}: {_worker_death(worker, pipe)}")
                 running = [worker for worker in running if worker.exitcode is None]
             bar.update(done.value - bar.n)
     finally:
@@ -112,8 +112,11 @@ def run_forked(n_workers, task, total, desc, quiet=False):
 
 def _worker_death(worker, pipe):
     """Why a worker ended: its error, or the signal that killed it."""
-    if pipe.poll():
-        return f"worker process {worker.pid} failed: {pipe.recv()}"
+    try:
+        if pipe.poll():  # also true when the worker died without a word: then recv finds the end of the pipe
+            return f"worker process {worker.pid} failed: {pipe.recv()}"
+    except (EOFError, OSError):
+        pass
     if worker.exitcode < 0:
         name = signal.Signals(-worker.exitcode).name
         hint = " (out of memory? try fewer --preprocessing_num_workers)" if name == "SIGKILL" else ""

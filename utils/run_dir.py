@@ -5,6 +5,7 @@ A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable 
 `resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
 never leaves a half-written model, and an existing model is replaced only by a complete one."""
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -70,16 +71,17 @@ def lock_output(model_fn):
     on_failure(clean_up_failed_run)
 
 
+@contextlib.contextmanager
 def hold_model(model_fn, what):
-    """Hold a finished model while `what` (e.g. "the export") reads it and writes beside it: no training
-    run can commit a new model into the directory meanwhile, and none starts. Released at exit."""
+    """Hold a finished model while `what` (e.g. "export_plm.py") reads it and writes beside it: no training
+    run can commit a new model into the directory meanwhile, and none starts."""
     fd, path = _take_lock(Path(model_fn), "a training run is writing this model now (it holds {path}): run "
                                           f"{what} once it has finished")
-
-    def release():
-        path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before closing: nobody can lock the file we remove
         close_lock(fd)
-    atexit.register(release)
 
 
 def _take_lock(model_fn, busy):
