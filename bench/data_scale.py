@@ -26,6 +26,11 @@ Measured per run:
   RSS at plan  the largest VmHWM (peak RSS so far) among the process and its descendants when the plan
                line is read: the memory of the data set-up, comparable with the baseline (killed there);
                "vs baseline RSS" compares this column
+  tree RSS MB  the largest sum of VmRSS over the process and all its descendants (tokenizing workers
+               included), sampled every 0.1 s over the whole run: the figure issue 23 bounds (1.5 GB at 1M
+               lines). It counts pages a forked worker shares with its parent once per process.
+  tree PSS MB  the same with PSS (/proc/PID/smaps_rollup: a shared page split among its sharers): the
+               memory the machine really gives the run
   peak RSS MB  ru_maxrss of os.wait4 on the process: the peak of its largest single process over the
                whole run, 5 steps and what follows them included (for torchrun, of the largest worker).
                A child's ru_maxrss starts from this bench's own RSS at exec, so the bench writes the data
@@ -57,8 +62,8 @@ MISS = "tokenizing"
 PROGRESS_BAR = re.compile(r"\d%\||\d+it \[|it/s\]|s/it\]")  # tqdm refreshes: not a message of their own
 ERROR_LINE = re.compile(r"^(error|\w+(\.\w+)*(Error|Exception)):|Killed")  # not the summary torchrun adds
 NSMC_LABELS = {"0": "neg", "1": "pos"}
-COLUMNS = ["lines", "run", "prep s", "vs baseline prep", "RSS at plan MB", "vs baseline RSS", "peak RSS MB",
-           "cache", "cache MB", "total s"]
+COLUMNS = ["lines", "run", "prep s", "vs baseline prep", "RSS at plan MB", "vs baseline RSS", "tree RSS MB",
+           "tree PSS MB", "peak RSS MB", "cache", "cache MB", "total s"]
 
 
 def main():
@@ -242,6 +247,8 @@ def run(n, kind, command, cwd, env, model, args, cache=None, stop_at_plan=False)
                 kill_tree(proc.pid)
 
     watch = Watch(started, proc.pid, stop if stop_at_plan else lambda: None)
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
     readers = [threading.Thread(target=watch.read, args=(stream,), daemon=True) for stream in (proc.stderr, proc.stdout)]
     for reader in readers:
         reader.start()
@@ -256,6 +263,7 @@ def run(n, kind, command, cwd, env, model, args, cache=None, stop_at_plan=False)
         raise
     finally:
         timer.cancel()
+    sampler.stop()
     with alive:
         reaped = True
         _, status, usage = os.wait4(proc.pid, 0)  # not proc.wait(): wait4 gives the rusage of the process tree
@@ -268,7 +276,7 @@ def run(n, kind, command, cwd, env, model, args, cache=None, stop_at_plan=False)
         reader.join(timeout=10)
     result = {"lines": n, "run": kind, "command": command, "returncode": proc.returncode,
               "prep_s": watch.prep_s, "total_s": total_s, "prep_rss_mb": watch.prep_rss_mb,
-              "peak_rss_mb": usage.ru_maxrss / 1024,
+              "peak_rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": sampler.rss_mb, "tree_pss_mb": sampler.pss_mb,
               "tokenizing_lines": watch.misses, "reusing_lines": watch.hits, "stopped_at_plan": False,
               "cache_mb": dir_mb(cache) if cache else None, "error": None}
     if stop_at_plan and watch.prep_s is not None:
@@ -284,7 +292,7 @@ def run(n, kind, command, cwd, env, model, args, cache=None, stop_at_plan=False)
         result["stderr_tail"] = list(watch.tail)[-80:]
     else:
         print(f"  prep {watch.prep_s:.1f} s, {fmt_mb(watch.prep_rss_mb)} MB at the plan, "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB, cache {cache_state(result)}, "
+              f"tree RSS {sampler.rss_mb:.0f} MB (PSS {sampler.pss_mb:.0f}), peak RSS {result['peak_rss_mb']:.0f} MB, cache {cache_state(result)}, "
               f"total {total_s:.1f} s", file=sys.stderr)
     if not args.keep:
         remove_model(model)
@@ -314,6 +322,35 @@ def descendants(pid):
         found.append(todo.pop())
         todo.extend(children[found[-1]])
     return found
+
+
+class TreeSampler(threading.Thread):
+    """The largest sums of RSS and of PSS over a process and its descendants, sampled every 0.1 s."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.rss_mb, self.pss_mb = pid, 0.0, 0.0
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            rss = pss = 0
+            for member in descendants(self.pid):
+                rss += proc_kb(f"/proc/{member}/status", "VmRSS:")
+                pss += proc_kb(f"/proc/{member}/smaps_rollup", "Pss:")
+            self.rss_mb, self.pss_mb = max(self.rss_mb, rss / 1024), max(self.pss_mb, pss / 1024)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+
+def proc_kb(path, key):
+    try:
+        with open(path) as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(key)), 0)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def tree_peak_mb(pid):
@@ -421,6 +458,7 @@ def report_rows(results):
             "RSS at plan MB": fmt_mb(r["prep_rss_mb"]),
             "vs baseline RSS": (f"{r['prep_rss_mb'] / base['prep_rss_mb']:.2f}x"
                                 if base and r["prep_rss_mb"] and base["prep_rss_mb"] else "—"),
+            "tree RSS MB": fmt_mb(r.get("tree_rss_mb")), "tree PSS MB": fmt_mb(r.get("tree_pss_mb")),
             "peak RSS MB": f"{r['peak_rss_mb']:.0f}",
             "cache": cache_state(r),
             "cache MB": f"{r['cache_mb']:.0f}" if r["cache_mb"] is not None else "—",
