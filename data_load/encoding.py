@@ -4,12 +4,13 @@ import hashlib
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
 from data_load.arrow import select_rows
-from utils.processes import run_forked
+from utils.processes import run_workers
 from utils.tokens import CHARS_PER_TOKEN_CAP
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
@@ -82,9 +83,8 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
                  f"cached in {directory}")
             # A whole source is stored as token columns only, read beside its parsed table; a subset keeps
             # its texts, since its rows are not the parsed table's.
-            source = rows if indices is None else select_rows(rows, indices)
-            build_entry(directory, lambda tmp: _map_tokenize(source, name, tokenizer, max_length, has_pairs, workers,
-                                                             tmp, key, keep_text=indices is not None))
+            job = TokenizeJob(rows, indices, tokenizer, max_length, has_pairs, key)
+            build_entry(directory, lambda tmp: job.run(tmp, workers, name))
             meta = read_meta(directory, verify=False)
         else:
             note(f"reusing tokenized {name} ({n_rows:,} examples) from {directory}")
@@ -93,54 +93,65 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
     return tokens if indices is not None else datasets.concatenate_datasets([rows, tokens], axis=1)
 
 
-def _map_tokenize(rows, name, tokenizer, max_length, has_pairs, workers, directory, key, keep_text):
-    import datasets
-    with_types = "token_type_ids" in tokenizer("a")
-    features = rows.features.copy() if keep_text else datasets.Features()
-    features["input_ids"] = datasets.List(datasets.Value("int32"))
-    if with_types:
-        features["token_type_ids"] = datasets.List(datasets.Value("int8"))
-    features["length"] = datasets.Value("int32")
+class TokenizeJob:
+    """What a tokenizing process needs, picklable: the parsed table's file (and the subset's indices), the
+    tokenizer and the output's features. Run in this process, or by worker processes that each tokenize a
+    contiguous shard into a file of its own (data_load.tokenize_worker)."""
 
-    def encode(batch):
-        encoded = encode_texts(tokenizer, batch["text"], batch["text_pair"] if has_pairs else None, max_length)
-        out = {"input_ids": encoded["input_ids"], "length": [len(ids) for ids in encoded["input_ids"]]}
-        if with_types:
-            out["token_type_ids"] = encoded["token_type_ids"]
-        return out
+    def __init__(self, rows, indices, tokenizer, max_length, has_pairs, key):
+        import datasets
+        self.rows_file = rows.cache_files[0]["filename"]
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.n_rows = len(rows) if indices is None else len(indices)
+        self.tokenizer, self.max_length, self.has_pairs, self.key = tokenizer, max_length, has_pairs, key
+        self.with_types = "token_type_ids" in tokenizer("a")
+        keep_text = indices is not None
+        features = rows.features.copy() if keep_text else datasets.Features()
+        features["input_ids"] = datasets.List(datasets.Value("int32"))
+        if self.with_types:
+            features["token_type_ids"] = datasets.List(datasets.Value("int8"))
+        features["length"] = datasets.Value("int32")
+        self.features, self.remove = features, None if keep_text else rows.column_names
 
-    remove = None if keep_text else rows.column_names
-    files = [f"data-{index:05d}.arrow" for index in range(workers)]
+    def run(self, directory, workers, name):
+        import datasets
+        files = [self.shard_file(index) for index in range(workers)]
+        quiet = self.n_rows < QUIET_BELOW
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # ours instead: one bar over all the workers
+        try:
+            if workers == 1:
+                from tqdm.auto import tqdm
+                with tqdm(total=self.n_rows, desc="tokenizing", unit=" examples", disable=quiet) as bar:
+                    self.tokenize_shard(0, 1, directory, bar.update)
+            else:
+                run_workers("data_load.tokenize_worker", self, directory, workers, self.n_rows, "tokenizing",
+                            f"tokenizing {name}", quiet)
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+        write_meta(directory, {"files": files, "n_rows": self.n_rows})
 
-    def tokenize_shard(index, n_shards, report):
+    @staticmethod
+    def shard_file(index):
+        return f"data-{index:05d}.arrow"
+
+    def tokenize_shard(self, index, n_shards, directory, report):
+        """Shard `index` of `n_shards` (contiguous) into its Arrow file in `directory`; report(n) after
+        each batch."""
+        import datasets
+        rows = datasets.Dataset.from_file(self.rows_file)
+        if self.indices is not None:
+            rows = select_rows(rows, self.indices)
         shard = rows if n_shards == 1 else rows.shard(n_shards, index, contiguous=True)
+        tokenizer, max_length, has_pairs, with_types = self.tokenizer, self.max_length, self.has_pairs, self.with_types
 
-        def encode_and_report(batch):
+        def encode(batch):
+            encoded = encode_texts(tokenizer, batch["text"], batch["text_pair"] if has_pairs else None, max_length)
+            out = {"input_ids": encoded["input_ids"], "length": [len(ids) for ids in encoded["input_ids"]]}
+            if with_types:
+                out["token_type_ids"] = encoded["token_type_ids"]
             report(len(batch["text"]))
-            return encode(batch)
-        shard.map(encode_and_report, batched=True, batch_size=MAP_BATCH, features=features, remove_columns=remove,
-                  cache_file_name=str(directory / files[index]), new_fingerprint=f"{key}-{index}")
-
-    quiet = len(rows) < QUIET_BELOW
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # ours instead: one bar over all the workers
-    try:
-        if workers == 1:
-            from tqdm.auto import tqdm
-            with tqdm(total=len(rows), desc="tokenizing", unit=" examples", disable=quiet) as bar:
-                tokenize_shard(0, 1, bar.update)
-        else:
-            # Worker processes are forked: tokenizers' own thread pool must not have started in this one.
-            parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            try:
-                run_forked(workers, tokenize_shard, len(rows), "tokenizing", f"tokenizing {name}", quiet)
-            finally:
-                if parallelism is None:
-                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
-                else:
-                    os.environ["TOKENIZERS_PARALLELISM"] = parallelism
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
-    write_meta(directory, {"files": files, "n_rows": len(rows)})
+            return out
+        shard.map(encode, batched=True, batch_size=MAP_BATCH, features=self.features, remove_columns=self.remove,
+                  cache_file_name=str(Path(directory) / self.shard_file(index)), new_fingerprint=f"{self.key}-{index}")

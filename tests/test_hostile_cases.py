@@ -4,6 +4,7 @@ cache entry, an export while a training run holds the model, a model retrained a
 killed export's temporaries, onnxruntime missing; and the questionable cases, decided."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,10 +62,9 @@ def start_tokenizing(tmp_path, big_file, tiny_model):
     log_file = (tmp_path / "stderr.txt").open("w")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=log_file, stderr=subprocess.STDOUT, env=SCRIPT_ENV)
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while time.time() < deadline:  # until the progress bar shows the workers' first rows done
         workers = children(process.pid)
-        if len(workers) >= 2:
-            time.sleep(0.3)  # into the work
+        if len(workers) >= 2 and re.search(r"tokenizing: +\d+%.*?\| *[1-9]\d*/", (tmp_path / "stderr.txt").read_text()):
             return process, workers
         assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
         time.sleep(0.02)

@@ -2,9 +2,9 @@
 dies with its parent.
 
 A forked child inherits every open file descriptor, flock'ed ones included, and keeps running when its
-parent is SIGKILLed: before this module, tokenizing workers orphaned that way kept the --model_fn lock
-and the cache entry's lock for ever (a rerun was refused, or hung). Every lock taken here is
-recorded, so a worker can close its copies at start, and a worker asks the kernel to kill it when its
+parent is SIGKILLed: before this module, datasets' forked tokenizing workers orphaned that way kept the
+--model_fn lock and the cache entry's lock for ever (a rerun was refused, or hung). Workers here are new
+interpreters, which inherit no descriptor but their pipes, and ask the kernel to kill them when their
 parent dies (PR_SET_PDEATHSIG, Linux)."""
 import ctypes
 import ctypes.util
@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 
-_held_locks = set()  # file descriptors holding an flock of this process
 PR_SET_PDEATHSIG = 1
 
 
@@ -26,26 +25,17 @@ def open_lock(path, blocking=True):
     except BaseException:
         os.close(fd)
         raise
-    _held_locks.add(fd)
     return fd
 
 
 def close_lock(fd):
     """Release the lock (closing the descriptor drops the flock)."""
-    _held_locks.discard(fd)
     os.close(fd)
 
 
 def become_worker(parent_pid):
-    """In a freshly forked worker: drop the parent's locks (the parent owns the work they guard), die
-    with the parent, leave Ctrl-C to it (the terminal sends SIGINT to the whole process group; the
-    parent stops the workers itself), and take back SIGTERM's default."""
-    for fd in list(_held_locks):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _held_locks.clear()
+    """At a worker's start: die with the parent, and leave Ctrl-C to it (the terminal sends SIGINT to
+    the whole process group; the parent stops its workers itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
@@ -55,70 +45,87 @@ def become_worker(parent_pid):
         os._exit(1)
 
 
-def run_forked(n_workers, task, total, desc, what, quiet=False):
-    """Run `task(index, n_workers, report)` for each index in a forked worker process that dies with
-    this one, showing one progress bar (`desc`) over `total` items (each worker calls `report(n)` as it
-    goes). A worker that fails or is killed stops them all with one line about `what`; Ctrl-C or SIGTERM here stops them
-    too. Forked, not spawned: a worker starts in milliseconds and shares this process's memory-mapped
-    data instead of importing and reading it again."""
-    import multiprocessing
-    from multiprocessing.connection import wait
+def run_workers(module, job, directory, n_workers, total, desc, what, quiet=False):
+    """Run `python -m module SPEC INDEX N PARENT_PID` in n_workers processes that die with this one: each
+    unpickles `job` from SPEC and does shard INDEX of N into `directory`, printing how many items it has
+    done as lines on stdout, summed here into one progress bar (`desc`) over `total` items. A worker that
+    fails or is killed stops them all with one line about `what`; Ctrl-C or SIGTERM here stops them too.
+
+    New interpreters, not forks of this one: a worker imports only what its module needs (datasets and the
+    tokenizer, about 170 MB), where a fork of a trainer carries torch and the model. On 1M lines the
+    trainer's process tree peaked at 2.17 GB with datasets' forked pool (docs/benchmarks.md)."""
+    import pickle
+    import selectors
+    import subprocess
+    import tempfile
+    from pathlib import Path
 
     from tqdm.auto import tqdm
 
     from utils.errors import UserError
-    context = multiprocessing.get_context("fork")
-    done = context.Value("q", 0)
-    parent = os.getpid()
-
-    def work(index, errors):
-        become_worker(parent)
-
-        def report(n):
-            with done.get_lock():
-                done.value += n
-        try:
-            task(index, n_workers, report)
-        except BaseException as error:  # noqa: B036 - the parent decides; this process only reports it
-            errors.send(f"{type(error).__name__}: {error}")
-            os._exit(1)
-        os._exit(0)  # no atexit handlers of the parent's in a fork
-
-    workers, pipes = [], []
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "TOKENIZERS_PARALLELISM": "false"}  # a process per core already: no thread pool each on top
+    spec = Path(directory) / ".job.pkl"  # in the entry being built: a killed run's goes with its directory
+    workers = []
     try:
+        with open(spec, "wb") as f:
+            pickle.dump((job, str(directory)), f)
+        selector = selectors.DefaultSelector()
         for index in range(n_workers):
-            receive, send = context.Pipe(duplex=False)
-            worker = context.Process(target=work, args=(index, send), daemon=True)
-            worker.start()
-            send.close()
+            errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty worker cannot block on it
+            worker = subprocess.Popen([sys.executable, "-m", module, str(spec), str(index), str(n_workers),
+                                       str(os.getpid())], stdout=subprocess.PIPE, stderr=errors,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=root)
+            worker.errors = errors
             workers.append(worker)
-            pipes.append(receive)
+            selector.register(worker.stdout, selectors.EVENT_READ, worker)
         with tqdm(total=total, desc=desc, unit=" examples", disable=quiet) as bar:
-            running = list(workers)
-            while running:
-                wait([worker.sentinel for worker in running], timeout=0.2)
-                bar.update(done.value - bar.n)
-                for worker, pipe in zip(workers, pipes):
-                    if worker.exitcode not in (None, 0):
-                        raise UserError(f"{what}: {_worker_death(worker, pipe)}")
-                running = [worker for worker in running if worker.exitcode is None]
-            bar.update(done.value - bar.n)
+            while selector.get_map():
+                for key, _ in selector.select(timeout=0.5):
+                    line = key.fileobj.readline()
+                    if line.strip().isdigit():
+                        bar.update(int(line))
+                    elif not line:  # the worker closed its stdout: it has ended
+                        selector.unregister(key.fileobj)
+                        worker = key.data
+                        if worker.wait() != 0:
+                            raise UserError(f"{what}: {_worker_death(worker)}")
     finally:
         for worker in workers:
-            if worker.exitcode is None:
+            if worker.poll() is None:
                 worker.kill()
-            worker.join()
+            worker.wait()
+            worker.stdout.close()
+            worker.errors.close()
+        spec.unlink(missing_ok=True)
 
 
-def _worker_death(worker, pipe):
-    """Why a worker ended: its error, or the signal that killed it."""
+def worker_main(run):
+    """The body of a worker module: `run(job, directory, index, n_shards, report)` with the arguments
+    run_workers gave; an error is one line on stderr and exit 1."""
+    import pickle
+    spec, index, n_shards, parent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    become_worker(parent)
     try:
-        if pipe.poll():  # also true when the worker died without a word: then recv finds the end of the pipe
-            return f"worker process {worker.pid} failed: {pipe.recv()}"
-    except (EOFError, OSError):
-        pass
-    if worker.exitcode < 0:
-        name = signal.Signals(-worker.exitcode).name
+        with open(spec, "rb") as f:
+            job, directory = pickle.load(f)
+
+        def report(n):
+            sys.stdout.write(f"{n}\n")
+            sys.stdout.flush()
+        run(job, directory, index, n_shards, report)
+    except Exception as error:  # the parent turns it into its one line
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _worker_death(worker):
+    """Why a worker ended: its error, or the signal that killed it."""
+    if worker.returncode < 0:
+        name = signal.Signals(-worker.returncode).name
         hint = " (out of memory? try fewer --preprocessing_num_workers)" if name == "SIGKILL" else ""
         return f"worker process {worker.pid} was killed by {name}{hint}; nothing was cached: run again"
-    return f"worker process {worker.pid} exited with status {worker.exitcode}; nothing was cached: run again"
+    worker.errors.seek(0)
+    error = worker.errors.read().decode(errors="replace").strip().splitlines()
+    return f"worker process {worker.pid} failed: {error[-1] if error else f'exit status {worker.returncode}'}"
