@@ -214,6 +214,7 @@ def run_local(job, pending, num_workers, finished):
     if not pending:
         return
     if num_workers == 1 or len(pending) == 1:
+        _init_worker(threads_per_worker(1))
         classifier = load_worker_classifier(job)
         for shard in pending:
             finished(classify_shard(job, shard, classifier), shard)
