@@ -81,8 +81,12 @@ def save_checkpoint(directory, model, tokenizer, save_model):
 
 
 def measure(command, stdin_path=None, env=None):
-    """(seconds, peak RSS of the process tree in MiB, stderr's last line)."""
+    """(seconds, CPU seconds, peak RSS of the process tree in MiB, stderr's last line). CPU seconds (user +
+    system of the command and every process it waited for) are what a shared machine's other jobs
+    cannot inflate, unlike seconds."""
+    import resource
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
                                env=env, start_new_session=True)
@@ -105,6 +109,8 @@ def measure(command, stdin_path=None, env=None):
             break
         time.sleep(0.05)
     elapsed = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     reader.join()
     if stdin_path:
         stdin.close()
@@ -112,7 +118,7 @@ def measure(command, stdin_path=None, env=None):
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("classify:")]
     if process.returncode:
         sys.exit(f"{' '.join(map(str, command))} failed:\n{text[-3000:]}")
-    return elapsed, peak / 2**20, lines[-1] if lines else ""
+    return elapsed, cpu, peak / 2**20, lines[-1] if lines else ""
 
 
 SYSTEMS = {
@@ -156,11 +162,12 @@ def main():
             corpus(path, args.n_lines)
         rows = []
         for name in args.systems:
-            start_up, _, _ = run_system(name, model_fn, one_line, work / "out", env)
-            seconds, peak, summary = run_system(name, model_fn, path, work / "out", env)
+            start_up, _, _, _ = run_system(name, model_fn, one_line, work / "out", env)
+            seconds, cpu, peak, summary = run_system(name, model_fn, path, work / "out", env)
             rows.append({"system": name, "lines": f"{args.n_lines:,}", "seconds": f"{seconds:.1f}",
-                         "lines/s": f"{args.n_lines / seconds:.0f}", "start-up s": f"{start_up:.1f}",
-                         "peak RSS MiB": f"{peak:.0f}", "_rate": args.n_lines / seconds})
+                         "lines/s": f"{args.n_lines / seconds:.0f}", "lines/CPU-s": f"{args.n_lines / cpu:.0f}",
+                         "start-up s": f"{start_up:.1f}", "peak RSS MiB": f"{peak:.0f}",
+                         "_rate": args.n_lines / seconds})
             print(f"{name}: {summary}", file=sys.stderr, flush=True)
         rates = {row["system"]: row["_rate"] for row in rows}
         best_local = max((rates[s] for s in ("file 1x2", "file 2x1") if s in rates), default=None)
@@ -169,8 +176,9 @@ def main():
                 row["vs stdin"] = f"{row['_rate'] / rates['stdin']:.2f}x"
             if best_local:
                 row["vs best local"] = f"{row['_rate'] / best_local:.2f}x"
-        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs stdin", "vs best local", "start-up s",
-                           "peak RSS MiB"]))
+        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs stdin", "vs best local", "lines/CPU-s",
+                           "start-up s", "peak RSS MiB"]))
+        print(f"load average after: {os.getloadavg()[0]:.1f} (above 2.0: other jobs shared the cores)")
 
         if args.memory_lines:
             tiny_fn = tiny(work / "tiny")
@@ -180,7 +188,7 @@ def main():
                 if not path.exists():
                     corpus(path, n)
                 for name in ("file 2x1",):
-                    seconds, peak, _ = run_system(name, tiny_fn, path, work / "out", env)
+                    seconds, _, peak, _ = run_system(name, tiny_fn, path, work / "out", env)
                     memory.append({"system": f"{name}, tiny model", "lines": f"{n:,}", "seconds": f"{seconds:.0f}",
                                    "lines/s": f"{n / seconds:.0f}", "peak RSS MiB": f"{peak:.0f}"})
             print()

@@ -251,6 +251,10 @@ def _reference_examples(path, stats, labeling=SINGLE, span=None, labelled=True, 
             raise located(path, line, f"{len(fields)} tab-separated fields, expected 2 "
                                       "(`label<TAB>sentence`) or 3 (`label<TAB>sentence<TAB>pair`)")
         label = fields[0].strip()
+        if not n_examples and (span is None or span[0] == 0) and label.lower() in DEFAULT_LABEL_COLUMNS \
+                and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
+            raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
+                                      f"{label} --text_column {fields[1].strip()} to read the file by its header")
         if not labelled:
             if fields[1].strip():
                 n_examples += 1
@@ -262,9 +266,6 @@ def _reference_examples(path, stats, labeling=SINGLE, span=None, labelled=True, 
             continue
         if not label and not labeling.multi:
             raise located(path, line, "empty label before the tab")
-        if not n_examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
-            raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
-                                      f"{label} --text_column {fields[1].strip()} to read the file by its header")
         if not fields[1].strip():
             stats["n_empty"] += 1
             continue

@@ -105,7 +105,7 @@ def plan_input(source, index, shard_lines, columns, first_shard):
     (rows); returns the shards, numbered from first_shard."""
     if source.kind == "parquet":
         return _plan_parquet(source, index, shard_lines, columns, first_shard)
-    data_start, data_line = 0, 1
+    data_line = 1
     if source.kind in ("tsv", "csv", "jsonl"):
         first = next(iter(file_rows(source.path, source.kind)), None)
         if first is None:

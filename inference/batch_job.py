@@ -132,82 +132,85 @@ def run(args, saved):
     if any(Path(source.path).resolve().is_relative_to(output.resolve()) for source in sources):
         raise UserError(f"--output_fn {output}: it holds the input; choose another directory")
     settings = {key: getattr(args, key) for key in OUTPUT_SETTINGS}
-    created = not output.exists()
-    lock = _lock(output)
-    shards, job = [], None
-
-    def keep_finished():
-        """On an error: the finished shards stay for the rerun; a directory this run made and left empty goes."""
-        finished = sum(part_path(job, shard.index).exists() for shard in shards) if job else 0
-        if not finished and created:
-            shutil.rmtree(output, ignore_errors=True)
-            return None
-        return (f"the {finished} finished shard(s) of {len(shards)} are kept in {output}: rerun the same command "
-                "to classify the rest") if finished else None
-    on_failure(keep_finished)
-    model = model_identity(args, saved)
-    previous = _read_manifest(output)
-    if previous is not None and args.overwrite:
-        _clear(output)
-        previous = None
-    elif previous is None and any(p.name not in (".lock",) for p in output.iterdir()):
+    if output.is_dir() and not (output / MANIFEST).exists() and any(
+            p.name != ".lock" for p in output.iterdir()):
         raise UserError(f"--output_fn {output}: the directory holds files but no {MANIFEST}, so it is not the output "
                         "of classify_plm.py: choose an empty or new directory")
-    if previous is not None:
-        created = False  # not this run's to remove
-        refusal = _what_changed(previous, model, settings, sources, output)
-        if refusal:
-            raise UserError(f"--output_fn {output} was written {refusal}: rerun with --overwrite to start over, or "
-                            "choose another --output_fn")
-        sources = [InputFile(**source) for source in previous["inputs"]]
-        shards[:] = [Shard(*row) for row in previous["shards"]]
-    else:
-        for index, source in enumerate(sources):
-            shards += plan_input(source, index, args.shard_size, columns, len(shards))
-        manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings, "labels": list(saved.labels),
-                    "inputs": [asdict(source) for source in sources], "shards": [s.as_list() for s in shards],
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    created = not output.exists()
+    lock = _lock(output)
+    try:
+        shards, job = [], None
+
+        def keep_finished():
+            """On an error: the finished shards stay for the rerun; a directory this run made and left empty goes."""
+            finished = sum(part_path(job, shard.index).exists() for shard in shards) if job else 0
+            if not finished and created:
+                shutil.rmtree(output, ignore_errors=True)
+                return None
+            return (f"the {finished} finished shard(s) of {len(shards)} are kept in {output}: rerun the same command "
+                    "to classify the rest") if finished else None
+        on_failure(keep_finished)
+        model = model_identity(args, saved)
+        previous = _read_manifest(output)
+        if previous is not None and args.overwrite:
+            _clear(output)
+            previous = None
+        if previous is not None:
+            created = False  # not this run's to remove
+            refusal = _what_changed(previous, model, settings, sources, output)
+            if refusal:
+                raise UserError(f"--output_fn {output} was written {refusal}: rerun with --overwrite to start over, or "
+                                "choose another --output_fn")
+            sources = [InputFile(**source) for source in previous["inputs"]]
+            shards[:] = [Shard(*row) for row in previous["shards"]]
+        else:
+            for index, source in enumerate(sources):
+                shards += plan_input(source, index, args.shard_size, columns, len(shards))
+            manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings, "labels": list(saved.labels),
+                        "inputs": [asdict(source) for source in sources], "shards": [s.as_list() for s in shards],
+                        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_json(output / MANIFEST, manifest)
+        for stale in output.glob(".part-*.tmp"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
+            stale.unlink()
+        (output / SUCCESS).unlink(missing_ok=True)
+
+        job = Job(inputs=sources, columns=columns, output_dir=str(output), output_format=args.output_format,
+                  settings=vars(args).copy(), labels=list(saved.labels), pairs=saved.pairs,
+                  single=not saved.multi_label and (args.top_k or 1) == 1)
+        done = {shard.index for shard in shards if part_path(job, shard.index).exists()}
+        pending = [shard for shard in shards if shard.index not in done]
+        n_lines = sum(shard.n_lines for shard in shards)
+        if done:
+            log.info(f"resuming {output}: {len(done)} of {len(shards)} shards already classified, {len(pending)} to go")
+
+        progress = _progress(n_lines, sum(shard.n_lines for shard in shards if shard.index in done))
+        totals = {"rows": 0, "empty": 0}
+
+        def finished(result, shard):
+            totals["rows"] += result["rows"]
+            totals["empty"] += result["empty"]
+            progress.update(shard.n_lines)
+
+        if args.engine == "ray":
+            from inference.ray_engine import run_ray
+            run_ray(job, pending, args.num_workers, args.ray_address, finished)
+        else:
+            run_local(job, pending, args.num_workers or default_workers(), finished)
+        progress.close()
+        for stale in output.glob(".part-*.tmp"):  # a retried Ray task's leftovers
+            stale.unlink()
+        elapsed = time.time() - started
+        manifest = _read_manifest(output)
+        manifest.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), n_lines=n_lines)
         _write_json(output / MANIFEST, manifest)
-    for stale in output.glob(".part-*.tmp"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
-        stale.unlink()
-    (output / SUCCESS).unlink(missing_ok=True)
+        (output / SUCCESS).touch()
+        if totals["empty"]:
+            log.warning(f"skipped {totals['empty']} row(s) with an empty text")
+        log.info(f"classified {totals['rows']} sentences in {elapsed:.2f} s "
+                 f"({totals['rows'] / elapsed if elapsed else 0:.1f} sentences/s): {len(shards)} shards in {output}")
 
-    job = Job(inputs=sources, columns=columns, output_dir=str(output), output_format=args.output_format,
-              settings=vars(args).copy(), labels=list(saved.labels), pairs=saved.pairs,
-              single=not saved.multi_label and (args.top_k or 1) == 1)
-    done = {shard.index for shard in shards if part_path(job, shard.index).exists()}
-    pending = [shard for shard in shards if shard.index not in done]
-    n_lines = sum(shard.n_lines for shard in shards)
-    if done:
-        log.info(f"resuming {output}: {len(done)} of {len(shards)} shards already classified, {len(pending)} to go")
-
-    progress = _progress(n_lines, sum(shard.n_lines for shard in shards if shard.index in done))
-    totals = {"rows": 0, "empty": 0}
-
-    def finished(result, shard):
-        totals["rows"] += result["rows"]
-        totals["empty"] += result["empty"]
-        progress.update(shard.n_lines)
-
-    if args.engine == "ray":
-        from inference.ray_engine import run_ray
-        run_ray(job, pending, args.num_workers, args.ray_address, finished)
-    else:
-        run_local(job, pending, args.num_workers or default_workers(), finished)
-    progress.close()
-    lock_release(lock)
-    for stale in output.glob(".part-*.tmp"):  # a retried Ray task's leftovers
-        stale.unlink()
-    elapsed = time.time() - started
-    manifest = _read_manifest(output)
-    manifest.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), n_lines=n_lines)
-    _write_json(output / MANIFEST, manifest)
-    (output / SUCCESS).touch()
-    if totals["empty"]:
-        log.warning(f"skipped {totals['empty']} row(s) with an empty text")
-    log.info(f"classified {totals['rows']} sentences in {elapsed:.2f} s "
-             f"({totals['rows'] / elapsed if elapsed else 0:.1f} sentences/s): {len(shards)} shards in {output}")
-
+    finally:
+        lock_release(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
 
 def run_local(job, pending, num_workers, finished):
     """Shards classified here (one worker), or in num_workers processes, each loading the model once."""
@@ -287,8 +290,8 @@ def classify_shard(job, shard, classifier):
     rows = 0
     try:
         while chunk := list(islice(examples, settings["chunk_size"])):
-            items = [(example.text, example.text_pair if example.text_pair is not None else ("" if job.pairs else None))
-                     for example in chunk]
+            # a pair model reads the pair (empty when the row has none); a single-sentence model never does
+            items = [(example.text, (example.text_pair or "") if job.pairs else None) for example in chunk]
             _, probabilities, scores, ids = classifier.predict(items, settings["top_k"], settings["threshold"])
             writer.write(chunk, probabilities, scores, ids)
             rows += len(chunk)
