@@ -65,7 +65,14 @@ def connect(ray, address):
         ray.init(num_cpus=_cores(), include_dashboard=False, **options)
         return True
     except (ConnectionError, RuntimeError, TimeoutError) as error:
-        raise UserError(f"--ray_address {address}: cannot join the Ray cluster: {first_line(error)}") from None
+        causes = [first_line(e) for e in (error.__cause__, error.__cause__ and error.__cause__.__cause__) if e]
+        raise UserError(f"--ray_address {address}: cannot join the Ray cluster: "
+                        f"{'; '.join([first_line(error), *causes])}") from None
+
+
+def _auth_token_found():
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
 
 
 def _cores():
@@ -88,6 +95,11 @@ class ShardClassifier:
 
 
 def run_ray(job, pending, num_workers, address, finished):
+    if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_found():
+        # `ray start --head` (Ray 2.60) turns on token authentication and writes the token to
+        # ~/.ray/auth_token, but a driver's ray.init leaves it off and is refused ("InvalidAuthToken");
+        # ray reads this when imported
+        os.environ["RAY_AUTH_MODE"] = "token"
     ray = import_ray()
     started = connect(ray, address)
     try:
@@ -97,10 +109,12 @@ def run_ray(job, pending, num_workers, address, finished):
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off...) are not the user's
         cpus = int(ray.cluster_resources().get("CPU", 1))
+        # each actor reserves its share of the cluster's CPUs (all fit at once), and runs that many
+        # intra-op threads unless OMP_NUM_THREADS says otherwise
+        per_actor = max(1, cpus // num_workers) if num_workers else 1
+        num_workers = num_workers or cpus
         threads = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(threads) if threads.isdigit() and int(threads) > 0 else (
-            1 if num_workers is None else max(1, cpus // num_workers))
-        num_workers = num_workers or max(1, cpus // threads)
+        threads = int(threads) if threads.isdigit() and int(threads) > 0 else per_actor
         log.info(f"Ray: {cpus} CPUs in the cluster, {num_workers} actors of {threads} thread(s), "
                  f"{len(pending)} shards")
         if not pending:
@@ -112,7 +126,7 @@ def run_ray(job, pending, num_workers, address, finished):
         # should take the next one
         pool = ray.data.ActorPoolStrategy(size=min(num_workers, len(pending)), max_tasks_in_flight_per_actor=1)
         results = shards.map_batches(ShardClassifier, fn_constructor_args=(job, threads), batch_size=1, compute=pool,
-                                     num_cpus=threads)
+                                     num_cpus=per_actor)
         try:
             for row in results.iter_rows():
                 finished({key: int(row[key]) for key in ("rows", "empty")}, by_index[int(row["shard"])])
