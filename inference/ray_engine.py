@@ -12,9 +12,11 @@ its shard (map_batches' actor pool defaults: max_restarts=-1, max_task_retries=-
 On a cluster, every node needs this checkout and its environment at the same path, and the inputs,
 the model and --output_fn on a filesystem all nodes share (NFS, a mounted bucket): README "Classify a
 corpus"."""
+import contextlib
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 from data_load.shards import Shard
@@ -60,14 +62,28 @@ def connect(ray, address):
                             "a local cluster") from None
     try:
         if address:
-            ray.init(address=address, **options)
+            with _quiet_stderr():  # Ray's C++ client prints a line a second while it retries
+                ray.init(address=address, **options)
             return False
         ray.init(num_cpus=_cores(), include_dashboard=False, **options)
         return True
     except (ConnectionError, RuntimeError, TimeoutError) as error:
-        causes = [first_line(e) for e in (error.__cause__, error.__cause__ and error.__cause__.__cause__) if e]
-        raise UserError(f"--ray_address {address}: cannot join the Ray cluster: "
-                        f"{'; '.join([first_line(error), *causes])}") from None
+        raise UserError(f"--ray_address {address}: cannot join the Ray cluster ({first_line(error)}): is a Ray "
+                        f"{ray.__version__} head running there (`ray start --head`)?") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null while the block runs (Ray's C++ code writes to it directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _auth_token_found():
@@ -100,6 +116,10 @@ def run_ray(job, pending, num_workers, address, finished):
         # ~/.ray/auth_token, but a driver's ray.init leaves it off and is refused ("InvalidAuthToken");
         # ray reads this when imported
         os.environ["RAY_AUTH_MODE"] = "token"
+    if address:
+        # a driver retries joining once a second, 20 times by default: an address that answers but is no
+        # Ray head (a proxy, another service) would take 20 s to refuse
+        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "4")
     ray = import_ray()
     started = connect(ray, address)
     try:
