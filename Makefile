@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL ?= models/demo
 
-.PHONY: setup demo serve test test-fast bench-train bench-classify bench-serve accuracy clean
+.PHONY: setup demo serve test test-fast bench-train bench-classify bench-classify-scale bench-serve accuracy clean
 
 $(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/ray.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-train: setup
 
 bench-classify: setup
 	$(PY) bench/classify_speed.py
+
+bench-classify-scale: setup
+	$(PY) bench/classify_scale.py
 
 bench-serve: setup
 	$(PY) bench/serve_load.py

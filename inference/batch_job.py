@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -191,7 +190,9 @@ def run(args, saved):
             totals["empty"] += result["empty"]
             progress.update(shard.n_lines)
 
-        if args.engine == "ray":
+        if not pending:
+            pass
+        elif args.engine == "ray":
             from inference.ray_engine import run_ray
             run_ray(job, pending, args.num_workers, args.ray_address, finished)
         else:
@@ -223,6 +224,7 @@ def run_local(job, pending, num_workers, finished):
             finished(classify_shard(job, shard, classifier), shard)
         return
     import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     threads = threads_per_worker(num_workers)
     # spawn, not fork: a fork of a process with onnxruntime's or torch's thread pools can deadlock
     with ProcessPoolExecutor(min(num_workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
