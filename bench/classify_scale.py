@@ -10,7 +10,8 @@ depend on what the head learnt), exported to ONNX int8, on the same cores:
   file 1x2            --input_fn/--output_fn, one process with 2 onnxruntime threads
   file 2x1            --num_workers 2: two processes of one thread each
   ray 2x1             --engine ray --num_workers 2: a local Ray cluster, two actors of one thread
-Lines/s are of the whole command (start-up included, as a user waits for it); start-up is the same
+Systems take turns for --repeats rounds (median shown, every round listed), so load from other jobs
+on a shared machine hits them alike. Lines/s are of the whole command (start-up included); start-up is the same
 command on a 1-line input; peak RSS is of the whole process tree (Ray's raylet, GCS and workers
 included), sampled every 50 ms. Memory flatness: file mode on --memory_lines against a tenth of
 them, with a tiny 2-layer model (MiniLM would need ~30 min per million lines on 2 cores; what grows
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import ROOT, emotion, nsmc, require_shared, table
+from common import ROOT, emotion, median, nsmc, require_shared, table
 
 
 def corpus(path, n_lines):
@@ -81,12 +82,8 @@ def save_checkpoint(directory, model, tokenizer, save_model):
 
 
 def measure(command, stdin_path=None, env=None):
-    """(seconds, CPU seconds, peak RSS of the process tree in MiB, stderr's last line). CPU seconds (user +
-    system of the command and every process it waited for) are what a shared machine's other jobs
-    cannot inflate, unlike seconds."""
-    import resource
+    """(seconds, peak RSS of the process tree in MiB, stderr's last line)."""
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
                                env=env, start_new_session=True)
@@ -109,8 +106,6 @@ def measure(command, stdin_path=None, env=None):
             break
         time.sleep(0.05)
     elapsed = time.time() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     reader.join()
     if stdin_path:
         stdin.close()
@@ -118,7 +113,7 @@ def measure(command, stdin_path=None, env=None):
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("classify:")]
     if process.returncode:
         sys.exit(f"{' '.join(map(str, command))} failed:\n{text[-3000:]}")
-    return elapsed, cpu, peak / 2**20, lines[-1] if lines else ""
+    return elapsed, peak / 2**20, lines[-1] if lines else ""
 
 
 SYSTEMS = {
@@ -144,6 +139,7 @@ def main():
     p.add_argument("--n_lines", type=int, default=200_000)
     p.add_argument("--memory_lines", type=int, default=1_000_000, help="0: no memory run")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--repeats", type=int, default=3, help="rounds; the table shows each system's median")
     p.add_argument("--work_dir", help="keep the models and corpora here between runs (default: a temporary directory)")
     args = p.parse_args()
     require_shared()
@@ -160,15 +156,21 @@ def main():
         path = work / f"corpus{args.n_lines}.txt"
         if not path.exists():
             corpus(path, args.n_lines)
+        runs = {name: [] for name in args.systems}
+        start_ups = {name: run_system(name, model_fn, one_line, work / "out", env)[0] for name in args.systems}
+        for round_ in range(args.repeats):  # systems take turns, so a burst of load elsewhere hits them all alike
+            for name in args.systems:
+                runs[name].append(run_system(name, model_fn, path, work / "out", env))
+                print(f"round {round_ + 1}, {name}: {runs[name][-1][2]}", file=sys.stderr, flush=True)
         rows = []
         for name in args.systems:
-            start_up, _, _, _ = run_system(name, model_fn, one_line, work / "out", env)
-            seconds, cpu, peak, summary = run_system(name, model_fn, path, work / "out", env)
+            seconds = median([run[0] for run in runs[name]])
+            peak = max(run[1] for run in runs[name])
             rows.append({"system": name, "lines": f"{args.n_lines:,}", "seconds": f"{seconds:.1f}",
-                         "lines/s": f"{args.n_lines / seconds:.0f}", "lines/CPU-s": f"{args.n_lines / cpu:.0f}",
-                         "start-up s": f"{start_up:.1f}", "peak RSS MiB": f"{peak:.0f}",
+                         "lines/s": f"{args.n_lines / seconds:.0f}",
+                         "runs lines/s": " ".join(f"{args.n_lines / run[0]:.0f}" for run in runs[name]),
+                         "start-up s": f"{start_ups[name]:.1f}", "peak RSS MiB": f"{peak:.0f}",
                          "_rate": args.n_lines / seconds})
-            print(f"{name}: {summary}", file=sys.stderr, flush=True)
         rates = {row["system"]: row["_rate"] for row in rows}
         best_local = max((rates[s] for s in ("file 1x2", "file 2x1") if s in rates), default=None)
         for row in rows:
@@ -176,7 +178,7 @@ def main():
                 row["vs stdin"] = f"{row['_rate'] / rates['stdin']:.2f}x"
             if best_local:
                 row["vs best local"] = f"{row['_rate'] / best_local:.2f}x"
-        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs stdin", "vs best local", "lines/CPU-s",
+        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs stdin", "vs best local", "runs lines/s",
                            "start-up s", "peak RSS MiB"]))
         print(f"load average after: {os.getloadavg()[0]:.1f} (above 2.0: other jobs shared the cores)")
 
@@ -188,7 +190,7 @@ def main():
                 if not path.exists():
                     corpus(path, n)
                 for name in ("file 2x1",):
-                    seconds, _, peak, _ = run_system(name, tiny_fn, path, work / "out", env)
+                    seconds, peak, _ = run_system(name, tiny_fn, path, work / "out", env)
                     memory.append({"system": f"{name}, tiny model", "lines": f"{n:,}", "seconds": f"{seconds:.0f}",
                                    "lines/s": f"{n / seconds:.0f}", "peak RSS MiB": f"{peak:.0f}"})
             print()
