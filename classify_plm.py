@@ -39,7 +39,8 @@ def parse_args():
                              "per label after --threshold_per_label, in training_args.json); when no "
                              "label reaches it, the most probable one is printed")
     output.add_argument("--with_prob", action="store_true",
-                        help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
+                        help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence` "
+                             "(file mode: a `probabilities` column with every label's)")
     output.add_argument("--chunk_size", type=int_at_least(1), default=8192,
                         help="lines read, sorted and classified at a time")
     add_file_flags(p)

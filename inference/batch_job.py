@@ -70,8 +70,8 @@ def add_file_flags(parser):
     return group
 
 
-# Measured on 2 cores (docs/benchmarks.md, bench/classify_scale.py): see default_workers
-LOCAL_DEFAULT_HELP = "one process per core, each with one onnxruntime/torch thread (measured faster than one process with a thread per core)"
+LOCAL_DEFAULT_HELP = ("one process per core, each with one onnxruntime/torch thread (OMP_NUM_THREADS sets "
+                      "them), measured faster than one process with a thread per core")
 
 
 def cpu_count():
@@ -79,6 +79,9 @@ def cpu_count():
 
 
 def default_workers():
+    """One process per core. bench/classify_scale.py, MiniLM int8 on 2 cores (docs/benchmarks.md): two
+    one-thread processes 235 lines/s and 243 lines per CPU-second, one process with two onnxruntime
+    threads 151 and 189 (its threads wait on each other at every small matmul of a batch)."""
     return cpu_count()
 
 
