@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_MODEL ?= models/demo
 
-.PHONY: setup demo serve test test-fast bench-train bench-classify bench-serve accuracy clean
+.PHONY: setup demo serve test test-fast bench-train bench-classify bench-classify-scale bench-serve accuracy clean
 
-$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/test_requirements.txt
+$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/ray.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test_requirements.txt
 	touch $@
@@ -41,6 +41,9 @@ bench-train: setup
 
 bench-classify: setup
 	$(PY) bench/classify_speed.py
+
+bench-classify-scale: setup
+	$(PY) bench/classify_scale.py
 
 bench-serve: setup
 	$(PY) bench/serve_load.py

@@ -7,12 +7,19 @@ threshold, the most probable first, joined by the model's --label_separator (def
 single most probable label when none does.
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
 flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
-`export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time."""
+`export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time.
+
+File mode, for a corpus of any size: `--input_fn corpus/ --output_fn predictions/` writes Parquet (or
+JSONL) shards with each row's line, label and score; rerunning the same command after an interruption
+classifies only the missing shards, and `--engine ray` spreads the shards over a Ray cluster
+(inference/batch_job.py, README "Classify a corpus")."""
 import argparse
 import sys
 import time
 from itertools import islice
 
+from data_load.readers import split_pair
+from inference.batch_job import add_file_flags, check_file_flags
 from inference.classifier import add_classifier_flags, load_classifier
 from utils.cli import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
@@ -32,19 +39,27 @@ def parse_args():
                              "per label after --threshold_per_label, in training_args.json); when no "
                              "label reaches it, the most probable one is printed")
     output.add_argument("--with_prob", action="store_true",
-                        help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence`")
+                        help="add a column with the probability of each printed label: `labels<TAB>probs<TAB>sentence` "
+                             "(file mode: a `probabilities` column with every label's)")
     output.add_argument("--chunk_size", type=int_at_least(1), default=8192,
                         help="lines read, sorted and classified at a time")
+    add_file_flags(p)
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    check_file_flags(args)
+    if args.input_fn:
+        from inference import batch_job
+        from utils.saved_model import SavedModel
+        saved = SavedModel.read(args.model_fn, ("config.json", "training_args.json"))
+        check_threshold(args, saved.multi_label)
+        batch_job.run(args, saved)  # the classifier is loaded where shards are classified
+        return
     classifier = load_classifier(args)
     labels = classifier.labels
-    if args.threshold is not None and not classifier.multi_label:
-        raise UserError(f"--threshold: {args.model_fn} is a single-label model (one label per sentence); "
-                        "--threshold applies to multi-label models")
+    check_threshold(args, classifier.multi_label)
     # a multi-label prediction's labels are joined as in the training data (names may hold spaces)
     joiner = classifier.label_separator if classifier.multi_label else " "
 
@@ -66,6 +81,12 @@ def main():
              f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)")
 
 
+def check_threshold(args, multi_label):
+    if args.threshold is not None and not multi_label:
+        raise UserError(f"--threshold: {args.model_fn} is a single-label model (one label per sentence); "
+                        "--threshold applies to multi-label models")
+
+
 def read_lines(stream):
     """Non-blank lines without their line ending; undecodable bytes become U+FFFD instead of stopping."""
     for raw in stream:
@@ -74,14 +95,6 @@ def read_lines(stream):
             line = line[1:]
         if line.strip():
             yield line
-
-
-def split_pair(line, pairs):
-    """(text, pair): a pair model reads `sentence<TAB>sentence_pair` (an empty pair when there is no tab)."""
-    if pairs and "\t" in line:
-        text, pair = line.split("\t", 1)
-        return text, pair
-    return line, "" if pairs else None
 
 
 if __name__ == "__main__":

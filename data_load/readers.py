@@ -32,6 +32,7 @@ class Example:
     label: str | list | None = None  # a class name; with multi-label data, a list of them (maybe empty)
     text_pair: str | None = None
     line: int = 0  # 1-based line in the source file, for error messages
+    record: dict | None = None  # the row's columns, when the reader is asked to keep them (classify --keep_columns)
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,33 @@ def iter_examples(path, text_column=None, text_pair_column=None, label_column=No
     for an empty text (the caller warns once)."""
     path = Path(path)
     stats = {} if stats is None else stats
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path)
-    elif suffix == ".csv" or text_column or label_column or text_pair_column or labeling.columns:
-        rows = _table_rows(path, delimiter="," if suffix == ".csv" else "\t", quoted=suffix == ".csv")
-    else:
+    kind = file_kind(path, text_column, text_pair_column, label_column, labeling)
+    if kind == "reference":
         yield from _reference_examples(path, stats, labeling)
         return
-    yield from examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, labeling=labeling)
+    yield from examples_from_rows(path, file_rows(path, kind), text_column, text_pair_column, label_column, stats,
+                                  labeling=labeling)
+
+
+def file_kind(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE):
+    """How a text file is read: jsonl, csv, tsv (a table with a header or column positions), or reference
+    (`label<TAB>sentence`: .tsv/.txt without column flags)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    if text_column or label_column or text_pair_column or labeling.columns:
+        return "tsv"
+    return "reference"
+
+
+def file_rows(path, kind, span=None):
+    """(line, row) of a jsonl, csv or tsv file (rows: field lists, or dicts for JSONL); span: a byte
+    range, see text_lines."""
+    if kind == "jsonl":
+        return _jsonl_rows(path, span)
+    return _table_rows(path, delimiter="," if kind == "csv" else "\t", quoted=kind == "csv", span=span)
 
 
 def examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, columns=None,
@@ -94,55 +113,84 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
     (JSONL objects, Arrow records; `columns` names their keys when known in advance)."""
     rows = iter(rows)
     stats["n_empty"] = 0
-    arrow_table = columns is not None
     first = next(rows, None)
     if first is None and columns is None:
         raise UserError(f"{path}: the file is empty")
     if columns is not None:
         pending = [first] if first is not None else []
-    elif isinstance(first[1], dict):  # JSONL: the first object's keys name the columns
-        columns, pending = list(first[1]), [first]
-    elif _is_positional(text_column, text_pair_column, label_column, *(labeling.columns or ())):
+    else:
+        columns, is_header = header_columns(path, first, text_column, text_pair_column, label_column, labeling)
+        pending = [] if is_header else [first]
+    keys = column_keys(path, columns, text_column, text_pair_column, label_column, labeling, stats)
+    n_examples = 0
+    for example in row_examples(path, itertools.chain(pending, rows), columns, keys, labeling, stats):
+        n_examples += 1
+        yield example
+    if not n_examples:
+        raise UserError(f"{path}: no examples found (only a header, or every text is empty)")
+
+
+def header_columns(path, first, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE):
+    """(columns, whether the first row is a header) of a file whose first row is `first` (line, row):
+    a JSONL object's keys, a header row's names, or positions 0..n-1."""
+    if isinstance(first[1], dict):  # JSONL: the first object's keys name the columns
+        return list(first[1]), False
+    if _is_positional(text_column, text_pair_column, label_column, *(labeling.columns or ())):
         if _is_header(first[1], ()):
             raise located(path, first[0], f"looks like a header ({', '.join(f.strip() for f in first[1])}), but the "
                                           "columns are given by position: name them instead, e.g. --label_column "
                                           "label, so the header is not read as an example")
-        columns, pending = list(range(len(first[1]))), [first]
-    elif not _is_header(first[1], (text_column, text_pair_column, label_column, *_named(labeling.columns))):
-        columns, pending = list(range(len(first[1]))), [first]
-    else:
-        columns, pending = first[1], []
+        return list(range(len(first[1]))), False
+    if not _is_header(first[1], (text_column, text_pair_column, label_column, *_named(labeling.columns))):
+        return list(range(len(first[1]))), False
+    return first[1], True
 
-    if arrow_table:  # a position picks the column by its place in the table's schema
-        text_column, text_pair_column, label_column = (
-            columns[int(c)] if c is not None and str(c).isdigit() and int(c) < len(columns) else c
-            for c in (text_column, text_pair_column, label_column))
+
+def column_keys(path, columns, text_column, text_pair_column, label_column, labeling=SINGLE, stats=None,
+                labelled=True):
+    """Which of `columns` hold the text, the pair and the label(s), as a dict for row_examples; a
+    position picks the column by its place. labelled=False: text and pair only (classifying)."""
+    stats = {} if stats is None else stats
+    text_column, text_pair_column, label_column = (
+        columns[int(c)] if c is not None and str(c).isdigit() and int(c) < len(columns) else c
+        for c in (text_column, text_pair_column, label_column))
     text_key = _pick_column(path, columns, text_column, DEFAULT_TEXT_COLUMNS, "--text_column")
     pair_key = (_pick_column(path, columns, text_pair_column, (), "--text_pair_column")
-                if text_pair_column else None)
-    if labeling.columns:  # one 0/1 column per label
-        label_key = None
+                if text_pair_column is not None else None)
+    label_key, label_keys = None, None
+    roles = {"--text_column": text_key, "--text_pair_column": pair_key}
+    if not labelled:
+        pass
+    elif labeling.columns:  # one 0/1 column per label
         label_keys = _label_columns(path, columns, labeling.columns)
         stats["declared_labels"] = [str(key) for key in label_keys]
-        roles = {"--text_column": text_key, "--text_pair_column": pair_key,
-                 **{f"--label_columns ({key})": key for key in label_keys}}
+        roles.update({f"--label_columns ({key})": key for key in label_keys})
     else:
         label_key = _pick_column(path, columns, label_column, DEFAULT_LABEL_COLUMNS, "--label_column")
-        roles = {"--text_column": text_key, "--text_pair_column": pair_key, "--label_column": label_key}
+        roles["--label_column"] = label_key
     _check_distinct(path, roles)
     stats["has_pairs"] = pair_key is not None
+    return {"text": text_key, "pair": pair_key, "label": label_key, "labels": label_keys, "labelled": labelled}
 
-    n_examples = 0
-    for line, row in itertools.chain(pending, rows):
+
+def row_examples(path, rows, columns, keys, labeling=SINGLE, stats=None, keep_record=False):
+    """Examples of (line, row) pairs with known columns and keys (column_keys); rows with an empty
+    text are skipped and counted in stats["n_empty"]. keep_record: each Example keeps its row's columns."""
+    stats = {} if stats is None else stats
+    stats.setdefault("n_empty", 0)
+    text_key, pair_key, label_key, label_keys = keys["text"], keys["pair"], keys["label"], keys["labels"]
+    for line, row in rows:
         record = _as_record(path, line, row, columns)
         text_value = _field(path, line, record, text_key)
         if not text_value.strip():
             stats["n_empty"] += 1
             continue
-        example = Example(text=text_value, line=line)
+        example = Example(text=text_value, line=line, record=record if keep_record else None)
         if pair_key is not None:
             example.text_pair = _field(path, line, record, pair_key)
-        if labeling.columns:
+        if not keys["labelled"]:
+            pass
+        elif label_keys:
             example.label = _flagged_labels(path, line, record, label_keys)
         elif labeling.multi:
             example.label = _label_set(path, line, record[label_key] if label_key in record else _missing(
@@ -151,15 +199,14 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
             example.label = _name_of(path, line, _label(path, line, record, label_key), labeling.names)
             if not example.label:
                 raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
-        n_examples += 1
         yield example
-    if not n_examples:
-        raise UserError(f"{path}: no examples found (only a header, or every text is empty)")
 
 
-def text_lines(path, keep_ends=False):
+def text_lines(path, keep_ends=False, span=None):
     """(line number, line) of a UTF-8 file (a BOM is dropped), read as a stream; any line endings
-    (\\n, \\r\\n, a lone \\r) end a line. Binary or mis-encoded files are errors naming the line."""
+    (\\n, \\r\\n, a lone \\r) end a line. Binary or mis-encoded files are errors naming the line.
+    span (start, end, first line): only the lines in bytes start..end, numbered from `first line`;
+    start and end are at line starts (classify_plm.py's shards, inference/batch_job.py)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -168,13 +215,19 @@ def text_lines(path, keep_ends=False):
         raise UserError(f"{path}: is a directory, expected a data file") from None
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
-    number = 0
+    start, end, number = span if span else (0, None, 1)
+    number -= 1
     with f:
+        f.seek(start)
+        position = start
         for raw in f:
+            if end is not None and position >= end:
+                break
             if b"\x00" in raw:
                 raise located(path, number + 1, "contains a NUL byte: this looks like a binary file, not UTF-8 text")
             try:
-                text = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+                text = raw.decode("utf-8-sig" if position == 0 else "utf-8")
+                position += len(raw)
             except UnicodeDecodeError:
                 raise located(path, number + 1, "is not valid UTF-8: convert the file, e.g. "
                                                 f"`iconv -f cp949 -t utf-8 {path} > fixed.tsv`") from None
@@ -183,10 +236,11 @@ def text_lines(path, keep_ends=False):
                 yield number, piece if keep_ends else piece.rstrip("\r\n")
 
 
-def _reference_examples(path, stats, labeling=SINGLE):
-    """`label<TAB>sentence[<TAB>sentence_pair]` without header; blank lines are skipped."""
+def _reference_examples(path, stats, labeling=SINGLE, span=None, labelled=True, keep_record=False):
+    """`label<TAB>sentence[<TAB>sentence_pair]` without header; blank lines are skipped. labelled=False
+    (classifying): the label is not read; span: a byte range (text_lines), which may hold no example."""
     n_examples = stats["n_empty"] = 0
-    for line, raw in text_lines(path):
+    for line, raw in text_lines(path, span=span):
         if not raw.strip():
             continue
         fields = raw.split("\t")
@@ -197,11 +251,21 @@ def _reference_examples(path, stats, labeling=SINGLE):
             raise located(path, line, f"{len(fields)} tab-separated fields, expected 2 "
                                       "(`label<TAB>sentence`) or 3 (`label<TAB>sentence<TAB>pair`)")
         label = fields[0].strip()
-        if not label and not labeling.multi:
-            raise located(path, line, "empty label before the tab")
-        if not n_examples and label.lower() in DEFAULT_LABEL_COLUMNS and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
+        if not n_examples and (span is None or span[0] == 0) and label.lower() in DEFAULT_LABEL_COLUMNS \
+                and fields[1].strip().lower() in DEFAULT_TEXT_COLUMNS:
             raise located(path, line, f"looks like a header ({raw.strip()!r}), not an example: pass --label_column "
                                       f"{label} --text_column {fields[1].strip()} to read the file by its header")
+        if not labelled:
+            if fields[1].strip():
+                n_examples += 1
+                record = dict(zip(("label", "text", "text_pair"), fields)) if keep_record else None
+                yield Example(text=fields[1], text_pair=fields[2] if len(fields) == 3 else None, line=line,
+                              record=record)
+            else:
+                stats["n_empty"] += 1
+            continue
+        if not label and not labeling.multi:
+            raise located(path, line, "empty label before the tab")
         if not fields[1].strip():
             stats["n_empty"] += 1
             continue
@@ -211,31 +275,32 @@ def _reference_examples(path, stats, labeling=SINGLE):
         label = _label_set(path, line, label, "label", labeling) if labeling.multi else _name_of(
             path, line, label, labeling.names)
         yield Example(text=fields[1], label=label, text_pair=fields[2] if len(fields) == 3 else None, line=line)
-    if not n_examples:
+    if not n_examples and span is None:
         raise UserError(f"{path}: no examples found: the file is empty")
 
 
-def _table_rows(path, delimiter, quoted):
+def _table_rows(path, delimiter, quoted, span=None):
     """(line, fields) for each non-blank row of a delimited file."""
     if quoted:
-        lines = text_lines(path, keep_ends=True)
+        lines = text_lines(path, keep_ends=True, span=span)
+        offset = span[2] - 1 if span else 0
         reader = csv.reader((piece for _, piece in lines), delimiter=delimiter)
         try:
             start = 1
             for fields in reader:
                 if any(field.strip() for field in fields):
-                    yield start, fields
+                    yield start + offset, fields
                 start = reader.line_num + 1
         except csv.Error as error:
-            raise located(path, reader.line_num, f"malformed CSV: {error}") from None
+            raise located(path, reader.line_num + offset, f"malformed CSV: {error}") from None
     else:
-        for line, raw in text_lines(path):
+        for line, raw in text_lines(path, span=span):
             if raw.strip():
                 yield line, raw.split(delimiter)
 
 
-def _jsonl_rows(path):
-    for line, raw in text_lines(path):
+def _jsonl_rows(path, span=None):
+    for line, raw in text_lines(path, span=span):
         if not raw.strip():
             continue
         try:
@@ -245,6 +310,27 @@ def _jsonl_rows(path):
         if not isinstance(record, dict):
             raise located(path, line, "expected a JSON object like {\"text\": ..., \"label\": ...}")
         yield line, record
+
+
+def line_examples(path, pairs=False, span=None, keep_record=False, stats=None):
+    """One text a line (classify_plm.py's stdin format, as a file): blank lines are skipped; a pair
+    model reads `sentence<TAB>sentence_pair` (split_pair)."""
+    stats = {} if stats is None else stats
+    stats.setdefault("n_empty", 0)
+    for line, raw in text_lines(path, span=span):
+        if not raw.strip():
+            stats["n_empty"] += 1
+            continue
+        text, pair = split_pair(raw, pairs)
+        yield Example(text=text, text_pair=pair, line=line, record={"text": raw} if keep_record else None)
+
+
+def split_pair(line, pairs):
+    """(text, pair): a pair model reads `sentence<TAB>sentence_pair` (an empty pair when there is no tab)."""
+    if pairs and "\t" in line:
+        text, pair = line.split("\t", 1)
+        return text, pair
+    return line, "" if pairs else None
 
 
 def _is_positional(*columns):

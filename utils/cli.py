@@ -66,12 +66,15 @@ CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: th
               "the data's content, the tokenizer and --max_length; delete the directory to clear it")
 
 
-def add_column_flags(group, trained=False):
+def add_column_flags(group, trained=False, labels=True):
     """Which columns hold the text, the pair and the label(s), and how label sets are written. trained:
-    for a command that reads data for a saved model, whose label flags default to how it was trained."""
+    for a command that reads data for a saved model, whose label flags default to how it was trained.
+    labels=False: the text columns only (classifying unlabelled files)."""
     as_trained = "; default: as the model was trained" if trained else ""
     group.add_argument("--text_column", help="text column name (or 0-based position in a file without header)")
     group.add_argument("--text_pair_column", help="second-sentence column for pair tasks (MRPC, NLI)")
+    if not labels:
+        return
     group.add_argument("--label_column", help="label column name (or 0-based position)")
     group.add_argument("--label_separator", default=None if trained else ",",
                        help="between the labels of one example, in multi-label data" + as_trained)

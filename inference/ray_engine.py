@@ -1,0 +1,176 @@
+"""`classify_plm.py --engine ray`: the shards of a file-mode job (inference/batch_job.py) classified on Ray Data.
+
+The driver plans the shards and keeps the manifest, as with the local engine; Ray Data runs a dataset
+of the pending shards through `map_batches` with the classifier as a callable class in an actor pool
+(`--num_workers` actors, each loading the model once, with its own intra-op threads). Each actor reads
+its shard with the project's readers, classifies it and writes its part file under a temporary name,
+renamed when complete. Ray's own read_parquet/write_parquet are not used: they name output files at
+random, so a retried task could leave a duplicate; a part file named by its shard is rewritten whole
+by a retry, which keeps the output exactly once. When an actor dies, Ray Data restarts it and retries
+its shard (map_batches' actor pool defaults: max_restarts=-1, max_task_retries=-1).
+
+On a cluster, every node needs this checkout and its environment at the same path, and the inputs,
+the model and --output_fn on a filesystem all nodes share (NFS, a mounted bucket): README "Classify a
+corpus"."""
+import contextlib
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from data_load.shards import Shard
+from inference.batch_job import classify_shard, load_worker_classifier
+from utils.errors import UserError, first_line
+from utils.log import log
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECT_TIMEOUT_S = 5  # an unreachable --ray_address fails within this, not after ray.init's minutes of retries
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra: pandas, pyarrow, fsspec)
+    except ImportError:
+        raise UserError("--engine ray needs Ray Data, which is not installed: pip install -r requirements/ray.txt "
+                        "(ray[data]==2.60.0), or use the default --engine local") from None
+    return ray
+
+
+# Ray's C++ core prints notices at error level that ask nothing of the user (every Ray Data actor pool
+# gets "has constructor arguments in the object store and max_restarts > 0"); real failures still reach
+# the driver as exceptions. RAY_BACKEND_LOG_LEVEL=info (or warning) brings them back.
+os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+def connect(ray, address):
+    """Join the cluster at `address`, or start a local one sized to this machine. Returns whether this
+    run started it (and so shuts it down)."""
+    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}}
+    options = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env=runtime_env)
+    if address and address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host.split("://")[-1] or not port.isdigit():
+            raise UserError(f"--ray_address {address}: expected host:port, e.g. 10.0.0.1:6379 (what `ray start --head` "
+                            "prints), or auto")
+        try:
+            socket.create_connection((host.split("://")[-1], int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as error:
+            raise UserError(f"--ray_address {address}: no Ray cluster answers there ({error.strerror or 'timed out'}): "
+                            "start one with `ray start --head` on that machine, or leave out --ray_address for "
+                            "a local cluster") from None
+    try:
+        if address:
+            with _quiet_stderr():  # Ray's C++ client prints a line a second while it retries
+                ray.init(address=address, **options)
+            return False
+        ray.init(num_cpus=_cores(), include_dashboard=False, **options)
+        return True
+    except (ConnectionError, RuntimeError, TimeoutError) as error:
+        raise UserError(f"--ray_address {address}: cannot join the Ray cluster ({first_line(error)}): is a Ray "
+                        f"{ray.__version__} head running there (`ray start --head`)?") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null while the block runs (Ray's C++ code writes to it directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _auth_token_found():
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class ShardClassifier:
+    """One actor of the pool: the model loaded once, then whole shards, one a call."""
+
+    def __init__(self, job, threads):
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # onnxruntime's session and torch read it (load_session)
+        self.job = job
+        self.classifier = load_worker_classifier(job)
+
+    def __call__(self, batch):
+        import numpy as np
+        results = [classify_shard(self.job, Shard(*(int(batch[key][i]) for key in Shard.__dataclass_fields__)),
+                                  self.classifier) for i in range(len(batch["index"]))]
+        return {key: np.array([result[key] for result in results]) for key in ("shard", "rows", "empty")}
+
+
+def run_ray(job, pending, num_workers, address, finished):
+    if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_found():
+        # `ray start --head` (Ray 2.60) turns on token authentication and writes the token to
+        # ~/.ray/auth_token, but a driver's ray.init leaves it off and is refused ("InvalidAuthToken");
+        # ray reads this when imported
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if address:
+        # a driver retries joining once a second, 20 times by default: an address that answers but is no
+        # Ray head (a proxy, another service) would take 20 s to refuse
+        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "4")
+    ray = import_ray()
+    started = connect(ray, address)
+    try:
+        import ray.data
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # classify_plm.py's own bar counts lines
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off...) are not the user's
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # each actor reserves its share of the cluster's CPUs (all fit at once), and runs that many
+        # intra-op threads unless OMP_NUM_THREADS says otherwise
+        per_actor = max(1, cpus // num_workers) if num_workers else 1
+        num_workers = num_workers or cpus
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(threads) if threads.isdigit() and int(threads) > 0 else per_actor
+        log.info(f"Ray: {cpus} CPUs in the cluster, {num_workers} actors of {threads} thread(s), "
+                 f"{len(pending)} shards")
+        if not pending:
+            return
+        by_index = {shard.index: shard for shard in pending}
+        items = [{key: getattr(shard, key) for key in Shard.__dataclass_fields__} for shard in pending]
+        shards = ray.data.from_items(items, override_num_blocks=len(items))
+        # one shard a task and none queued behind a busy actor: shards take minutes, so a free actor
+        # should take the next one
+        pool = ray.data.ActorPoolStrategy(size=min(num_workers, len(pending)), max_tasks_in_flight_per_actor=1)
+        results = shards.map_batches(ShardClassifier, fn_constructor_args=(job, threads), batch_size=1, compute=pool,
+                                     num_cpus=per_actor)
+        try:
+            for row in results.iter_rows():
+                finished({key: int(row[key]) for key in ("rows", "empty")}, by_index[int(row["shard"])])
+        except Exception as error:
+            user_error = _user_error(error)
+            if user_error is not None:
+                raise user_error from None
+            raise UserError(f"the Ray job failed: {first_line(error)}") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _user_error(error, seen=None):
+    """The UserError (a bad row, an unreadable file) an actor raised, under Ray's wrappers."""
+    seen = seen or set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error) is UserError:  # not Ray's RayTaskError(UserError), whose text is a traceback
+            return UserError(str(error))
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            found = _user_error(cause, seen)
+            if found:
+                return found
+        error = error.__cause__ or error.__context__
+    return None

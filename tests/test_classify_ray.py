@@ -1,0 +1,109 @@
+"""classify_plm.py --engine ray (inference/ray_engine.py) on a local 2-CPU Ray cluster, started once for
+the file (`ray start --head --block`, stopped by its process group at the end): the same output as the
+local engine, and a complete, equal output when an actor is killed midway."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SCRIPT_ENV, run_script
+from test_classify_files import classify_files, read_output, varied_checkpoint
+from test_onnx import REVIEWS
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray cluster and real scripts
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", temp_dir],
+                            env={**SCRIPT_ENV, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head failed"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # the head, its raylet and GCS, and the workers (some in sessions of their own): the processes this
+        # head started, by id, never `ray stop`, which stops every Ray on the machine. SIGTERM to the head
+        # took 20 s and ended nothing, so SIGKILL
+        import psutil
+        started = psutil.Process(head.pid).children(recursive=True)
+        os.killpg(head.pid, signal.SIGKILL)
+        for process in started:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        head.wait()
+        import shutil
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return varied_checkpoint(tmp_path_factory.mktemp("ray_model") / "tiny")
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(cluster, model, tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"pos\t{text}\n" for text in REVIEWS * 5))
+    run = run_script("classify_plm.py", "--model_fn", model, "--input_fn", corpus, "--output_fn", tmp_path / "ray",
+                     "--engine", "ray", "--ray_address", cluster, "--num_workers", 2, "--shard_size", 500,
+                     "--with_prob", "--keep_columns", env={"OMP_NUM_THREADS": "1"})
+    assert "Ray: 2 CPUs in the cluster, 2 actors of 1 thread(s), 5 shards" in run.stderr
+    local = classify_files(monkeypatch, model, corpus, tmp_path / "local", "--shard_size", 500, "--with_prob",
+                           "--keep_columns")
+    rows = read_output(tmp_path / "ray")
+    assert len(rows) == 2400 and [row["line"] for row in rows] == list(range(1, 2401))
+    assert [row["label"] for row in rows] == [row["label"] for row in local]
+    assert [row["text"] for row in rows] == [row["text"] for row in local]
+    assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in local], abs=1e-5)
+    assert (tmp_path / "ray" / "_SUCCESS").exists() and not list((tmp_path / "ray").glob(".part-*"))
+
+
+def test_a_killed_actor_is_replaced_and_no_row_is_lost(cluster, model, tmp_path, monkeypatch):
+    import psutil
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS * 8) + "\n")  # 3,840 lines, 32 shards
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model), "--input_fn",
+                                str(corpus), "--output_fn", str(out), "--engine", "ray", "--ray_address", cluster,
+                                "--num_workers", "2", "--shard_size", "120"],
+                               cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list(out.glob("part-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    actors = [p for p in psutil.process_iter(["pid", "cmdline"])
+              if "ShardClassifier" in " ".join(p.info["cmdline"] or [])]
+    done_at_kill = len(list(out.glob("part-*")))
+    assert actors and done_at_kill < 32, f"{len(actors)} actors found, {done_at_kill} of 32 shards done"
+    actors[0].send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    rows = read_output(out)
+    assert [row["line"] for row in rows] == list(range(1, 3_841)), "every row once, in order"
+    local = classify_files(monkeypatch, model, corpus, tmp_path / "local", "--shard_size", 120)
+    assert [row["label"] for row in rows] == [row["label"] for row in local]
+    assert not list(out.glob(".part-*")), "the killed actor's unfinished part was cleaned up"
