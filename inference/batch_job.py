@@ -23,8 +23,9 @@ from itertools import islice
 from pathlib import Path
 
 from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, shard_examples, stat_input
+from inference.classifier import check_backend_installed
 from utils.cli import add_column_flags, int_at_least
-from utils.errors import UserError, first_line, on_failure
+from utils.errors import UserError, first_line, on_failure, require
 from utils.log import log
 
 MANIFEST = "_manifest.json"
@@ -121,6 +122,10 @@ def check_file_flags(args):
             raise UserError("--engine, --ray_address and --num_workers apply to file mode (--input_fn/--output_fn)")
     if args.ray_address and args.engine != "ray":
         raise UserError("--ray_address: only with --engine ray")
+    check_backend_installed(args)
+    if args.engine == "ray":
+        require(["ray"], "--engine ray", "pip install -r requirements/ray.txt (ray[data]==2.60.0), or use the default "
+                                         "--engine local")
 
 
 def run(args, saved):
@@ -412,7 +417,7 @@ class JsonlPart(Part):
 def model_identity(args, saved):
     """What the predictions depend on in the model directory: a digest of each file the chosen backend
     reads (weights or ONNX graph, tokenizer, config and record)."""
-    from data_load.cache import file_digest
+    from utils.files import file_digest
     directory = Path(saved.path)
     if args.backend == "onnx":
         from inference.onnx_classifier import ONNX_FILES

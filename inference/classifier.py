@@ -29,6 +29,13 @@ def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
     return group
 
 
+def check_backend_installed(args):
+    """The packages the chosen backend needs, before any work (file mode loads the classifier in workers)."""
+    if args.backend == "onnx":
+        require(["onnxruntime", "tokenizers"], "--backend onnx",
+                "pip install -r requirements/onnx.txt (or just onnxruntime and tokenizers to classify)")
+
+
 def load_classifier(args):
     """The chosen backend; torch and transformers are imported only when it is the torch one."""
     if args.backend == "onnx":
@@ -36,8 +43,7 @@ def load_classifier(args):
             flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
             raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
                             "use --backend torch for CUDA and half precision")
-        require(["onnxruntime", "tokenizers"], "--backend onnx",
-                "pip install -r requirements/onnx.txt (or just onnxruntime and tokenizers to classify)")
+        check_backend_installed(args)
         from inference.onnx_classifier import OnnxClassifier
         return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens)
     from inference.torch_classifier import TorchClassifier

@@ -290,18 +290,23 @@ def test_a_killed_exports_temporaries_are_removed_by_the_next(exported):
     assert not list(exported.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("command", ["classify", "export"])
-def test_missing_onnxruntime_is_one_line_before_any_work(exported, command, monkeypatch):
+@pytest.mark.parametrize("command, missing", [("classify", "onnxruntime"), ("export", "onnxruntime"),
+                                              ("file mode", "onnxruntime"), ("ray", "ray")])
+def test_missing_optional_package_is_one_line_before_any_work(exported, command, missing, monkeypatch, tmp_path):
     import importlib.util
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
-                        find_spec(name, *a))
-    flags = ["--backend", "onnx"] if command == "classify" else []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    flags = {"classify": ["--backend", "onnx"], "export": [],
+             "file mode": ["--backend", "onnx", "--input_fn", str(exported / "config.json"), "--output_fn",
+                           str(tmp_path / "out")],
+             "ray": ["--engine", "ray", "--input_fn", str(exported / "config.json"), "--output_fn", str(tmp_path / "out")],
+             }[command]
     monkeypatch.setattr(sys, "argv", ["x", "--model_fn", str(exported), *flags])
     import classify_plm
     import export_plm
-    with pytest.raises(UserError, match="needs onnxruntime, which is not installed: pip install"):
-        (classify_plm if command == "classify" else export_plm).main()
+    with pytest.raises(UserError, match=f"needs {missing}, which is not installed: pip install"):
+        (export_plm if command == "export" else classify_plm).main()
+    assert not (tmp_path / "out").exists()
 
 
 # --- the questionable cases, decided --------------------------------------------------------------------
