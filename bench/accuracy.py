@@ -3,6 +3,7 @@
     python bench/accuracy.py                      # every dataset, subset sizes below; writes docs/accuracy.md
     python bench/accuracy.py --datasets nsmc      # run again just these; the other rows are kept
     python bench/accuracy.py --quick --out /tmp/a.md   # tiny emotion subset, one epoch: proves it runs
+    python bench/accuracy.py --datasets imdb --systems sliding-128   # one setting of the long-text study
 
 Per dataset, in one run, on the same train/evaluation split:
   tfidf    TF-IDF of word 1-2-grams and character 2-5-grams + logistic regression
@@ -85,7 +86,13 @@ test.csv (stratified, seed 0; training rows from the other 80%), NSMC a seeded s
 ratings_test.txt, Korean hate speech dev (`hate` column). Training subsets are seeded samples of
 the training split; their sizes are the train/eval column. Times: seconds of training plus
 prediction on 2 CPU threads. Published figures come from the papers/model cards, for larger
-models and the full training sets, and are not measured here."""
+models and the full training sets, and are not measured here.
+STS-B (regression) is read from its files as they are (`--regression --delimiter tab --text_column 5
+--text_pair_column 6 --label_column 4`): trained on sts-train.csv, scored on sts-dev.csv by Spearman and
+Pearson correlation of classify_plm.py's numbers with the gold scores; its `tfidf` column is the cosine of
+the two sentences' TF-IDF vectors (word 1-2-grams fitted on the training sentences) and its `frozen` column
+the pretrained all-MiniLM-L6-v2's own zero-shot similarity, the cosine of the mean-pooled embeddings: no
+training on the scores for either."""
 
 
 def load(name, n_train, n_eval, seed=0):

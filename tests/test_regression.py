@@ -44,26 +44,38 @@ def test_delimiter_overrides_the_extension(tmp_path):
     assert [(e.label, e.text) for e in examples] == [("pos", "great; really"), ("neg", "bad")]
 
 
+def parse_error(capsys, *argv):
+    """The one-line error of the trainers' parser for these flags (exit code 2), in process."""
+    from utils.args import training_parser
+    with pytest.raises(SystemExit) as stopped:
+        training_parser("test").parse_args(["--model_fn", "m", "--train_fn", "x.tsv", *argv])
+    assert stopped.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
 @pytest.mark.parametrize("value, message", [("tabs", "not a field separator"), ('"', "not a field separator")])
-def test_bad_delimiter_is_a_flag_error(tmp_path, value, message):
-    result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "m", "--train_fn", tmp_path / "x.csv",
-                        "--delimiter", value, check=False)
-    assert_clean_failure(result, "--delimiter", message)
+def test_bad_delimiter_is_a_flag_error(capsys, value, message):
+    error = parse_error(capsys, "--delimiter", value)
+    assert error.startswith("error: argument --delimiter") and message in error and "\n" not in error
+
+
+def test_regression_refuses_class_flags(capsys):
+    error = parse_error(capsys, "--regression", "--multi_label")
+    assert "--multi_label" in error and "--regression" in error and "\n" not in error
+    assert "not a regression score" in parse_error(capsys, "--regression", "--best_metric", "accuracy")
 
 
 def test_non_numeric_label_is_file_and_line(tmp_path):
+    from conftest import data_options
+    from data_load import load_splits
+    from utils.errors import UserError
     data = tmp_path / "scores.tsv"
     data.write_text("3.5\tA man is eating.\n4\tA dog runs.\nhigh\tA cat sleeps.\n", encoding="utf-8")
-    result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "m", "--train_fn", data, "--regression",
-                        check=False)
-    assert_clean_failure(result, f"{data}:3", "'high' is not a number")
-    assert not (tmp_path / "m").exists()
-
-
-def test_regression_refuses_class_flags(tmp_path):
-    result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "m", "--train_fn", tmp_path / "x.tsv",
-                        "--regression", "--multi_label", check=False)
-    assert_clean_failure(result, "--multi_label", "--regression")
+    with pytest.raises(UserError, match=f"^{data}:3: label 'high' is not a number"):
+        load_splits(data_options(train_fn=str(data), regression=True))
+    data.write_text("3.5\tA man is eating.\n4\tA dog runs.\nnan\tA cat sleeps.\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"^{data}:3: label 'nan' is not a number"):
+        load_splits(data_options(train_fn=str(data), regression=True))
 
 
 def numbers_of(model_fn, pairs, backend="torch"):
