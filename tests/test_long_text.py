@@ -164,3 +164,14 @@ def test_bad_stride_is_a_flag_error(capsys):
                                             "--max_length", "32", "--stride", "30"])
     error = capsys.readouterr().err.strip()
     assert stopped.value.code == 2 and error.startswith("error: --stride 30") and "\n" not in error
+
+
+def test_help_describes_the_long_text_flags():
+    import argparse
+
+    from inference.classifier import add_classifier_flags
+    from utils.args import training_parser
+    parser = argparse.ArgumentParser()
+    add_classifier_flags(parser)
+    for text in (training_parser("test").format_help(), parser.format_help()):
+        assert "--long_text" in text and "--window_pooling" in text and "25% of --max_length" in text

@@ -114,7 +114,7 @@ def add_long_text_flags(group, trained=False):
                             "into one prediction per text). Sentence pairs are always truncated" + as_trained)
     group.add_argument("--stride", type=int_at_least(0), default=None,
                        help="sliding: tokens consecutive windows share, as the tokenizer's `stride` in transformers "
-                            f"(default: {STRIDE_SHARE:.0%} of --max_length)" + as_trained)
+                            f"(default: {STRIDE_SHARE * 100:.0f}%% of --max_length)" + as_trained)
     group.add_argument("--window_pooling", choices=POOLING_CHOICES, default=None if trained else "mean",
                        help="sliding: how the windows' logits become the text's: their mean or elementwise max"
                             + as_trained)
