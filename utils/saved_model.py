@@ -18,7 +18,7 @@ from pathlib import Path
 
 from utils.errors import UserError, first_line
 from utils.lengths import clamp_max_length, position_limit
-from utils.long_text import (DEFAULT_LONG_TEXT, DEFAULT_POOLING, LONG_TEXT_CHOICES, POOLING_CHOICES, check_stride,
+from utils.long_text import (RECORDED_LONG_TEXT, DEFAULT_POOLING, LONG_TEXT_CHOICES, POOLING_CHOICES, check_stride,
                              default_stride)
 
 TRAINING_ARGS = "training_args.json"
@@ -44,7 +44,7 @@ class SavedModel:
     label_columns: object = None  # multi-label flags the training data was read with (evaluate_plm.py reads alike)
     label_names_fn: object = None
     # texts longer than max_length, as trained (utils.long_text; checkpoints from before: truncate)
-    long_text: str = DEFAULT_LONG_TEXT
+    long_text: str = RECORDED_LONG_TEXT
     stride: object = None  # sliding: tokens consecutive windows share
     window_pooling: str = DEFAULT_POOLING
     # regression: one output in the label's units. The training targets' (mean, std), which the loss
@@ -65,7 +65,7 @@ class SavedModel:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
             raise UserError(f"{model_fn}/{TRAINING_ARGS}: max_length {max_length!r} is not a positive whole number: "
                             f"fix it, or delete the key for {DEFAULT_MAX_LENGTH}")
-        long_text = training_args.get("long_text") or DEFAULT_LONG_TEXT
+        long_text = training_args.get("long_text") or RECORDED_LONG_TEXT
         pooling = training_args.get("window_pooling") or DEFAULT_POOLING
         if long_text not in LONG_TEXT_CHOICES or pooling not in POOLING_CHOICES:
             raise UserError(f"{model_fn}/{TRAINING_ARGS}: long_text {long_text!r} / window_pooling {pooling!r}: "
