@@ -103,9 +103,8 @@ def prepare(args, trainer_name):
     splits = load_splits(data_options(args))
     weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
                              splits.multi_label) if args.class_weight not in (None, "", "none") else None)
-    if splits.has_pairs and args.long_text != "truncate":
-        raise UserError(f"--long_text {args.long_text}: for single texts; sentence pairs are truncated (longest "
-                        "first): drop the flag or --text_pair_column")
+    if splits.has_pairs and args.long_text == "sliding":  # head_tail is the default: pairs truncate without a word
+        log.info("note: --long_text sliding is for single texts; sentence pairs are truncated (longest first)")
     if splits.regression:
         if args.best_metric not in REGRESSION_SCORES:
             raise UserError(f"--best_metric {args.best_metric}: not a regression score; choose one of "
