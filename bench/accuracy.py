@@ -478,8 +478,10 @@ read the seconds with care. The cost that holds is the windows column: sliding t
 review at 128 tokens, and classifies as many. Accuracy on 1,000 reviews has a standard error of ~1.3 points.
 Default: `head_tail`. At 128 tokens it beat `truncate` by 2.4 points (0.791 vs 0.767) and at 256 by 1.2
 (0.802 vs 0.790), at the same cost (one input per review) and with no change for texts that fit. `sliding`
-scored best at 128 (0.834), partly from training on 3.4 times the examples in its one epoch, but costs 3x
-the training and inference time on long texts: it stays a flag. sliding at 256 was not run (out of time)."""
+scored best at both lengths (0.834 at 128, 0.849 at 256), partly from training on 3.4 (1.8) times the examples
+in its one epoch, but costs 2-3x the training and inference time on long texts and nothing on short ones:
+it stays a flag, the choice when accuracy on long texts is worth the time. (sliding-256 ran partly beside a
+test run of this branch.)"""
 
 
 def render_long_text(result):
