@@ -4,7 +4,10 @@ Reads UTF-8 lines from stdin and prints one `label<TAB>sentence` line per non-bl
 input order. For a model trained on sentence pairs, each input line is `sentence<TAB>sentence_pair`.
 For a multi-label model the first column holds every label whose probability reaches the decision
 threshold, the most probable first, joined by the model's --label_separator (default `,`), or the
-single most probable label when none does.
+single most probable label when none does. A regression model (trained with --regression) prints its
+predicted number instead of a label: `3.8125<TAB>sentence`.
+Texts longer than the model's max length are handled as it was trained (--long_text: truncated, head
+and tail, or sliding windows whose logits are pooled into one prediction per line).
 Input is read in chunks, each chunk sorted by length and batched (little padding), so memory stays
 flat on any number of lines. Two backends give the same output: PyTorch (the default) and, after
 `export_plm.py`, onnxruntime (`--backend onnx`), which starts in a fraction of the time.
@@ -60,6 +63,10 @@ def main():
     classifier = load_classifier(args)
     labels = classifier.labels
     check_threshold(args, classifier.multi_label)
+    if classifier.regression and (args.top_k or args.with_prob):
+        flag = "--top_k" if args.top_k else "--with_prob"
+        raise UserError(f"{flag}: {args.model_fn} is a regression model, which prints one number per sentence; "
+                        f"drop {flag}")
     # a multi-label prediction's labels are joined as in the training data (names may hold spaces)
     joiner = classifier.label_separator if classifier.multi_label else " "
 
@@ -70,6 +77,9 @@ def main():
         _, _, scores, best = classifier.predict([split_pair(line, classifier.pairs) for line in chunk], args.top_k,
                                                 args.threshold)  # None: the model's own threshold
         for line, row, ids in zip(chunk, scores, best):
+            if classifier.regression:  # the predicted number (the score of the one output)
+                out.write(f"{row[0]:.4f}\t{line}\n")
+                continue
             predicted = joiner.join(labels[i] for i in ids)
             if args.with_prob:
                 predicted += "\t" + joiner.join(f"{score:.4f}" for score in row)

@@ -3,14 +3,16 @@
 Reads --test_fn in any input format the trainers read (same column flags), checks that its labels
 are the model's, and prints the scores and the per-class table. Writes metrics.json,
 confusion_matrix.png and errors.tsv (the highest-loss examples) into --output_dir, which appears
-only when all three are written (a finished evaluation there is replaced only by a complete one)."""
+only when all three are written (a finished evaluation there is replaced only by a complete one).
+A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
+largest errors; long texts are handled as the model was trained unless --long_text says otherwise."""
 import argparse
 import os
 import shutil
 from pathlib import Path
 
-from utils.cli import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_runtime_flags,
-                       float_range, int_at_least)
+from utils.cli import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
+                       add_runtime_flags, float_range, int_at_least)
 from utils.errors import UserError, exit_on_user_error, first_line, on_failure
 from utils.log import log
 
@@ -24,6 +26,7 @@ def parse_args():
     p.add_argument("--output_dir", help="where the reports go (default: <model_fn>/evaluation/<test file name>)")
     data = p.add_argument_group("data")
     add_column_flags(data, trained=True)
+    add_delimiter_flag(data)
     add_cache_flag(data)
     p.add_argument("--threshold", type=float_range(0, 1), default=None,
                    help="multi-label models: the decision threshold, for every label (default: the one tuned "
@@ -36,12 +39,14 @@ def parse_args():
 
 def main():
     args = parse_args()
+    import dataclasses
+
     from data_load import TextClassificationCollator, encode_split
     from data_load.readers import Labeling
     from data_load.splits import load_labelled
     from training.evaluation import evaluation, predict_logits
     from utils.lengths import model_max_length
-    from utils.report import json_text, per_class_table, plot_confusion_matrix, write_errors
+    from utils.report import json_text, per_class_table, plot_confusion_matrix, plot_scatter, write_errors
     from utils.metrics import summary_line
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
     from utils.saved_model import load_checkpoint
@@ -64,17 +69,22 @@ def main():
                 setattr(args, flag, getattr(saved, flag))
         args.label_separator = args.label_separator or saved.label_separator
     threshold = saved.threshold if args.threshold is None else args.threshold
-    labeling = Labeling.from_flags(multi_label, args.label_separator, args.label_columns, args.label_names_fn,
-                                   args.label_column)
+    labeling = dataclasses.replace(Labeling.from_flags(multi_label, args.label_separator, args.label_columns,
+                                                       args.label_names_fn, args.label_column),
+                                   numbers=saved.regression)
     split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
-                          args.cache_dir, labeling)
+                          args.cache_dir, labeling, saved.regression, args.delimiter)
     max_length = saved.input_length(args.max_length, model_max_length(model, tokenizer))
-    dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir)
+    long_text, stride, pooling = saved.long_text_settings(args.long_text, args.stride, args.window_pooling, max_length)
+    dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir, long_text=long_text,
+                           stride=stride, regression=saved.regression)
 
     collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
                                          num_labels=len(labels))
-    logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision))
-    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels, threshold if multi_label else None)
+    logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision),
+                            pooling=pooling)
+    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels, threshold if multi_label else None,
+                        regression=saved.regression, target_std=saved.target_scale and saved.target_scale[1])
     metrics = result["metrics"]
 
     tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
@@ -82,9 +92,12 @@ def main():
     try:
         tmp.mkdir(parents=True)
         (tmp / "metrics.json").write_text(json_text({
-            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length, "test": metrics}))
+            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
+            "long_text": long_text, "stride": stride, "window_pooling": pooling, "test": metrics}))
         if "confusion_matrix" in metrics:  # single-label models
             plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
+        if saved.regression:
+            plot_scatter(result, tmp / "prediction_scatter.png")
         write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
         replace_dir(tmp, output_dir)
     except OSError as error:
@@ -92,11 +105,12 @@ def main():
         raise UserError(f"--output_dir {output_dir}: cannot write the reports ({first_line(error)})") from None
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
-    written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "")
+    written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "") + (
+        ", prediction_scatter.png" if saved.regression else "")
     log.info(f"\nwrote {written} to {output_dir}")
 
 
-REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png"}
+REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png", "prediction_scatter.png"}
 
 
 def check_output_dir(output_dir, model_fn):

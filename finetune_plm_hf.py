@@ -8,7 +8,10 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+import numpy as np
+
 from data_load import LengthGroupedSampler, TextClassificationCollator, column_numpy, model_inputs
+from data_load.dataset import window_rows
 from training.evaluation import evaluation
 from training.finish import save_run
 from training.loss import loss_function
@@ -17,6 +20,7 @@ from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, 
 from utils.args import training_parser
 from utils.errors import exit_on_user_error
 from utils.log import log
+from utils.long_text import pool
 from utils.metrics import trainer_compute_metrics
 from utils.run_dir import partial_dir, resume_dir, start_run
 from utils.runtime import StopRequest, pad_to_multiple_of
@@ -66,19 +70,23 @@ def main():
     partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
     recorder = EvaluationRecorder(log_dir(args, "hf"), partial, args.best_metric, context.is_main,
                                   by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
-    loss = TrackedLoss(run.model, loss_function(run.class_weights, run.splits.multi_label),
-                       loss_function(None, run.splits.multi_label))
-    callback = RecorderCallback(recorder, StopRequest(context), loss, run.splits.multi_label)
+    loss = TrackedLoss(run.model, loss_function(run.class_weights, run.splits.multi_label, run.regression_scale),
+                       loss_function(None, run.splits.multi_label, run.regression_scale))
+    valid_windows, text_of_window = window_rows(run.valid_set)  # sliding: Trainer evaluates windows, scored per text
+    callback = RecorderCallback(recorder, StopRequest(context), loss, run.splits.multi_label,
+                                run.regression_scale is not None)
     trainer = LengthGroupedTrainer(
         model=run.model,
         args=training_args,
         train_dataset=model_inputs(run.train_set),
-        eval_dataset=model_inputs(run.valid_set),
+        eval_dataset=model_inputs(valid_windows),
         data_collator=TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
                                                  num_labels=len(run.splits.labels)),
         processing_class=run.tokenizer,
         compute_loss_func=loss,
-        compute_metrics=trainer_compute_metrics(run.splits.labels, run.splits.multi_label, args.threshold_per_label),
+        compute_metrics=trainer_compute_metrics(
+            run.splits.labels, run.splits.multi_label, args.threshold_per_label, run.regression_scale,
+            None if text_of_window is None else texts_pooled(text_of_window, len(run.valid_set), run.window_pooling)),
         callbacks=[callback],
         lengths=None if args.no_group_by_length else column_numpy(run.train_set, "length"),
     )
@@ -93,14 +101,35 @@ def main():
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial, context)
-    valid = evaluation(trainer.predict(model_inputs(run.valid_set)).predictions, run.valid_set, run.splits.labels,
-                       threshold_per_label=args.threshold_per_label)
-    test = (evaluation(trainer.predict(model_inputs(run.test_set)).predictions, run.test_set, run.splits.labels,
-                       valid["metrics"].get("threshold"))  # multi-label: the threshold tuned on validation
+    valid = evaluation(text_logits(trainer, run.valid_set, run.window_pooling), run.valid_set, run.splits.labels,
+                       threshold_per_label=args.threshold_per_label, regression_scale=run.regression_scale)
+    test = (evaluation(text_logits(trainer, run.test_set, run.window_pooling), run.test_set, run.splits.labels,
+                       valid["metrics"].get("threshold"),  # multi-label: the threshold tuned on validation
+                       regression_scale=run.regression_scale)
             if run.test_set else None)
     if context.is_main:
         save_run(args, "hf", run, trainer.model, recorder.history, valid, test,
                  extra={"optimizer_steps": trainer.state.global_step})
+
+
+def text_logits(trainer, dataset, pooling):
+    """Trainer's predictions, one row per text (sliding windows pooled, as the native loop does)."""
+    windows, text_of_window = window_rows(dataset)
+    compute_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # the logits are scored by the caller
+    try:
+        logits = trainer.predict(model_inputs(windows)).predictions
+    finally:
+        trainer.compute_metrics = compute_metrics
+    return logits if text_of_window is None else pool(logits, text_of_window, len(dataset), pooling)
+
+
+def texts_pooled(text_of_window, n_texts, pooling):
+    """compute_metrics' pooling: windows' (logits, labels) -> each text's pooled logits and its label."""
+    first = np.unique(text_of_window, return_index=True)[1]  # a text's windows carry its label
+
+    def pooled(logits, labels):
+        return pool(logits, text_of_window, n_texts, pooling), labels[first]
+    return pooled
 
 
 class TrackedLoss:
@@ -158,11 +187,12 @@ class RecorderCallback(TrainerCallback):
     into a saved state. History rows also go into Trainer's log_history, which its checkpoints save,
     so --resume gets them back."""
 
-    def __init__(self, recorder, stop, loss, multi_label):
+    def __init__(self, recorder, stop, loss, multi_label, regression=False):
         self.recorder = recorder
         self.stop = stop
         self.loss = loss
         self.multi_label = multi_label
+        self.regression = regression
         self.epoch_started = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -189,6 +219,7 @@ class RecorderCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, lr_scheduler=None, **kwargs):
         valid = {key[len("eval_"):]: value for key, value in metrics.items() if key.startswith("eval_")}
         valid["multi_label"] = self.multi_label  # the score titles of the printed line
+        valid["regression"] = self.regression
         # per epoch: the epoch this evaluation ends (one cut short by --max_steps counts as one)
         epoch = round(state.epoch, 4) if self.recorder.by_steps else math.ceil(state.epoch - 1e-6)
         row = self.recorder.record(model, epoch, state.global_step, self.loss.pop_mean(),

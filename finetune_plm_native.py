@@ -63,7 +63,7 @@ def main():
     recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main,
                                   by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
     recorder.restore(progress["history"])
-    loss_fn = loss_function(run.class_weights, run.splits.multi_label)
+    loss_fn = loss_function(run.class_weights, run.splits.multi_label, run.regression_scale)
     # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
     # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.
     loss_sum = torch.tensor(progress["loss_sum"], device=device)
@@ -73,7 +73,7 @@ def main():
         """Validation, the history row and best weights (rank 0); True when early stopping says stop."""
         nonlocal started
         valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                         run.splits.labels, threshold_per_label=args.threshold_per_label)
+                         run.splits.labels, threshold_per_label=args.threshold_per_label, run=run)
         loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
         train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
         if context.is_main:
@@ -157,10 +157,10 @@ def main():
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
     # multi-label: the test set is scored at the decision threshold tuned on validation
     valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                     threshold_per_label=args.threshold_per_label)
+                     threshold_per_label=args.threshold_per_label, run=run)
     threshold = context.gather(valid and valid["metrics"].get("threshold"))[0]
     test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                    threshold)
+                    threshold, run=run)
     if context.is_main:
         save_run(args, "native", run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"]})
@@ -168,17 +168,19 @@ def main():
 
 
 def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None,
-             threshold_per_label=False):
-    """Logits for the whole dataset, each process taking a shard; gathered and scored on rank 0."""
+             threshold_per_label=False, run=None):
+    """Logits for the whole dataset (sliding windows pooled per text), each process taking a shard;
+    gathered and scored on rank 0."""
     if dataset is None:
         return None
-    logits = predict_logits(model, dataset, collate, batch_size, device, autocast, context.rank, context.world_size)
+    logits = predict_logits(model, dataset, collate, batch_size, device, autocast, context.rank, context.world_size,
+                            run.window_pooling)
     gathered = context.gather(logits)
     if not context.is_main:
         return None
     merged = {i: row for part in gathered for i, row in part.items()}
     return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold,
-                      threshold_per_label)
+                      threshold_per_label, run.regression_scale)
 
 
 def no_decay(parameter):

@@ -7,7 +7,7 @@ from data_load.labels import multi_hot
 
 class TextClassificationCollator:
     """Turns dataset items into model inputs: `input_ids`, `attention_mask`, `token_type_ids`
-    (if present), `labels` (if present: class ids, or for multi-label examples 0/1 rows of
+    (if present), `labels` (if present: class ids or regression targets, or for multi-label examples 0/1 rows of
     num_labels floats) and, with with_text, the raw `texts` as a list.
 
     Serves as `Trainer(data_collator=...)` and as `DataLoader(collate_fn=...)`."""
@@ -33,8 +33,10 @@ class TextClassificationCollator:
             rows = [i for i, item in enumerate(items) for _ in item["labels"]]
             ids = [j for item in items for j in item["labels"]]
             batch["labels"] = torch.from_numpy(multi_hot(rows, ids, len(items), self.num_labels, np.float32))
-        elif "labels" in items[0]:
-            batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        elif "labels" in items[0]:  # class ids, or numbers (regression)
+            floats = isinstance(items[0]["labels"], float)
+            batch["labels"] = torch.tensor([item["labels"] for item in items],
+                                           dtype=torch.float32 if floats else torch.long)
         if self.with_text:
             batch["texts"] = [item["text"] for item in items]
         return batch

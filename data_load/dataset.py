@@ -4,23 +4,26 @@ import torch
 
 from data_load.encoding import encode_texts, tokenize
 from data_load.arrow import select_rows
-from data_load.labels import label_ids, multi_hot
+from data_load.labels import label_ids, multi_hot, target_values
 
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels")
 
 
-def encode_splits(splits, tokenizer, max_length, workers=None, cache_dir=None):
+def encode_splits(splits, tokenizer, max_length, workers=None, cache_dir=None, long_text="truncate", stride=None):
     """(train, valid, test) datasets.Dataset with the parsed columns plus `input_ids`,
-    `token_type_ids` (where the model uses them), `length` and `labels` (class ids).
+    `token_type_ids` (where the model uses them), `length` and `labels` (class ids; regression: the
+    numbers). With --long_text sliding a text's token columns hold a list of windows (window_rows).
 
     A source is tokenized whole (cached once, whatever the validation split or seed), unless
     --max_train_samples/--max_eval_samples leave less than half of it: then only those rows are."""
     done = {}
-    return tuple(encode_split(split, splits.labels, tokenizer, max_length, workers, cache_dir, done)
+    return tuple(encode_split(split, splits.labels, tokenizer, max_length, workers, cache_dir, done, long_text,
+                              stride, splits.regression)
                  for split in (splits.train, splits.valid, splits.test))
 
 
-def encode_split(split, labels, tokenizer, max_length, workers=None, cache_dir=None, done=None):
+def encode_split(split, labels, tokenizer, max_length, workers=None, cache_dir=None, done=None, long_text="truncate",
+                 stride=None, regression=False):
     """One split as encode_splits makes it; `done` shares the sources tokenized in this run."""
     if split is None:
         return None
@@ -31,10 +34,49 @@ def encode_split(split, labels, tokenizer, max_length, workers=None, cache_dir=N
     key = (split.key, id(split)) if subset else split.key  # a whole source is tokenized once per run
     if key not in done:
         table = tokenize(split.rows, split.key, split.name, tokenizer, max_length, split.has_pairs, workers,
-                         cache_dir, indices=split.indices if subset else None)
-        done[key] = table.add_column("labels", label_ids(table.data.column("label"), labels))
+                         cache_dir, indices=split.indices if subset else None, long_text=long_text, stride=stride)
+        column = table.data.column("label")
+        done[key] = table.add_column("labels", target_values(column) if regression else label_ids(column, labels))
     table = done[key]
     return table if subset or split.indices is None else select_rows(table, split.indices)
+
+
+def has_windows(dataset):
+    """Whether a text's token columns hold a list of windows (--long_text sliding)."""
+    import datasets
+    feature = dataset.features["input_ids"]
+    return isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(
+        getattr(feature, "feature", None), (datasets.List, datasets.Sequence))
+
+
+def window_rows(dataset):
+    """(windows, text_of_window): with sliding windows, an in-memory Dataset with a row per window (its
+    text's label) and the position of each window's text in `dataset` (a NumPy array); a dataset of one
+    input per text comes back as it is, with None. Arrow list operations, no Python object per row."""
+    if not has_windows(dataset):
+        return dataset, None
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets.table import InMemoryTable
+
+    def column(name):
+        values = dataset.data.column(name)
+        if dataset._indices is not None:  # the row selection of dataset.select(); datasets keeps it private
+            values = values.take(dataset._indices.column(0))
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+    ids = column("input_ids")
+    parents = pc.list_parent_indices(ids)
+    out = {"input_ids": pc.list_flatten(ids), "length": pc.list_flatten(column("length"))}
+    if "token_type_ids" in dataset.column_names:
+        out["token_type_ids"] = pc.list_flatten(column("token_type_ids"))
+    if "labels" in dataset.column_names:
+        out["labels"] = column("labels").take(parents)
+    features = datasets.Features({name: (dataset.features[name].feature if name != "labels" else dataset.features[name])
+                                  for name in out})
+    table = InMemoryTable(pa.table(out).cast(features.arrow_schema))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=features)), parents.to_numpy()
 
 
 def column_numpy(dataset, name):
@@ -83,17 +125,26 @@ class TextClassificationDataset(torch.utils.data.Dataset):
     Items are dicts with `input_ids` (and `token_type_ids` where the model uses them), `labels`
     when label2id is given, and `text` (the raw sentence) when with_text is set."""
 
-    def __init__(self, examples, tokenizer, max_length, label2id=None, with_text=False):
+    def __init__(self, examples, tokenizer, max_length, label2id=None, with_text=False, long_text="truncate",
+                 stride=None):
         pairs = None
         if any(example.text_pair is not None for example in examples):
             pairs = [example.text_pair or "" for example in examples]
-        encoded = encode_texts(tokenizer, [example.text for example in examples], pairs, max_length)
+        encoded = encode_texts(tokenizer, [example.text for example in examples], pairs, max_length, long_text, stride)
         self.input_ids = encoded["input_ids"]
         self.token_type_ids = encoded.get("token_type_ids")
+        # sliding: items are windows; text_of_item[i] is the example window i belongs to (None: one item each)
+        self.text_of_item = None
+        if long_text == "sliding" and pairs is None:
+            self.text_of_item = [i for i, text in enumerate(self.input_ids) for _ in text]
+            self.input_ids = [window for text in self.input_ids for window in text]
+            if self.token_type_ids is not None:
+                self.token_type_ids = [window for text in self.token_type_ids for window in text]
         self.lengths = [len(ids) for ids in self.input_ids]
-        self.labels = [label2id[example.label] for example in examples] if label2id else None
-        self.texts = [example.text for example in examples] if with_text else None
-        self.pairs = [example.text_pair for example in examples] if with_text and pairs else None
+        of = self.text_of_item or range(len(examples))
+        self.labels = [label2id[examples[i].label] for i in of] if label2id else None
+        self.texts = [examples[i].text for i in of] if with_text else None
+        self.pairs = [examples[i].text_pair for i in of] if with_text and pairs else None
 
     def __len__(self):
         return len(self.input_ids)

@@ -10,6 +10,7 @@ import numpy as np
 
 from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
 from data_load.arrow import select_rows
+from utils.long_text import cap_characters, windows
 from utils.processes import run_workers
 from utils.tokens import CHARS_PER_TOKEN_CAP
 
@@ -18,15 +19,40 @@ PARALLEL_FROM = 50_000  # rows; below this, starting worker processes costs more
 QUIET_BELOW = 10_000  # rows; smaller data is tokenized in well under a second: no progress bar
 
 
-def encode_texts(tokenizer, texts, pairs, max_length):
-    """`input_ids` (and `token_type_ids` where the tokenizer makes them), truncated at max_length,
-    not padded. Texts are first cut to CHARS_PER_TOKEN_CAP characters per token of max_length."""
-    cap = max_length * CHARS_PER_TOKEN_CAP
-    texts = [text[:cap] for text in texts]
-    if pairs is not None:
-        pairs = [(pair or "")[:cap] for pair in pairs]
-    return tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
-                     return_attention_mask=False)
+def encode_texts(tokenizer, texts, pairs, max_length, long_text="truncate", stride=None):
+    """`input_ids` (and `token_type_ids` where the tokenizer makes them), at most max_length tokens,
+    not padded. Texts are first cut to CHARS_PER_TOKEN_CAP characters per token of max_length (head_tail:
+    at both ends; sliding: not cut). A text longer than max_length is truncated, cut to its head and tail,
+    or (sliding) becomes a list of windows: then each text's `input_ids` is a list of windows' ids
+    (utils.long_text). Sentence pairs are always truncated."""
+    if long_text == "truncate" or pairs is not None:
+        cap = max_length * CHARS_PER_TOKEN_CAP
+        texts = [text[:cap] for text in texts]
+        if pairs is not None:
+            pairs = [(pair or "")[:cap] for pair in pairs]
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False)
+    from transformers.utils import logging as hf_logging
+    texts = [cap_characters(text, max_length, long_text, CHARS_PER_TOKEN_CAP) for text in texts]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "longer than the specified maximum sequence length": cut below
+    try:
+        encoded = tokenizer(texts, truncation=False, padding=False, return_attention_mask=False,
+                            return_special_tokens_mask=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    with_types = "token_type_ids" in encoded
+    ids_out, types_out = [], []
+    for i, ids in enumerate(encoded["input_ids"]):
+        types = encoded["token_type_ids"][i] if with_types else [0] * len(ids)
+        cut = windows(ids, types, encoded["special_tokens_mask"][i], max_length, long_text, stride)
+        if long_text == "sliding":
+            ids_out.append([w for w, _ in cut])
+            types_out.append([t for _, t in cut])
+        else:
+            ids_out.append(cut[0][0])
+            types_out.append(cut[0][1])
+    return {"input_ids": ids_out, **({"token_type_ids": types_out} if with_types else {})}
 
 
 def default_workers(n_rows):
@@ -64,14 +90,15 @@ def tokenizer_fingerprint(tokenizer):
 
 
 def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=None, cache_dir=None,
-             indices=None):
+             indices=None, long_text="truncate", stride=None):
     """`rows` (a parsed Arrow dataset, or the `indices` of it) with `input_ids`, `token_type_ids` where
     the model uses them, and `length` added, from the cache when the same rows were tokenized by the
     same tokenizer at the same max_length before (the run says which on stderr)."""
     import datasets
     root = cache_root(cache_dir) / "tokens"
     index_digest = hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest() if indices is not None else None
-    key = content_key("tokens", parsed_key, index_digest, tokenizer_fingerprint(tokenizer), max_length)
+    windowing = () if long_text == "truncate" or has_pairs else (long_text, stride)  # truncate: keys as before
+    key = content_key("tokens", parsed_key, index_digest, tokenizer_fingerprint(tokenizer), max_length, *windowing)
     directory = root / key
     n_rows = len(rows) if indices is None else len(indices)
     with build_lock(root, key):
@@ -83,7 +110,7 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
                  f"cached in {directory}")
             # A whole source is stored as token columns only, read beside its parsed table; a subset keeps
             # its texts, since its rows are not the parsed table's.
-            job = TokenizeJob(rows, indices, tokenizer, max_length, has_pairs, key)
+            job = TokenizeJob(rows, indices, tokenizer, max_length, has_pairs, key, long_text, stride)
             build_entry(directory, lambda tmp: job.run(tmp, workers, name))
             meta = read_meta(directory, verify=False)
         else:
@@ -95,22 +122,27 @@ def tokenize(rows, parsed_key, name, tokenizer, max_length, has_pairs, workers=N
 
 class TokenizeJob:
     """What a tokenizing process needs, picklable: the parsed table's file (and the subset's indices), the
-    tokenizer and the output's features. Run in this process, or by worker processes that each tokenize a
-    contiguous shard into a file of its own (data_load.tokenize_worker)."""
+    tokenizer, the long-text settings and the output's features. Run in this process, or by worker
+    processes that each tokenize a contiguous shard into a file of its own (data_load.tokenize_worker)."""
 
-    def __init__(self, rows, indices, tokenizer, max_length, has_pairs, key):
+    def __init__(self, rows, indices, tokenizer, max_length, has_pairs, key, long_text="truncate", stride=None):
         import datasets
         self.rows_file = rows.cache_files[0]["filename"]
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.n_rows = len(rows) if indices is None else len(indices)
         self.tokenizer, self.max_length, self.has_pairs, self.key = tokenizer, max_length, has_pairs, key
+        self.long_text, self.stride = long_text, stride
+        self.sliding = long_text == "sliding" and not has_pairs
         self.with_types = "token_type_ids" in tokenizer("a")
         keep_text = indices is not None
         features = rows.features.copy() if keep_text else datasets.Features()
-        features["input_ids"] = datasets.List(datasets.Value("int32"))
+
+        def per_text(feature):  # sliding: each text holds a list of windows
+            return datasets.List(feature) if self.sliding else feature
+        features["input_ids"] = per_text(datasets.List(datasets.Value("int32")))
         if self.with_types:
-            features["token_type_ids"] = datasets.List(datasets.Value("int8"))
-        features["length"] = datasets.Value("int32")
+            features["token_type_ids"] = per_text(datasets.List(datasets.Value("int8")))
+        features["length"] = per_text(datasets.Value("int32"))
         self.features, self.remove = features, None if keep_text else rows.column_names
 
     def run(self, directory, workers, name):
@@ -145,10 +177,14 @@ class TokenizeJob:
             rows = select_rows(rows, self.indices)
         shard = rows if n_shards == 1 else rows.shard(n_shards, index, contiguous=True)
         tokenizer, max_length, has_pairs, with_types = self.tokenizer, self.max_length, self.has_pairs, self.with_types
+        long_text, stride, sliding = self.long_text, self.stride, self.sliding
 
         def encode(batch):
-            encoded = encode_texts(tokenizer, batch["text"], batch["text_pair"] if has_pairs else None, max_length)
-            out = {"input_ids": encoded["input_ids"], "length": [len(ids) for ids in encoded["input_ids"]]}
+            encoded = encode_texts(tokenizer, batch["text"], batch["text_pair"] if has_pairs else None, max_length,
+                                   long_text, stride)
+            lengths = ([[len(ids) for ids in text] for text in encoded["input_ids"]] if sliding
+                       else [len(ids) for ids in encoded["input_ids"]])
+            out = {"input_ids": encoded["input_ids"], "length": lengths}
             if with_types:
                 out["token_type_ids"] = encoded["token_type_ids"]
             report(len(batch["text"]))

@@ -104,3 +104,39 @@ def multi_hot(rows, ids, n_rows, n_labels, dtype=np.int8):
 
 def _is_int(text):
     return text.lstrip("-").isdigit()
+
+
+REGRESSION_LABEL = "score"  # the one output of a regression model (config id2label, reports)
+
+
+def check_targets(split):
+    """--regression: every label a finite number; the first that is not is a file:line error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    column = split.column("label")
+    if is_multi_label(split.rows):
+        raise UserError(f"{split.name}: --regression reads one number a row; this label column holds lists")
+    try:
+        values = pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
+        bad = pc.invert(pc.is_finite(values))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values, bad = None, None
+    if bad is not None and not pc.any(bad).as_py():
+        return
+    texts = column.to_pylist()
+    for row, text in enumerate(texts):
+        try:
+            number = float(text.strip())
+        except (ValueError, AttributeError):
+            number = None
+        if number is None or not np.isfinite(number):
+            line = split.column("line")[row].as_py()
+            raise located(split.name, line, f"label {text!r} is not a number: --regression reads one number a row "
+                                            "(e.g. 3.8); fix the row, or choose the label column with --label_column")
+
+
+def target_values(column):
+    """The numbers of an Arrow column of label texts (checked by check_targets), as float32."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    return pc.cast(pc.cast(pc.utf8_trim_whitespace(column), pa.float64()), pa.float32())

@@ -44,9 +44,10 @@ class Labeling:
     separator: str = ","
     columns: tuple | None = None  # --label_columns as given: names, positions or `first:last` ranges
     names: tuple | None = None  # id -> name
+    numbers: bool = False  # --regression: a label is a number (a JSON or Parquet 3.8 is kept, not refused)
 
     def key(self):
-        return [self.multi, self.separator, self.columns, self.names]
+        return [self.multi, self.separator, self.columns, self.names, *(["numbers"] if self.numbers else [])]
 
     @classmethod
     def from_flags(cls, multi_label=False, separator=None, columns=None, names_fn=None, label_column=None):
@@ -62,33 +63,38 @@ class Labeling:
 SINGLE = Labeling()
 
 
-def read_examples(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE):
+def read_examples(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE, delimiter=None):
     """A whole labelled file as a list of Examples (small files, tests); large files go through
     iter_examples into Arrow (data_load.sources). Raises UserError with `file:line` on bad input."""
     stats = {}
-    examples = list(iter_examples(path, text_column, text_pair_column, label_column, stats, labeling))
+    examples = list(iter_examples(path, text_column, text_pair_column, label_column, stats, labeling, delimiter))
     warn_empty(path, stats["n_empty"])
     return examples
 
 
-def iter_examples(path, text_column=None, text_pair_column=None, label_column=None, stats=None, labeling=SINGLE):
+def iter_examples(path, text_column=None, text_pair_column=None, label_column=None, stats=None, labeling=SINGLE,
+                  delimiter=None):
     """Examples one at a time, validated as they stream (the file is never held in memory).
+    `delimiter` (--delimiter, a character) reads a delimited file whatever its extension: quoted CSV
+    fields for any separator but a tab, which splits exactly (quotes kept as text, as in .tsv files).
 
     Raises UserError with `file:line` on the first bad row; `stats["n_empty"]` counts rows skipped
     for an empty text (the caller warns once)."""
     path = Path(path)
     stats = {} if stats is None else stats
-    kind = file_kind(path, text_column, text_pair_column, label_column, labeling)
+    kind = file_kind(path, text_column, text_pair_column, label_column, labeling, delimiter)
     if kind == "reference":
         yield from _reference_examples(path, stats, labeling)
         return
-    yield from examples_from_rows(path, file_rows(path, kind), text_column, text_pair_column, label_column, stats,
-                                  labeling=labeling)
+    yield from examples_from_rows(path, file_rows(path, kind, delimiter=delimiter), text_column, text_pair_column,
+                                  label_column, stats, labeling=labeling)
 
 
-def file_kind(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE):
-    """How a text file is read: jsonl, csv, tsv (a table with a header or column positions), or reference
-    (`label<TAB>sentence`: .tsv/.txt without column flags)."""
+def file_kind(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE, delimiter=None):
+    """How a text file is read: jsonl, csv, tsv (a table with a header or column positions), delimited
+    (--delimiter, whatever the extension), or reference (`label<TAB>sentence`: .tsv/.txt without column flags)."""
+    if delimiter:
+        return "delimited"
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json"):
         return "jsonl"
@@ -99,11 +105,13 @@ def file_kind(path, text_column=None, text_pair_column=None, label_column=None, 
     return "reference"
 
 
-def file_rows(path, kind, span=None):
-    """(line, row) of a jsonl, csv or tsv file (rows: field lists, or dicts for JSONL); span: a byte
-    range, see text_lines."""
+def file_rows(path, kind, span=None, delimiter=None):
+    """(line, row) of a jsonl, csv, tsv or delimited file (rows: field lists, or dicts for JSONL); span: a
+    byte range, see text_lines."""
     if kind == "jsonl":
         return _jsonl_rows(path, span)
+    if kind == "delimited":
+        return _table_rows(path, delimiter=delimiter, quoted=delimiter != "\t", span=span)
     return _table_rows(path, delimiter="," if kind == "csv" else "\t", quoted=kind == "csv", span=span)
 
 
@@ -196,7 +204,8 @@ def row_examples(path, rows, columns, keys, labeling=SINGLE, stats=None, keep_re
             example.label = _label_set(path, line, record[label_key] if label_key in record else _missing(
                 path, line, label_key), label_key, labeling)
         else:
-            example.label = _name_of(path, line, _label(path, line, record, label_key), labeling.names)
+            example.label = _name_of(path, line, _label(path, line, record, label_key, labeling.numbers),
+                                     labeling.names)
             if not example.label:
                 raise located(path, line, f"empty value in label column '{label_key}': fill it in or remove the row")
         yield example
@@ -359,15 +368,20 @@ def _pick_column(path, columns, asked, defaults, flag):
 
 
 def _as_record(path, line, row, columns):
+    """A row's fields by column. Extra trailing fields are ignored (STS-B's attribution fields on some
+    rows); without a header a row may be shorter too, as long as it has the fields asked for."""
     if isinstance(row, dict):
         return row
-    if len(row) != len(columns):
+    positional = columns and isinstance(columns[0], int)
+    if len(row) < len(columns) and not positional:
         raise located(path, line, f"{len(row)} fields, but the first row has {len(columns)}")
-    return dict(zip(columns, row))
+    return dict(enumerate(row)) if positional else dict(zip(columns, row))
 
 
 def _field(path, line, record, key):
     if key not in record:
+        if isinstance(key, int):
+            raise located(path, line, f"{len(record)} fields: there is no field {key} (0-based) here")
         raise located(path, line, f"no field '{key}'")
     value = record[key]
     if value is None:
@@ -384,12 +398,14 @@ def _field(path, line, record, key):
     return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list)) else str(value)
 
 
-def _label(path, line, record, key):
+def _label(path, line, record, key, numbers=False):
     """A class label as text. JSON values are checked: 1 and 1.0 are the label "1"; true, 0.5, a list
-    or an object are refused rather than turned into classes of their own."""
+    or an object are refused rather than turned into classes of their own (numbers: 0.5 is "0.5")."""
     if key not in record:
         raise located(path, line, f"no field '{key}'")
     value = record[key]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
     if isinstance(value, bool) or isinstance(value, (list, dict)) or (
             isinstance(value, float) and not value.is_integer()):
         kind = ("a list: one example has one label here; for several labels per example pass --multi_label"

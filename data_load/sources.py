@@ -29,10 +29,10 @@ class Source:
     kind: str  # text, parquet or arrow
     dataset: object = None  # the datasets.Dataset of an arrow source
 
-    def examples(self, columns, stats, labeling):
+    def examples(self, columns, stats, labeling, delimiter=None):
         text_column, pair_column, label_column = columns
         if self.kind == "text":
-            return iter_examples(self.name, text_column, pair_column, label_column, stats, labeling)
+            return iter_examples(self.name, text_column, pair_column, label_column, stats, labeling, delimiter)
         records, names = (_parquet_records(self.name) if self.kind == "parquet"
                           else _arrow_records(self.dataset, self.name))
         return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names,
@@ -91,14 +91,14 @@ def _hub_offline(offline):
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
 
 
-def parse(source, columns, cache_dir, labeling=SINGLE):
+def parse(source, columns, cache_dir, labeling=SINGLE, delimiter=None):
     """The source's rows as a memory-mapped Arrow dataset (text, text_pair, label, line; with
-    multi-label data `label` is a list), from the cache when this content was parsed with these column
-    and label flags before. Returns (dataset, meta)."""
+    multi-label data `label` is a list), from the cache when this content was parsed with these column,
+    label and --delimiter flags before. Returns (dataset, meta)."""
     import datasets
     root = cache_root(cache_dir) / "parsed"
     key = content_key("parsed", source.kind, source.digest, Path(source.name).suffix.lower(), list(columns),
-                      labeling.key())
+                      labeling.key(), *([delimiter] if delimiter and source.kind == "text" else []))
     directory = root / key
     with build_lock(root, key):
         meta = read_meta(directory)
@@ -106,21 +106,22 @@ def parse(source, columns, cache_dir, labeling=SINGLE):
             if directory.exists():
                 import shutil
                 shutil.rmtree(directory)
-            build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, labeling, tmp)))
+            build_entry(directory, lambda tmp: write_meta(tmp, _write_examples(source, columns, labeling, tmp,
+                                                                               delimiter)))
             meta = read_meta(directory, verify=False)
     warn_empty(source.name, meta["n_empty"])
     dataset = datasets.Dataset.from_file(str(directory / "data.arrow"))
     return dataset, {**meta, "key": key}
 
 
-def _write_examples(source, columns, labeling, directory):
+def _write_examples(source, columns, labeling, directory, delimiter=None):
     import datasets
     from datasets.arrow_writer import ArrowWriter
     label = datasets.List(datasets.Value("string")) if labeling.multi else datasets.Value("string")
     features = datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
                                   "label": label, "line": datasets.Value("int64")})
     stats = {}
-    examples = source.examples(columns, stats, labeling)
+    examples = source.examples(columns, stats, labeling, delimiter)
     has_pairs = False
     with ArrowWriter(features=features, path=str(directory / "data.arrow"), writer_batch_size=WRITE_BATCH) as writer:
         while batch := list(itertools.islice(examples, WRITE_BATCH)):

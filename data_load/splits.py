@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from data_load.arrow import select_rows
-from data_load.labels import (MAX_LABELS, check_known_labels, flatten_labels, is_multi_label, label_ids,
-                              refuse_label_sets, sorted_labels)
+from data_load.labels import (MAX_LABELS, REGRESSION_LABEL, check_known_labels, check_targets, flatten_labels,
+                              is_multi_label, label_ids, refuse_label_sets, sorted_labels)
 from data_load.readers import SINGLE, Labeling
 from data_load.sources import file_source, hub_sources, parse, pick_splits
 from data_load.validation import seeded_subset, split_indices
@@ -37,6 +37,8 @@ class DataOptions:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     cache_dir: object = None
+    regression: bool = False  # one number a row instead of a class
+    delimiter: str | None = None  # --delimiter: the field separator, overriding the file extension
 
     @property
     def columns(self):
@@ -90,7 +92,8 @@ class Splits:
     train: Split
     valid: Split
     test: Split | None
-    labels: list  # index = class id
+    labels: list  # index = class id; regression: the one output, [REGRESSION_LABEL]
+    regression: bool = False
 
     @property
     def label2id(self):
@@ -103,6 +106,11 @@ class Splits:
     @property
     def multi_label(self):
         return self.train.multi_label
+
+    def train_targets(self):
+        """--regression: the training examples' numbers, a float64 NumPy array."""
+        from data_load.labels import target_values
+        return target_values(self.train.column("label")).to_numpy().astype(np.float64)
 
     def train_label_ids(self):
         """The training examples' class ids, a NumPy array (multi-label: every label of every example)."""
@@ -117,13 +125,16 @@ class Splits:
         return digests
 
 
-def load_labelled(path, columns, labels, cache_dir=None, labeling=SINGLE):
-    """One labelled file (or saved split) whose labels must all be among `labels` (a trained model's),
-    for scoring that model on it (evaluate_plm.py)."""
+def load_labelled(path, columns, labels, cache_dir=None, labeling=SINGLE, regression=False, delimiter=None):
+    """One labelled file (or saved split) whose labels must all be among `labels` (a trained model's;
+    regression: numbers), for scoring that model on it (evaluate_plm.py)."""
     source = _one_split(file_source(path), "--test_fn", path)
-    rows, meta = parse(source, columns, cache_dir, labeling)
+    rows, meta = parse(source, columns, cache_dir, labeling, delimiter)
     split = Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
-    check_known_labels(split, labels, known_from="the model's labels")
+    if regression:
+        check_targets(split)
+    else:
+        check_known_labels(split, labels, known_from="the model's labels")
     return split
 
 
@@ -136,7 +147,7 @@ def load_splits(options):
     declared = {}
 
     def read(source):
-        rows, meta = parse(source, columns, cache_dir, labeling)
+        rows, meta = parse(source, columns, cache_dir, labeling, options.delimiter)
         declared.setdefault("labels", meta.get("declared_labels"))
         return Split(source.name, rows, meta["key"], source.digest, meta["has_pairs"])
 
@@ -144,6 +155,9 @@ def load_splits(options):
     # Labels named by --label_names_fn or --label_columns are the model's classes, in that order, also
     # those the training data never shows; otherwise the labels the training data holds, sorted.
     declared_labels = list(labeling.names) if labeling.names else declared["labels"]
+    if options.regression:
+        return _regression_splits(options, train, valid_source and read(valid_source),
+                                  test_source and read(test_source))
     if declared_labels:
         labels = declared_labels
         if len(labels) < 2:
@@ -183,6 +197,20 @@ def load_splits(options):
     valid = seeded_subset(valid, options.max_eval_samples, options.seed)
     test = test and seeded_subset(test, options.max_eval_samples, options.seed)
     return Splits(train=train, valid=valid, test=test, labels=labels)
+
+
+def _regression_splits(options, train, valid, test):
+    """--regression: every label a number; validation split off at random (numbers have no strata)."""
+    for split in (train, valid, test):
+        if split is not None:
+            check_targets(split)
+    if valid is None:
+        train_positions, valid_positions = split_indices(None, options.valid_ratio, options.seed, len(train))
+        train, valid = train.subset(train_positions), train.subset(valid_positions)
+    train = seeded_subset(train, options.max_train_samples, options.seed)
+    valid = seeded_subset(valid, options.max_eval_samples, options.seed)
+    test = test and seeded_subset(test, options.max_eval_samples, options.seed)
+    return Splits(train=train, valid=valid, test=test, labels=[REGRESSION_LABEL], regression=True)
 
 
 def _sources(options):

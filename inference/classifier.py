@@ -5,6 +5,7 @@ Importing this imports nothing heavy: torch and transformers come only with the 
 from inference.decision import choose_labels
 from utils.cli import add_batch_flags, add_runtime_flags, int_at_least
 from utils.errors import UserError, require
+from utils.long_text import pool
 from utils.scores import probabilities_of
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
@@ -45,7 +46,8 @@ def load_classifier(args):
                             "use --backend torch for CUDA and half precision")
         check_backend_installed(args)
         from inference.onnx_classifier import OnnxClassifier
-        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens)
+        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens,
+                              args)
     from inference.torch_classifier import TorchClassifier
     return TorchClassifier(args)
 
@@ -65,9 +67,27 @@ def length_batches(lengths, batch_size, max_tokens=None):
 
 class Classifier:
     """What both backends share: the saved model's record, and scores from logits. A backend sets
-    `saved` (utils.saved_model.SavedModel), `max_length` and `batch_size`, and implements `logits`."""
+    `saved` (utils.saved_model.SavedModel), `max_length`, `batch_size` and the long-text settings
+    (set_long_text), and implements `logits`."""
     saved = None
     backend = None
+    long_text, stride, window_pooling = "truncate", None, "mean"
+
+    def set_long_text(self, args):
+        """--long_text, --stride, --window_pooling, each as trained unless given."""
+        self.long_text, self.stride, self.window_pooling = self.saved.long_text_settings(
+            getattr(args, "long_text", None), getattr(args, "stride", None), getattr(args, "window_pooling", None),
+            self.max_length)
+
+    def pooled(self, window_logits, text_of_window, n_texts):
+        """One row of logits per text: sliding windows' logits pooled (--window_pooling); else as they are."""
+        if text_of_window is None:
+            return window_logits
+        return pool(window_logits, text_of_window, n_texts, self.window_pooling)
+
+    @property
+    def regression(self):
+        return self.saved.regression
 
     @property
     def labels(self):
@@ -97,8 +117,11 @@ class Classifier:
     def predict(self, items, top_k=None, threshold=None):
         """(logits, probabilities, scores, label ids) of (text, pair) items: the probabilities a sigmoid per
         label for a multi-label model, else a softmax; the chosen labels as classify_plm.py prints them
-        (inference.decision.choose_labels; threshold None: the model's own)."""
+        (inference.decision.choose_labels; threshold None: the model's own). A regression model's one
+        output is its prediction: the number stands for the probabilities and is the score of label 0."""
         logits = self.logits(items)
+        if self.regression:
+            return logits, logits, logits[:, :1].tolist(), [[0] for _ in range(len(logits))]
         probabilities = probabilities_of(logits, self.multi_label)
         scores, ids = choose_labels(probabilities, self.multi_label, top_k,
                                     self.threshold if threshold is None else threshold)

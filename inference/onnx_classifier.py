@@ -51,7 +51,9 @@ class OnnxClassifier(Classifier):
     """Logits of (text, pair) items, batched by length like the torch classifier."""
     backend = "onnx"
 
-    def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128, max_batch_tokens=None):
+    def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128, max_batch_tokens=None,
+                 long_text_flags=None):
+        """long_text_flags: an object with --long_text, --stride, --window_pooling (None: as trained)."""
         self.saved = SavedModel.read(model_fn, ("config.json", TRAINING_ARGS, "tokenizer.json"))
         model_fn = self.saved.path
         path = model_fn / ONNX_FILES[quantize]
@@ -69,14 +71,15 @@ class OnnxClassifier(Classifier):
         self.session = load_session(path)
         check_export_is_current(self.session, path, model_fn)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.set_long_text(long_text_flags)
 
     def run(self, arrays):
         """Logits of one padded batch (the arrays FastTokenizer.batch makes); only the inputs the graph has."""
         return self.session.run(["logits"], {name: arrays[name] for name in self.input_names})[0]
 
     def logits(self, items):
-        ids, type_ids = self.tokenizer.encode(items)
+        ids, type_ids, text_of_input = self.tokenizer.encode_inputs(items, self.long_text, self.stride)
         logits = np.empty((len(ids), len(self.labels)), dtype=np.float32)
         for indices in length_batches([len(row) for row in ids], self.batch_size, self.max_batch_tokens):
             logits[indices] = self.run(self.tokenizer.batch([ids[i] for i in indices], [type_ids[i] for i in indices]))
-        return logits
+        return self.pooled(logits, text_of_input, len(items))

@@ -74,6 +74,10 @@ def _export(model_fn, log):
         reference = [model(**{k: torch.from_numpy(v) for k, v in arrays.items()}).logits.float().numpy()
                      for arrays in inputs]
     spread = float(max(r.max() - r.min() for r in reference)) or 1.0
+    if saved.regression and saved.target_scale:
+        # a regression model's outputs can sit close together on these sentences: its noise is measured
+        # against the spread of the numbers it was trained on (their standard deviation) where that is wider
+        spread = max(spread, float(saved.target_scale[1]))
 
     targets = {quantize: os.path.join(model_fn, name) for quantize, name in ONNX_FILES.items()}
     temporary = {quantize: os.path.join(model_fn, f".{name}.tmp") for quantize, name in ONNX_FILES.items()}

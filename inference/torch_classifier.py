@@ -23,20 +23,24 @@ class TorchClassifier(Classifier):
                 raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
             self.model = quantize_int8(self.model)
         self.max_length = self.saved.input_length(args.max_length, model_max_length(self.model, self.tokenizer))
+        self.set_long_text(args)
         self.batch_size, self.max_batch_tokens = args.batch_size, args.max_batch_tokens
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(self.precision))
         self.autocast = autocast_context(self.device, self.precision)
 
     def logits(self, items):
         examples = [Example(text=text, text_pair=pair) for text, pair in items]
-        return classify(self.model, self.tokenizer, self.collate, examples, self.max_length, self.batch_size,
-                        self.device, self.autocast, self.max_batch_tokens).numpy()
+        dataset = TextClassificationDataset(examples, self.tokenizer, self.max_length, long_text=self.long_text,
+                                            stride=self.stride)
+        logits = classify(self.model, self.collate, dataset, self.batch_size, self.device, self.autocast,
+                          self.max_batch_tokens).numpy()
+        return self.pooled(logits, dataset.text_of_item, len(examples))
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, collate, examples, max_length, batch_size, device, autocast, max_batch_tokens=None):
-    """float32 logits in input order; batches are formed from length-sorted examples."""
-    dataset = TextClassificationDataset(examples, tokenizer, max_length)
+def classify(model, collate, dataset, batch_size, device, autocast, max_batch_tokens=None):
+    """float32 logits of a TextClassificationDataset's items in order; batches are formed from length-sorted
+    items (sliding windows of many texts mixed)."""
     logits = torch.empty(len(dataset), model.config.num_labels)
     for indices in length_batches(dataset.lengths, batch_size, max_batch_tokens):
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}

@@ -36,6 +36,8 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
               "max_inputs": max_inputs, "max_chars": max_chars}
     info = {**classifier.saved.describe(), "backend": classifier.backend, "quantize": classifier.quantize,
             "max_length": classifier.max_length, "trained_max_length": classifier.saved.max_length,
+            # texts longer than max_length, as this server runs them (--long_text, default as trained)
+            "long_text": classifier.long_text, "stride": classifier.stride, "window_pooling": classifier.window_pooling,
             **({"device": str(classifier.device), "precision": classifier.precision}
                if classifier.backend == "torch" else {}),
             **limits, "versions": versions(classifier.backend)}

@@ -8,7 +8,8 @@ Request: {"inputs": ..., "raw_scores": false}
 Every label comes back with its score, highest first (`raw_scores`: logits instead of probabilities),
 and `predicted` marks the labels classify_plm.py would print: the most probable one, or for a
 multi-label model every label at or above its threshold (the most probable when none is).
-"truncate" is accepted for TEI clients: inputs are always cut at the model's max length, as in training.
+"truncate" is accepted for TEI clients: a text longer than the model's max length is handled as the model was
+trained (--long_text: truncated, head and tail, or sliding windows pooled into one prediction).
 
 Bad requests raise BadRequest with the HTTP status and TEI's error types."""
 import json

@@ -14,8 +14,8 @@ from training.recorder import BEST_WEIGHTS, EvaluationRecorder, load_best_weight
 from utils.args import training_parser
 from utils.train_state import latest_train_state, save_train_state, train_states
 from utils.errors import UserError
-from utils.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, SCORES, classification_metrics, selection_score,
-                           summary_line)
+from utils.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES, classification_metrics,
+                           selection_score, summary_line)
 from utils.report import history_row, row_metrics
 from utils.runtime import DistributedContext, autocast_context, pad_to_multiple_of
 
@@ -30,7 +30,8 @@ def test_every_score_reaches_metrics_history_line_and_flag():
     row = history_row(1, 10, 0.5, metrics, 1e-4, 3.0)
     line = summary_line(metrics)
     best_metric = next(a for a in training_parser("x")._actions if a.dest == "best_metric")
-    assert list(best_metric.choices) == list(ALL_SCORES) and set(SCORES) | set(MULTI_LABEL_SCORES) == set(ALL_SCORES)
+    assert list(best_metric.choices) == list(ALL_SCORES)
+    assert set(SCORES) | set(MULTI_LABEL_SCORES) | set(REGRESSION_SCORES) == set(ALL_SCORES)
     for name, score in SCORES.items():
         assert isinstance(metrics[name], float)
         assert row[f"valid_{name}"] == metrics[name]

@@ -5,20 +5,25 @@ import numpy as np
 import torch
 
 from data_load import TextLookup, column_numpy, label_matrix, model_inputs
+from data_load.dataset import window_rows
 from data_load.labels import is_multi_label
-from utils.metrics import classification_metrics, multi_label_metrics
+from utils.long_text import pool
+from utils.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
 
 
-def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0, world_size=1):
+def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0, world_size=1, pooling="mean"):
     """{row: logits} for this process's shard of the dataset (every world_size-th row), in batches of
-    similar length (less padding)."""
+    similar length (less padding). With sliding windows (--long_text sliding) the windows of the shard's
+    texts are batched together, mixed across texts, and their logits pooled into one row per text."""
     model = getattr(model, "module", model)  # plain forward: no DDP synchronisation for evaluation
     was_training = model.training
     model.eval()
     shard = np.arange(rank, len(dataset), world_size)
-    order = shard[np.argsort(column_numpy(dataset, "length")[shard], kind="stable")].tolist()
-    inputs = model_inputs(dataset)
-    logits = {}
+    texts = dataset if world_size == 1 else dataset.select(shard.tolist())
+    inputs, text_of_window = window_rows(texts)
+    order = np.argsort(column_numpy(inputs, "length"), kind="stable").tolist()
+    inputs = model_inputs(inputs)
+    window_logits = [None] * len(inputs)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
@@ -26,18 +31,27 @@ def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0
             batch = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "texts")}
             with autocast:
                 output = model(**batch).logits.float().cpu().numpy()
-            logits.update(zip(indices, output))
+            for i, row in zip(indices, output):
+                window_logits[i] = row
     model.train(was_training)
-    return logits
+    window_logits = np.stack(window_logits) if window_logits else np.zeros((0, model.config.num_labels), np.float32)
+    logits = window_logits if text_of_window is None else pool(window_logits, text_of_window, len(shard), pooling)
+    return dict(zip(shard.tolist(), logits))
 
 
-def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label=False):
+def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label=False, regression_scale=None,
+               regression=False, target_std=None):
     """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed).
     Multi-label: gold labels are a 0/1 matrix, and the decision threshold is `threshold` (a number or one
     per label; None: the one that scores best on these examples, as on validation, or with
-    `threshold_per_label` the best one for each label)."""
+    `threshold_per_label` the best one for each label). Regression (`regression`, or `regression_scale`,
+    the training targets' (mean, std) while the model outputs standardised numbers): gold numbers."""
     logits = np.asarray(logits, dtype=np.float32)
-    if is_multi_label(dataset):
+    if regression or regression_scale is not None:
+        labels = column_numpy(dataset, "labels").astype(np.float64)
+        metrics = regression_metrics(logits, labels, regression_scale, target_std)
+        logits = regression_predictions(logits, regression_scale)[:, None]  # reports show numbers in label units
+    elif is_multi_label(dataset):
         labels = label_matrix(dataset, len(label_names))
         metrics = multi_label_metrics(logits, labels, label_names, threshold, threshold_per_label)
     else:

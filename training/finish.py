@@ -7,6 +7,7 @@ import torch
 from training.recorder import BEST_WEIGHTS
 from utils.errors import UserError, first_line
 from utils.log import log
+from utils.model import output_in_label_units
 from utils.report import write_report
 from utils.run_dir import commit_run, partial_dir
 from utils.saved_model import save_model
@@ -21,6 +22,8 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
               # multi-label: the decision threshold tuned on validation, which classify_plm.py applies
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+    if run.regression_scale is not None:  # the saved model outputs the number itself (utils.model)
+        output_in_label_units(model, run.regression_scale)
     try:
         save_model(partial, model, run.tokenizer, record)
         write_report(partial, history, splits.labels, valid, test, n_errors=args.n_errors)

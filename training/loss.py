@@ -59,15 +59,28 @@ def label_log_odds(label_ids, n_labels, n_examples, weights=None):
     return np.log((1 if weights is None else weights) * frequency / (1 - frequency)).astype(np.float32)
 
 
-def loss_function(weights=None, multi_label=False):
+def target_scale(targets):
+    """--regression: (mean, standard deviation) of the training targets, which the loss standardises with
+    (a constant target has no spread to divide by: its deviation counts as 1)."""
+    targets = np.asarray(targets, dtype=np.float64)
+    std = float(targets.std()) if len(targets) else 1.0
+    return float(targets.mean()) if len(targets) else 0.0, std if std > 1e-8 else 1.0
+
+
+def loss_function(weights=None, multi_label=False, regression_scale=None):
     """loss(logits, labels): the mean cross-entropy of a batch, each example weighted by its class's
     weight (and divided by the sum of those weights, as torch's weighted cross-entropy does); for
     multi-label 0/1 rows, the mean binary cross-entropy over every label, the positives of label j
-    weighted by weights[j] (pos_weight). Computed in fp32 also under autocast."""
+    weighted by weights[j] (pos_weight); for regression (regression_scale: the training targets' mean and
+    standard deviation) the mean squared error of the one output against the standardised target, so the
+    learning rate suits any label range (STS-B's 0-5 as a 1-10 rating). Computed in fp32 also under autocast."""
     weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
 
     def loss(logits, labels):
         nonlocal weight
+        if regression_scale is not None:
+            mean, std = regression_scale
+            return F.mse_loss(logits.float().view(-1), (labels.float().view(-1) - mean) / std)
         if weight is not None and weight.device != logits.device:
             weight = weight.to(logits.device)
         if multi_label:

@@ -7,14 +7,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dataclasses
+
 from data_load import DataOptions, Splits, encode_splits, load_splits
+from data_load.dataset import window_rows
 from data_load.readers import Labeling
-from training.loss import class_weights, label_log_odds
+from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
 from utils.lengths import clamp_max_length, model_max_length
 from utils.log import log, setup_logging
-from utils.metrics import MULTI_LABEL_SCORES, SCORES
+from utils.long_text import check_stride, default_stride
+from utils.metrics import MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES
 from utils.model import load_classifier, load_tokenizer
 from utils.resume import check_resume_matches, run_fingerprint
 from utils.run_dir import check_output, lock_output
@@ -50,10 +54,19 @@ class Prepared:
     test_set: object | None
     fingerprint: dict  # what a --resume of this run must share with it
     class_weights: np.ndarray | None  # --class_weight resolved, in class-id order
+    long_text: str = "truncate"  # --long_text as used (sentence pairs: truncate)
+    stride: int | None = None  # sliding: --stride resolved
+    window_pooling: str = "mean"
+    n_train_texts: int = 0  # sliding: the training texts, which became len(train_set) windows
+    regression_scale: tuple | None = None  # --regression: (mean, std) of the training targets
 
     def resolved_settings(self):
-        """Flags as actually used, for training_args.json."""
-        return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length}
+        """Flags as actually used, for training_args.json (utils.saved_model.SavedModel reads them)."""
+        return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length,
+                "long_text": self.long_text, "stride": self.stride, "window_pooling": self.window_pooling,
+                "regression": self.regression_scale is not None,
+                **({"target_mean": self.regression_scale[0], "target_std": self.regression_scale[1]}
+                   if self.regression_scale else {})}
 
 
 def data_options(args):
@@ -62,10 +75,12 @@ def data_options(args):
         train_fn=args.train_fn, valid_fn=args.valid_fn, test_fn=args.test_fn, dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name, text_column=args.text_column,
         text_pair_column=args.text_pair_column, label_column=args.label_column,
-        labeling=Labeling.from_flags(args.multi_label, args.label_separator, args.label_columns, args.label_names_fn,
-                                     args.label_column),
+        labeling=dataclasses.replace(Labeling.from_flags(args.multi_label, args.label_separator, args.label_columns,
+                                                         args.label_names_fn, args.label_column),
+                                     numbers=bool(args.regression)),
         valid_ratio=args.valid_ratio, seed=args.seed, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, cache_dir=args.cache_dir)
+        max_eval_samples=args.max_eval_samples, cache_dir=args.cache_dir, regression=bool(args.regression),
+        delimiter=args.delimiter)
 
 
 def default_learning_rate(model):
@@ -88,10 +103,16 @@ def prepare(args, trainer_name):
     splits = load_splits(data_options(args))
     weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
                              splits.multi_label) if args.class_weight not in (None, "", "none") else None)
-    if splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
+    if splits.has_pairs and args.long_text == "sliding":  # head_tail is the default: pairs truncate without a word
+        log.info("note: --long_text sliding is for single texts; sentence pairs are truncated (longest first)")
+    if splits.regression:
+        if args.best_metric not in REGRESSION_SCORES:
+            raise UserError(f"--best_metric {args.best_metric}: not a regression score; choose one of "
+                            f"{', '.join(REGRESSION_SCORES)}")
+    elif splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
         raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
                         f"{', '.join(MULTI_LABEL_SCORES)}")
-    if not splits.multi_label and args.best_metric not in SCORES:
+    elif not splits.multi_label and args.best_metric not in SCORES:
         raise UserError(f"--best_metric {args.best_metric}: a multi-label score; choose one of {', '.join(SCORES)}")
     fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
     if args.resume:
@@ -100,7 +121,7 @@ def prepare(args, trainer_name):
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, splits.labels, args.freeze_encoder, splits.multi_label,
                             label_log_odds(splits.train_label_ids(), len(splits.labels), len(splits.train), weights)
-                            if splits.multi_label else None)
+                            if splits.multi_label else None, regression=splits.regression)
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
     if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
@@ -108,12 +129,20 @@ def prepare(args, trainer_name):
                  f"added {added} characters to the vocabulary")
     lr = args.lr if args.lr is not None else default_learning_rate(model)
     max_length = clamp_max_length(args.max_length, model_max_length(model, tokenizer))
+    long_text = "truncate" if splits.has_pairs else args.long_text
+    stride = (args.stride if args.stride is not None else default_stride(max_length)) if long_text == "sliding" else None
+    stride_error = check_stride(stride, max_length, tokenizer.num_special_tokens_to_add(pair=False))
+    if stride_error:
+        raise UserError(stride_error)
     # One process per machine tokenizes; the others wait on the cache entry's lock, then read it.
     train_set, valid_set, test_set = encode_splits(splits, tokenizer, max_length, args.preprocessing_num_workers,
-                                                   args.cache_dir)
+                                                   args.cache_dir, long_text, stride)
+    n_train_texts = len(train_set)
+    train_set, _ = window_rows(train_set)  # sliding: every window an example with its text's label
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
                     training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
-                    fingerprint, weights)
+                    fingerprint, weights, long_text, stride, args.window_pooling, n_train_texts,
+                    target_scale(splits.train_targets()) if splits.regression else None)
 
 
 def training_schedule(n_train, args, world_size):
@@ -138,8 +167,10 @@ def print_plan(run, args, trainer_name):
         f"  model = {run.model_name} ({run.model.config.model_type}, {n_trainable / 1e6:.1f}M trainable parameters)",
         f"  examples: train = {len(splits.train)}, valid = {len(splits.valid)}, "
         f"test = {len(splits.test) if splits.test else 0}" + (" (sentence pairs)" if splits.has_pairs else ""),
-        f"  labels = {len(splits.labels)}{' (multi-label)' if splits.multi_label else ''}: {labels}",
-        f"  max length = {run.max_length} tokens",
+        (f"  regression: targets mean {run.regression_scale[0]:.4g}, standard deviation {run.regression_scale[1]:.4g} "
+         "(standardised for the loss)" if run.regression_scale else
+         f"  labels = {len(splits.labels)}{' (multi-label)' if splits.multi_label else ''}: {labels}"),
+        f"  max length = {run.max_length} tokens" + long_text_note(run),
         f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {args.max_steps})" if args.max_steps else ""),
         f"  batch size per device = {args.batch_size}, gradient accumulation = {args.gradient_accumulation_steps}, "
         f"total batch size = {args.batch_size * args.gradient_accumulation_steps * world}",
@@ -155,3 +186,13 @@ def print_plan(run, args, trainer_name):
         f"  precision = {run.precision}, device = {run.device}, world size = {world}",
     ]
     log.info("\n".join(lines))
+
+
+def long_text_note(run):
+    """How texts longer than max length are handled, and (sliding) how many windows the texts became."""
+    if run.long_text == "head_tail":
+        return "; longer texts: head + tail (--long_text head_tail)"
+    if run.long_text == "sliding":
+        return (f"; longer texts: sliding windows, stride {run.stride}, {run.window_pooling} pooling: "
+                f"{run.n_train_texts:,} training texts became {len(run.train_set):,} windows")
+    return ""

@@ -1,9 +1,10 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
-from utils.cli import (ArgumentParser, add_cache_flag, add_column_flags, add_runtime_flags, float_above,
-                       float_at_least, float_range, int_at_least)
-from utils.metrics import ALL_SCORES
+from utils.cli import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
+                       add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
+from utils.long_text import check_stride
+from utils.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, REGRESSION_SCORES
 from utils.hub import DEFAULT_MODEL_HELP
 from utils.tokens import MIN_LENGTH
 
@@ -23,6 +24,20 @@ class TrainingArgumentParser(ArgumentParser):
             self.error("--train_fn and --dataset_name both name the training data: give one of them")
         if parsed.dataset_config_name and not parsed.dataset_name:
             self.error("--dataset_config_name needs --dataset_name")
+        if parsed.regression:
+            for flag, given in (("--multi_label", parsed.multi_label), ("--label_columns", parsed.label_columns),
+                                ("--label_names_fn", parsed.label_names_fn),
+                                ("--class_weight", parsed.class_weight not in (None, "", "none"))):
+                if given:
+                    self.error(f"{flag} is for classes; --regression predicts one number a row: drop one of them")
+            if parsed.best_metric is not None and parsed.best_metric not in REGRESSION_SCORES:
+                self.error(f"--best_metric {parsed.best_metric}: not a regression score; choose one of "
+                           f"{', '.join(REGRESSION_SCORES)}")
+        if parsed.best_metric is None:
+            parsed.best_metric = "spearman" if parsed.regression else DEFAULT_BEST_METRIC
+        stride_error = check_stride(parsed.stride, parsed.max_length)
+        if stride_error:
+            self.error(stride_error)
         if parsed.threshold_per_label and not (parsed.multi_label or parsed.label_columns):
             self.error("--threshold_per_label: decision thresholds are for multi-label data; add --multi_label "
                        "(or --label_columns), or drop the flag")
@@ -48,6 +63,11 @@ def training_parser(description):
                     help="share of --train_fn held out for validation (seeded, stratified) when --valid_fn is absent")
     io.add_argument("--test_fn", help="test data, evaluated once at the end with the best model")
     add_column_flags(io)
+    add_delimiter_flag(io)
+    io.add_argument("--regression", action="store_true",
+                    help="the label is a number (a rating, a similarity score): one output trained with mean squared "
+                         "error on targets standardised on the training set; scored by Pearson, Spearman, MSE and "
+                         "MAE, the best epoch by Spearman")
     io.add_argument("--multi_label", action="store_true",
                     help="each example has any number of labels (a sigmoid per label, a decision threshold tuned "
                          "on validation): the label field holds them separated by --label_separator, or a JSON list")
@@ -66,7 +86,8 @@ def training_parser(description):
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model_name", default=None, help=DEFAULT_MODEL_HELP)
     model.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=128,
-                       help="truncate inputs to this many tokens (clamped to what the model allows)")
+                       help="tokens per input (clamped to what the model allows); longer texts: see --long_text")
+    add_long_text_flags(model)
     model.add_argument("--freeze_encoder", action="store_true",
                        help="train only the classification head; the encoder gets no gradient")
     model.add_argument("--extend_vocab", nargs="?", const="yes", choices=["no", "yes", "auto"], default="no",
@@ -96,9 +117,10 @@ def training_parser(description):
     train.add_argument("--seed", type=int_at_least(0), default=42, help="seeds Python, NumPy, torch, splits and data order")
 
     run = p.add_argument_group("reporting and checkpoints")
-    run.add_argument("--best_metric", choices=list(ALL_SCORES), default="macro_f1",
-                     help="validation metric that picks the epoch whose weights are saved; loss and accuracy "
-                          "can prefer an early epoch that predicts only the majority class")
+    run.add_argument("--best_metric", choices=list(ALL_SCORES), default=None,
+                     help=f"validation metric that picks the epoch whose weights are saved (default: "
+                          f"{DEFAULT_BEST_METRIC}; with --regression: spearman); loss and accuracy can prefer an early "
+                          "epoch that predicts only the majority class")
     run.add_argument("--eval_steps", type=int_at_least(1), default=None,
                      help="evaluate every N optimizer steps (and after the last) instead of after each epoch")
     run.add_argument("--early_stopping_patience", type=int_at_least(1), default=None,

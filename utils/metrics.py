@@ -68,12 +68,52 @@ MULTI_LABEL_SCORES = {
         gold, predicted, average="weighted", zero_division=0)),
     "roc_auc": Score("macro ROC-AUC", lambda gold, predicted, logits, ids: macro_roc_auc(gold, logits)),
 }
-ALL_SCORES = {**SCORES, **{name: score for name, score in MULTI_LABEL_SCORES.items() if name not in SCORES}}
+# Regression scores (--regression): gold and predicted are numbers in the label's units; the loss is the mean
+# squared error on the standardised targets, the quantity training minimises (comparable to the train loss).
+REGRESSION_SCORES = {
+    "loss": Score("loss", lambda gold, predicted, std: float(np.mean(((predicted - gold) / std) ** 2)),
+                  higher_is_better=False),
+    "pearson": Score("Pearson", lambda gold, predicted, std: correlation(gold, predicted, "pearson")),
+    "spearman": Score("Spearman", lambda gold, predicted, std: correlation(gold, predicted, "spearman")),
+    "mse": Score("MSE", lambda gold, predicted, std: float(np.mean((predicted - gold) ** 2)), higher_is_better=False),
+    "mae": Score("MAE", lambda gold, predicted, std: float(np.mean(np.abs(predicted - gold))), higher_is_better=False),
+}
+DEFAULT_BEST_METRIC = "macro_f1"
+ALL_SCORES = {**SCORES, **{name: score for name, score in MULTI_LABEL_SCORES.items() if name not in SCORES},
+              **{name: score for name, score in REGRESSION_SCORES.items() if name not in SCORES}}
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)  # the decision thresholds tried on validation
 
 
 def scores_of(metrics):
+    if metrics.get("regression"):
+        return REGRESSION_SCORES
     return MULTI_LABEL_SCORES if metrics.get("multi_label") else SCORES
+
+
+def correlation(gold, predicted, kind):
+    """Pearson or Spearman correlation; NaN when either side is constant (undefined)."""
+    from scipy import stats
+    gold, predicted = np.asarray(gold, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if len(gold) < 2 or np.ptp(gold) == 0 or np.ptp(predicted) == 0:
+        return float("nan")
+    return float((stats.pearsonr if kind == "pearson" else stats.spearmanr)(gold, predicted)[0])
+
+
+def regression_predictions(logits, scale=None):
+    """The model's numbers in the label's units: its one output, times the targets' standard deviation plus
+    their mean (scale (mean, std); None: the output is in the label's units already, as in a saved model)."""
+    values = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)[:, 0]
+    return values if scale is None else values * scale[1] + scale[0]
+
+
+def regression_metrics(logits, gold, scale=None, target_std=None):
+    """Every score in REGRESSION_SCORES, of the model outputs `logits` (see regression_predictions); the loss
+    is on targets standardised by the training targets' deviation (scale's, else target_std, else 1)."""
+    predicted = regression_predictions(logits, scale)
+    gold = np.asarray(gold, dtype=np.float64)
+    std = scale[1] if scale is not None else target_std or 1.0
+    return {**{name: float(score.compute(gold, predicted, std)) for name, score in REGRESSION_SCORES.items()},
+            "regression": True, "n_examples": int(len(gold))}
 
 
 def tune_threshold(logits, gold, per_label=False):
@@ -162,9 +202,19 @@ def threshold_text(threshold):
     return f"threshold {threshold:.2f}"
 
 
-def trainer_compute_metrics(label_names, multi_label=False, threshold_per_label=False):
-    """`compute_metrics` for transformers.Trainer (it wants flat numbers; it reports the loss itself)."""
+def trainer_compute_metrics(label_names, multi_label=False, threshold_per_label=False, regression_scale=None,
+                            pool=None):
+    """`compute_metrics` for transformers.Trainer (it wants flat numbers; it reports the loss itself).
+    regression_scale: (mean, std) of the training targets for a regression model. pool: with sliding
+    windows, (logits, labels) of the windows -> of the texts."""
     def compute(eval_prediction):
+        if pool is not None:
+            eval_prediction = pool(eval_prediction.predictions, eval_prediction.label_ids)
+            from transformers import EvalPrediction
+            eval_prediction = EvalPrediction(*eval_prediction)
+        if regression_scale is not None:
+            metrics = regression_metrics(eval_prediction.predictions, eval_prediction.label_ids, regression_scale)
+            return {key: value for key, value in scalar_metrics(metrics).items() if key != "loss"}
         if multi_label:
             metrics = multi_label_metrics(eval_prediction.predictions, eval_prediction.label_ids, label_names,
                                           per_label=threshold_per_label)

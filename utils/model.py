@@ -24,7 +24,7 @@ def load_tokenizer(name):
     return tokenizer
 
 
-def load_classifier(name, labels, freeze_encoder=False, multi_label=False, label_odds=None):
+def load_classifier(name, labels, freeze_encoder=False, multi_label=False, label_odds=None, regression=False):
     """A sequence classifier whose config carries the real label names. From a pretrained encoder the
     head is new; from an already fine-tuned classifier its head is kept if the label count matches and
     replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task.
@@ -45,8 +45,10 @@ def load_classifier(name, labels, freeze_encoder=False, multi_label=False, label
         model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=len(labels), ignore_mismatched_sizes=replace_head,
             id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-            # multi-label: a sigmoid per label (also in transformers.pipeline), single-label: a softmax
-            problem_type="multi_label_classification" if multi_label else "single_label_classification")
+            # multi-label: a sigmoid per label (also in transformers.pipeline), single-label: a softmax,
+            # regression: the one output as it is
+            problem_type=("regression" if regression else
+                          "multi_label_classification" if multi_label else "single_label_classification"))
     except Exception as error:  # OSError, ValueError, or a RuntimeError about mismatched weights
         raise UserError(f"cannot load a model from '{name}': {first_line(error)}") from None
     finally:
@@ -66,11 +68,29 @@ def start_at_label_odds(model, log_odds):
     that flattened the encoder: the training loss sat at the label-frequency level (0.145) for the whole
     first epoch and validation macro-F1 was 0.12 after it, 0.20 after two."""
     import torch
-    head = [module for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
-            and not name.startswith(model.base_model_prefix + ".")][-1]
+    head = output_layer(model)
     with torch.no_grad():
         head.bias.copy_(torch.as_tensor(log_odds, dtype=head.bias.dtype))
+
+
+def output_layer(model):
+    """The classification head's last Linear layer (BERT's `classifier`, RoBERTa's `classifier.out_proj`)."""
+    import torch
+    return [module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
+            and not name.startswith(model.base_model_prefix + ".")][-1]
+
+
+def output_in_label_units(model, scale):
+    """--regression: fold the targets' (mean, std) into the output layer (w std, b std + mean), so the saved
+    model outputs the number itself: classify_plm.py in both backends, the ONNX export and
+    transformers.pipeline (function_to_apply none for a regression config) all read it as it is."""
+    import torch
+    mean, std = scale
+    head = output_layer(getattr(model, "module", model))
+    with torch.no_grad():
+        head.weight.mul_(std)
+        head.bias.mul_(std).add_(mean)
 
 
 def _previous_labels(config):

@@ -77,6 +77,8 @@ def format_table(rows, columns):
 
 
 def per_class_table(metrics):
+    if "per_class" not in metrics:  # regression: one number, no classes
+        return ""
     rows = [{"label": name, **values} for name, values in metrics["per_class"].items()]
     per_label_threshold = ("threshold",) if rows and "threshold" in rows[0] else ()  # --threshold_per_label
     return format_table(rows, ("label", "precision", "recall", "f1", "support", *per_label_threshold))
@@ -97,6 +99,8 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
     plot_learning_curve(history, directory / "learning_curve.png")
     if "confusion_matrix" in final["metrics"]:  # single-label; multi-label has its per-label table
         plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
+    if final["metrics"].get("regression"):
+        plot_scatter(final, directory / "prediction_scatter.png")
     write_errors(directory / "errors.tsv", final, label_names, n_errors)
 
     print("\n" + format_table(history, list(history[0]) if history else []))
@@ -109,6 +113,8 @@ def write_errors(path, result, label_names, n):
     """The n highest-loss examples, worst first: where mislabelled data and hard cases show up."""
     if result["metrics"].get("multi_label"):
         return write_multi_label_errors(path, result, label_names, n)
+    if result["metrics"].get("regression"):
+        return write_regression_errors(path, result, n)
     labels = np.asarray(result["labels"])
     losses = example_losses(result["logits"], labels)
     probabilities = np.exp(log_softmax(result["logits"]))
@@ -136,6 +142,36 @@ def write_multi_label_errors(path, result, label_names, n):
             writer.writerow([f"{losses[i]:.4f}", names(gold[i]), names(predicted[i]), result["texts"][i]])
 
 
+def write_regression_errors(path, result, n):
+    """errors.tsv for regression: the largest absolute errors first, gold and predicted numbers."""
+    gold = np.asarray(result["labels"], dtype=np.float64)
+    predicted = np.asarray(result["logits"], dtype=np.float64)[:, 0]  # evaluation() made them label units
+    errors = np.abs(predicted - gold)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(["abs_error", "gold", "predicted", "text"])
+        for i in np.argsort(-errors, kind="stable")[:n]:
+            writer.writerow([f"{errors[i]:.4f}", f"{gold[i]:.4g}", f"{predicted[i]:.4f}", result["texts"][i]])
+
+
+def plot_scatter(result, path):
+    """Regression: predicted against gold, one dot per example, with the diagonal of perfect predictions."""
+    plt = _pyplot()
+    gold = np.asarray(result["labels"], dtype=np.float64)
+    predicted = np.asarray(result["logits"], dtype=np.float64)[:, 0]
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
+    ax.scatter(gold, predicted, s=6, alpha=0.4)
+    low, high = float(min(gold.min(), predicted.min())), float(max(gold.max(), predicted.max()))
+    ax.plot([low, high], [low, high], "--", color="gray", linewidth=1)
+    metrics = result["metrics"]
+    ax.set_title(f"Predicted vs gold (Pearson {metrics['pearson']:.3f}, Spearman {metrics['spearman']:.3f})")
+    ax.set_xlabel("gold")
+    ax.set_ylabel("predicted")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_learning_curve(history, path):
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
@@ -147,9 +183,10 @@ def plot_learning_curve(history, path):
     if len(epochs) <= 20:  # one tick per evaluation (fractional epochs with --eval_steps)
         ax.set_xticks(epochs)
     accuracy_axis = ax.twinx()
-    accuracy_axis.plot(epochs, [row["valid_accuracy"] for row in history], "^--", color="tab:green",
-                       label="validation accuracy")
-    accuracy_axis.set_ylabel("accuracy")
+    score = "accuracy" if not history or "valid_accuracy" in history[0] else "spearman"  # regression: Spearman
+    accuracy_axis.plot(epochs, [row[f"valid_{score}"] for row in history], "^--", color="tab:green",
+                       label=f"validation {score}")
+    accuracy_axis.set_ylabel(score)
     lines = ax.get_lines() + accuracy_axis.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Learning curve")

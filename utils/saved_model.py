@@ -19,6 +19,8 @@ from pathlib import Path
 from utils.errors import UserError, first_line
 from utils.files import file_digest
 from utils.lengths import clamp_max_length, position_limit
+from utils.long_text import (RECORDED_LONG_TEXT, DEFAULT_POOLING, LONG_TEXT_CHOICES, POOLING_CHOICES, check_stride,
+                             default_stride)
 
 TRAINING_ARGS = "training_args.json"
 WEIGHTS = "*.safetensors"
@@ -26,6 +28,7 @@ DEFAULT_MAX_LENGTH = 128  # --max_length's default in the trainers, for checkpoi
 DEFAULT_LABEL_SEPARATOR = ","  # joins a multi-label prediction's labels, as --label_separator splits them
 DEFAULT_THRESHOLD = 0.5  # a multi-label model saved without a tuned threshold
 MULTI_LABEL_PROBLEM = "multi_label_classification"  # config.problem_type: a sigmoid per label
+REGRESSION_PROBLEM = "regression"  # config.problem_type: one output, the number itself
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,14 @@ class SavedModel:
     position_limit: object  # longest input the position embeddings allow (None: unknown)
     label_columns: object = None  # multi-label flags the training data was read with (evaluate_plm.py reads alike)
     label_names_fn: object = None
+    # texts longer than max_length, as trained (utils.long_text; checkpoints from before: truncate)
+    long_text: str = RECORDED_LONG_TEXT
+    stride: object = None  # sliding: tokens consecutive windows share
+    window_pooling: str = DEFAULT_POOLING
+    # regression: one output in the label's units. The training targets' (mean, std), which the loss
+    # standardised with, is kept for the record: the output layer already has it folded in (utils.model)
+    regression: bool = False
+    target_scale: object = None
     training_args: dict = field(default_factory=dict, repr=False)  # the whole record, as written
 
     @classmethod
@@ -55,12 +66,23 @@ class SavedModel:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
             raise UserError(f"{model_fn}/{TRAINING_ARGS}: max_length {max_length!r} is not a positive whole number: "
                             f"fix it, or delete the key for {DEFAULT_MAX_LENGTH}")
+        long_text = training_args.get("long_text") or RECORDED_LONG_TEXT
+        pooling = training_args.get("window_pooling") or DEFAULT_POOLING
+        if long_text not in LONG_TEXT_CHOICES or pooling not in POOLING_CHOICES:
+            raise UserError(f"{model_fn}/{TRAINING_ARGS}: long_text {long_text!r} / window_pooling {pooling!r}: "
+                            f"expected one of {', '.join(LONG_TEXT_CHOICES)} / {', '.join(POOLING_CHOICES)}")
+        regression = config.get("problem_type") == REGRESSION_PROBLEM
+        if regression and len(labels) != 1:
+            raise UserError(f"{model_fn}/config.json: a regression model has one output, this one {len(labels)}")
+        scale = (training_args.get("target_mean"), training_args.get("target_std"))
         return cls(path=model_fn, labels=tuple(labels), multi_label=multi_label,
                    threshold=stored_threshold(training_args, len(labels), model_fn) if multi_label else None,
                    label_separator=training_args.get("label_separator") or DEFAULT_LABEL_SEPARATOR,
                    max_length=max_length, pairs=bool(training_args.get("has_pairs", False)),
                    position_limit=position_limit(config), label_columns=training_args.get("label_columns"),
-                   label_names_fn=training_args.get("label_names_fn"), training_args=training_args)
+                   label_names_fn=training_args.get("label_names_fn"), long_text=long_text,
+                   stride=training_args.get("stride"), window_pooling=pooling, regression=regression,
+                   target_scale=scale if regression and None not in scale else None, training_args=training_args)
 
     def input_length(self, requested=None, limit=None):
         """Tokens per input: --max_length when given (clamped to `limit`, else to the position embeddings),
@@ -69,11 +91,28 @@ class SavedModel:
             return self.max_length
         return clamp_max_length(requested, limit or self.position_limit)
 
+    def long_text_settings(self, long_text=None, stride=None, pooling=None, max_length=None):
+        """(long_text, stride, window_pooling) for running the model: each flag given, else as trained. A
+        pair model truncates; a stride left to its default is the trained one at the trained length, else
+        the default share of `max_length`."""
+        long_text = "truncate" if self.pairs else (long_text or self.long_text)
+        pooling = pooling or self.window_pooling
+        max_length = max_length or self.max_length
+        if long_text != "sliding":
+            return long_text, None, pooling
+        if stride is None:
+            stride = self.stride if self.stride is not None and max_length == self.max_length else default_stride(max_length)
+        error = check_stride(stride, max_length)
+        if error:
+            raise UserError(error)
+        return long_text, stride, pooling
+
     def describe(self):
         """The facts a user asks of a served model (GET /info), as plain JSON values."""
         return {"model_fn": str(self.path), "labels": list(self.labels), "multi_label": self.multi_label,
                 "threshold": list(self.threshold) if isinstance(self.threshold, tuple) else self.threshold,
-                "max_length": self.max_length, "pairs": self.pairs,
+                "max_length": self.max_length, "pairs": self.pairs, "regression": self.regression,
+                "long_text": self.long_text, "stride": self.stride, "window_pooling": self.window_pooling,
                 "pretrained_model_name": self.training_args.get("pretrained_model_name"),
                 "trainer": self.training_args.get("trainer"), "finished_at": self.training_args.get("finished_at"),
                 "trained_with": self.training_args.get("versions")}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.long_text import cap_characters, windows
+
 # A token never covers less than one character, so max_length tokens fit well inside this many
 # characters per token; cutting longer texts first keeps a 1 MB line from costing seconds of tokenizing.
 CHARS_PER_TOKEN_CAP = 32
@@ -25,6 +27,9 @@ class FastTokenizer:
         config = json.loads(config_fn.read_text(encoding="utf-8")) if config_fn.exists() else {}
         self.tokenizer = Tokenizer.from_file(str(model_fn / "tokenizer.json"))
         self.tokenizer.no_padding()  # tokenizer.json may carry a fixed padding from the pretrained model
+        self.untruncated = Tokenizer.from_file(str(model_fn / "tokenizer.json"))  # head_tail, sliding: whole texts
+        self.untruncated.no_padding()
+        self.untruncated.no_truncation()
         self.tokenizer.enable_truncation(max_length, strategy="longest_first",
                                          direction=config.get("truncation_side", "right"))
         self.max_length = max_length
@@ -41,6 +46,26 @@ class FastTokenizer:
         inputs = [text[:cap] if pair is None else (text[:cap], pair[:cap]) for text, pair in items]
         encodings = self.tokenizer.encode_batch(inputs)
         return [e.ids for e in encodings], [e.type_ids for e in encodings]
+
+    def encode_inputs(self, items, long_text="truncate", stride=None):
+        """(input_ids, token_type_ids, item of each input) for (text, pair) items, texts longer than max_length
+        handled by long_text (utils.long_text); the third value is None unless sliding windows made more
+        inputs than items. Sentence pairs are truncated."""
+        if long_text != "truncate" and all(pair is None for _, pair in items):
+            return self.encode_long([text for text, _ in items], long_text, stride)
+        return (*self.encode(items), None)
+
+    def encode_long(self, texts, long_text, stride):
+        """head_tail or sliding (utils.long_text) on whole texts, as data_load.encoding does with transformers."""
+        texts = [cap_characters(text, self.max_length, long_text, CHARS_PER_TOKEN_CAP) for text in texts]
+        ids, type_ids, text_of_item = [], [], []
+        for i, e in enumerate(self.untruncated.encode_batch(texts)):
+            for window_ids, window_types in windows(e.ids, e.type_ids, e.special_tokens_mask, self.max_length,
+                                                    long_text, stride):
+                ids.append(window_ids)
+                type_ids.append(window_types)
+                text_of_item.append(i)
+        return ids, type_ids, text_of_item if long_text == "sliding" else None
 
     def batch(self, ids, type_ids):
         """int64 `input_ids`, `attention_mask`, `token_type_ids` arrays padded to the longest row."""
