@@ -54,7 +54,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA, emotion, machine, nsmc, require_shared, table
+from common import ROOT, emotion, machine, nsmc, require_shared, table
 
 PLAN = "***** Running training"
 HIT = "reusing tokenized"

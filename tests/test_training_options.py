@@ -90,7 +90,6 @@ def test_new_characters_start_apart_from_known_pieces(tiny_model):
     shared starting vector (mean resizing) NSMC fine-tuning stayed at chance."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from data_load.readers import Example
     from utils.vocabulary import extend_vocabulary
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
