@@ -35,7 +35,7 @@ TOKENIZE = textwrap.dedent("""
 
     def main():
         lock_output({model!r})
-        rows, meta = parse(file_source({data!r}), (None, None, None), {cache!r}, SINGLE)
+        rows, meta = parse(file_source({data!r}), (None, None, None), {parsed!r}, SINGLE)
         tokenize(rows, meta["key"], {data!r}, AutoTokenizer.from_pretrained({tokenizer!r}), 64, False, workers=2,
                  cache_dir={cache!r})
         print("tokenized", flush=True)
@@ -55,8 +55,11 @@ def big_file(tmp_path_factory):
 
 
 def start_tokenizing(tmp_path, big_file, tiny_model):
+    # the parsed rows are shared by the tests (parsed once, 3 s); the tokens entry, which a test kills while
+    # it is being built, is each test's own
     script = TOKENIZE.format(root=str(ROOT), model=str(tmp_path / "m"), data=str(big_file),
-                             cache=str(tmp_path / "cache"), tokenizer=str(tiny_model))
+                             parsed=str(big_file.parent / "parsed"), cache=str(tmp_path / "cache"),
+                             tokenizer=str(tiny_model))
     # output to a file, as from a terminal: a pipe closed by the parent's death would end the workers by
     # itself (EPIPE), which is not what happens to a user's run
     log_file = (tmp_path / "stderr.txt").open("w")
