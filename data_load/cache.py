@@ -24,7 +24,7 @@ CACHE_FORMAT = 3  # bump when what an entry holds changes; old entries are then 
 
 def cache_root(cache_dir=None):
     if cache_dir:
-        return Path(cache_dir)
+        return Path(cache_dir).resolve()  # absolute: worker processes run from the repository's directory
     import datasets
     return Path(datasets.config.HF_DATASETS_CACHE) / "finetune_plm"
 

@@ -87,17 +87,17 @@ def iter_examples(path, text_column=None, text_pair_column=None, label_column=No
         yield from _reference_examples(path, stats, labeling)
         return
     yield from examples_from_rows(path, file_rows(path, kind, delimiter=delimiter), text_column, text_pair_column,
-                                  label_column, stats, labeling=labeling)
+                                  label_column, stats, labeling=labeling, extra_fields=kind == "delimited")
 
 
 def file_kind(path, text_column=None, text_pair_column=None, label_column=None, labeling=SINGLE, delimiter=None):
     """How a text file is read: jsonl, csv, tsv (a table with a header or column positions), delimited
     (--delimiter, whatever the extension), or reference (`label<TAB>sentence`: .tsv/.txt without column flags)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json"):  # JSON lines have no delimiter: --delimiter is for the other files
+        return "jsonl"
     if delimiter:
         return "delimited"
-    suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return "jsonl"
     if suffix == ".csv":
         return "csv"
     if text_column or label_column or text_pair_column or labeling.columns:
@@ -116,9 +116,10 @@ def file_rows(path, kind, span=None, delimiter=None):
 
 
 def examples_from_rows(path, rows, text_column, text_pair_column, label_column, stats, columns=None,
-                       labeling=SINGLE):
+                       labeling=SINGLE, extra_fields=False):
     """Examples from (line, row) pairs: rows are field lists (the first may be a header) or dicts
-    (JSONL objects, Arrow records; `columns` names their keys when known in advance)."""
+    (JSONL objects, Arrow records; `columns` names their keys when known in advance). extra_fields: rows
+    under a header may have more fields than it (--delimiter: the file as the user has it)."""
     rows = iter(rows)
     stats["n_empty"] = 0
     first = next(rows, None)
@@ -131,7 +132,8 @@ def examples_from_rows(path, rows, text_column, text_pair_column, label_column, 
         pending = [] if is_header else [first]
     keys = column_keys(path, columns, text_column, text_pair_column, label_column, labeling, stats)
     n_examples = 0
-    for example in row_examples(path, itertools.chain(pending, rows), columns, keys, labeling, stats):
+    for example in row_examples(path, itertools.chain(pending, rows), columns, keys, labeling, stats,
+                                extra_fields=extra_fields):
         n_examples += 1
         yield example
     if not n_examples:
@@ -181,14 +183,14 @@ def column_keys(path, columns, text_column, text_pair_column, label_column, labe
     return {"text": text_key, "pair": pair_key, "label": label_key, "labels": label_keys, "labelled": labelled}
 
 
-def row_examples(path, rows, columns, keys, labeling=SINGLE, stats=None, keep_record=False):
+def row_examples(path, rows, columns, keys, labeling=SINGLE, stats=None, keep_record=False, extra_fields=False):
     """Examples of (line, row) pairs with known columns and keys (column_keys); rows with an empty
     text are skipped and counted in stats["n_empty"]. keep_record: each Example keeps its row's columns."""
     stats = {} if stats is None else stats
     stats.setdefault("n_empty", 0)
     text_key, pair_key, label_key, label_keys = keys["text"], keys["pair"], keys["label"], keys["labels"]
     for line, row in rows:
-        record = _as_record(path, line, row, columns)
+        record = _as_record(path, line, row, columns, extra_fields)
         text_value = _field(path, line, record, text_key)
         if not text_value.strip():
             stats["n_empty"] += 1
@@ -367,14 +369,20 @@ def _pick_column(path, columns, asked, defaults, flag):
                     f"(columns: {', '.join(map(str, columns))})")
 
 
-def _as_record(path, line, row, columns):
-    """A row's fields by column. Extra trailing fields are ignored (STS-B's attribution fields on some
-    rows); without a header a row may be shorter too, as long as it has the fields asked for."""
+def _as_record(path, line, row, columns, extra_fields=False):
+    """A row's fields by column. Columns given by position read rows of any length that have the fields
+    asked for (STS-B's attribution fields on some rows are ignored). Under a header, empty trailing
+    fields are ignored, and so are others with extra_fields (--delimiter); without it, a row with more
+    non-empty fields than the header is refused: its text most likely holds the delimiter, and reading on
+    would cut it silently."""
     if isinstance(row, dict):
         return row
     positional = columns and isinstance(columns[0], int)
-    if len(row) < len(columns) and not positional:
-        raise located(path, line, f"{len(row)} fields, but the first row has {len(columns)}")
+    extra = not extra_fields and any(field.strip() for field in row[len(columns):])
+    if not positional and (len(row) < len(columns) or extra):
+        hint = ("" if len(row) < len(columns) else
+                ": a field holds the delimiter? quote it (CSV), or give the columns by position")
+        raise located(path, line, f"{len(row)} fields, but the first row has {len(columns)}{hint}")
     return dict(enumerate(row)) if positional else dict(zip(columns, row))
 
 

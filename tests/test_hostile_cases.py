@@ -373,3 +373,46 @@ def test_mixed_label_separators_are_warned(tmp_path, caplog):
     path.write_text("joy,love\tgreat\nsadness;anger\tbad\njoy\tfine\nanger\tugh\n" * 3)
     load(path, multi_label=True)
     assert "'sadness;anger' contains ';'" in caplog.text
+
+
+# --- found in review ------------------------------------------------------------------------------------
+
+def test_workers_with_a_relative_cache_dir(tmp_path, tiny_model, monkeypatch):
+    """Worker processes run from the repository: a relative --cache_dir must still be this run's."""
+    from transformers import AutoTokenizer
+
+    from data_load.encoding import tokenize
+    from data_load.readers import SINGLE
+    from data_load.sources import file_source, parse
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.tsv").write_text("".join(f"{('pos', 'neg')[i % 2]}\tsentence {i}\n" for i in range(200)))
+    rows, meta = parse(file_source("t.tsv"), (None, None, None), "cache", SINGLE)
+    table = tokenize(rows, meta["key"], "t.tsv", AutoTokenizer.from_pretrained(tiny_model), 32, False, workers=2,
+                     cache_dir="cache")
+    assert len(table) == 200 and list(table["length"][:2]) == [4, 4]
+    assert list((tmp_path / "cache" / "tokens").glob("*/data-00001.arrow"))
+
+
+def test_onnx_classifier_without_the_weights_classifies(exported, tmp_path):
+    """The torch-free copy the README describes has no model.safetensors: nothing to compare the export with."""
+    import shutil
+
+    from inference.onnx_classifier import OnnxClassifier
+    copy = tmp_path / "model"
+    shutil.copytree(exported, copy, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert OnnxClassifier(copy).predict([("Works perfectly.", None)])[3][0][0] in (0, 1)
+
+
+def test_a_headed_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    from data_load.readers import read_examples
+    path = tmp_path / "t.csv"
+    path.write_text("label,text\npos,great\nneg,bad,\npos,great, really great movie\n")
+    with pytest.raises(UserError, match=r"t.csv:4: 3 fields, but the first row has 2: a field holds the delimiter"):
+        read_examples(path)
+
+
+def test_delimiter_leaves_jsonl_files_alone(tmp_path):
+    from data_load.readers import read_examples
+    path = tmp_path / "v.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": "a; b", "label": "neg"}\n')
+    assert [e.text for e in read_examples(path, delimiter=";")] == ["fine", "a; b"]

@@ -79,13 +79,19 @@ def exit_on_user_error(main):
 
 
 def run_clean_ups():
-    """Run the registered clean-ups once (the program is ending); their notes."""
+    """Run the registered clean-ups once (the program is ending); their notes. A second Ctrl-C or SIGTERM
+    waits until they are done, rather than leaving them half done."""
     notes = []
-    while _failure_cleanups:
-        try:
-            note = _failure_cleanups.pop(0)()
-        except Exception as error:  # one clean-up failing must not keep the others from running
-            note = f"clean-up failed: {first_line(error)}"
-        if note:
-            notes.append(note)
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        while _failure_cleanups:
+            try:
+                note = _failure_cleanups.pop(0)()
+            except Exception as error:  # one clean-up failing must not keep the others from running
+                note = f"clean-up failed: {first_line(error)}"
+            if note:
+                notes.append(note)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     return notes

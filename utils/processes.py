@@ -68,10 +68,10 @@ def run_workers(module, job, directory, n_workers, total, desc, what, quiet=Fals
            "TOKENIZERS_PARALLELISM": "false"}  # a process per core already: no thread pool each on top
     spec = Path(directory) / ".job.pkl"  # in the entry being built: a killed run's goes with its directory
     workers = []
+    selector = selectors.DefaultSelector()
     try:
         with open(spec, "wb") as f:
             pickle.dump((job, str(directory)), f)
-        selector = selectors.DefaultSelector()
         for index in range(n_workers):
             errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty worker cannot block on it
             worker = subprocess.Popen([sys.executable, "-m", module, str(spec), str(index), str(n_workers),
@@ -92,6 +92,7 @@ def run_workers(module, job, directory, n_workers, total, desc, what, quiet=Fals
                         if worker.wait() != 0:
                             raise UserError(f"{what}: {_worker_death(worker)}")
     finally:
+        selector.close()
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
@@ -127,5 +128,6 @@ def _worker_death(worker):
         hint = " (out of memory? try fewer --preprocessing_num_workers)" if name == "SIGKILL" else ""
         return f"worker process {worker.pid} was killed by {name}{hint}; nothing was cached: run again"
     worker.errors.seek(0)
-    error = worker.errors.read().decode(errors="replace").strip().splitlines()
-    return f"worker process {worker.pid} failed: {error[-1] if error else f'exit status {worker.returncode}'}"
+    error = worker.errors.read().decode(errors="replace").strip()
+    why = error.splitlines()[0] if error else f"exit status {worker.returncode}"
+    return f"worker process {worker.pid} failed: {why}"

@@ -144,7 +144,9 @@ def check_output(model_fn, resume):
                         "refusing to replace it: choose another --model_fn")
     if resume and not (partial / "resume").is_dir():
         raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
-    if not resume and partial.exists():
+    # a partial directory with nothing to resume from is not refused: rank 0's lock_output removes it (the
+    # other processes of a distributed run check before or after it does)
+    if not resume and partial.exists() and train_states(resume_dir(model_fn)):
         raise UserError(f"{partial}: an interrupted run of {model_fn} is there: "
                         f"add --resume to continue it, or delete that directory to start afresh")
 
