@@ -1,9 +1,9 @@
 """Score a fine-tuned model on a labelled file.
 
 Reads --test_fn in any input format the trainers read (same column flags), checks that its labels
-are the model's, and prints the scores and the per-class table. Writes metrics.json,
-confusion_matrix.png and errors.tsv (the highest-loss examples) into --output_dir, which appears
-only when all three are written (a finished evaluation there is replaced only by a complete one).
+are the model's, and prints the scores (the expected calibration error among them) and the per-class
+table. Writes metrics.json, confusion_matrix.png, reliability_diagram.png and errors.tsv (the
+highest-loss examples) into --output_dir, which appears only when all are written (a finished evaluation there is replaced only by a complete one).
 A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
 largest errors; long texts are handled as the model was trained unless --long_text says otherwise."""
 import argparse
@@ -46,7 +46,8 @@ def main():
     from data_load.splits import load_labelled
     from training.evaluation import evaluation, predict_logits
     from utils.lengths import model_max_length
-    from utils.report import json_text, per_class_table, plot_confusion_matrix, plot_scatter, write_errors
+    from utils.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
+                              plot_reliability, plot_scatter, write_errors)
     from utils.metrics import summary_line
     from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
     from utils.saved_model import load_checkpoint
@@ -84,7 +85,8 @@ def main():
     logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision),
                             pooling=pooling)
     result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels, threshold if multi_label else None,
-                        regression=saved.regression, target_std=saved.target_scale and saved.target_scale[1])
+                        regression=saved.regression, target_std=saved.target_scale and saved.target_scale[1],
+                        temperature=None if saved.temperature == 1.0 else saved.temperature)  # --calibrate
     metrics = result["metrics"]
 
     tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
@@ -98,6 +100,8 @@ def main():
             plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
         if saved.regression:
             plot_scatter(result, tmp / "prediction_scatter.png")
+        else:
+            plot_reliability(result, tmp / RELIABILITY_DIAGRAM)
         write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
         replace_dir(tmp, output_dir)
     except OSError as error:
@@ -106,11 +110,11 @@ def main():
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "") + (
-        ", prediction_scatter.png" if saved.regression else "")
+        ", prediction_scatter.png" if saved.regression else f", {RELIABILITY_DIAGRAM}")
     log.info(f"\nwrote {written} to {output_dir}")
 
 
-REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png", "prediction_scatter.png"}
+REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png", "prediction_scatter.png", "reliability_diagram.png"}
 
 
 def check_output_dir(output_dir, model_fn):

@@ -12,7 +12,7 @@ import numpy as np
 
 from data_load import LengthGroupedSampler, TextClassificationCollator, column_numpy, model_inputs
 from data_load.dataset import window_rows
-from training.evaluation import evaluation
+from training.evaluation import FIT_TEMPERATURE, evaluation
 from training.finish import save_run
 from training.loss import loss_function
 from training.prepare import prepare, print_plan
@@ -102,10 +102,11 @@ def main():
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial, context)
     valid = evaluation(text_logits(trainer, run.valid_set, run.window_pooling), run.valid_set, run.splits.labels,
-                       threshold_per_label=args.threshold_per_label, regression_scale=run.regression_scale)
+                       threshold_per_label=args.threshold_per_label, regression_scale=run.regression_scale,
+                       temperature=FIT_TEMPERATURE if args.calibrate else None)  # --calibrate: fitted on validation
     test = (evaluation(text_logits(trainer, run.test_set, run.window_pooling), run.test_set, run.splits.labels,
                        valid["metrics"].get("threshold"),  # multi-label: the threshold tuned on validation
-                       regression_scale=run.regression_scale)
+                       regression_scale=run.regression_scale, temperature=valid["metrics"].get("temperature"))
             if run.test_set else None)
     if context.is_main:
         save_run(args, "hf", run, trainer.model, recorder.history, valid, test,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
-from training.evaluation import evaluation, predict_logits
+from training.evaluation import FIT_TEMPERATURE, evaluation, predict_logits
 from training.finish import save_run
 from training.loss import loss_function
 from training.prepare import prepare, print_plan
@@ -155,12 +155,15 @@ def main():
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
-    # multi-label: the test set is scored at the decision threshold tuned on validation
+    # --calibrate: the temperature is fitted on validation; multi-label: the test set is scored at the decision
+    # threshold tuned on validation (after the temperature, on the probabilities the model will print)
     valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                     threshold_per_label=args.threshold_per_label, run=run)
-    threshold = context.gather(valid and valid["metrics"].get("threshold"))[0]
+                     threshold_per_label=args.threshold_per_label, run=run,
+                     temperature=FIT_TEMPERATURE if args.calibrate else None)
+    threshold, temperature = context.gather(valid and (valid["metrics"].get("threshold"),
+                                                       valid["metrics"].get("temperature")))[0]
     test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                    threshold, run=run)
+                    threshold, run=run, temperature=temperature)
     if context.is_main:
         save_run(args, "native", run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"]})
@@ -168,7 +171,7 @@ def main():
 
 
 def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None,
-             threshold_per_label=False, run=None):
+             threshold_per_label=False, run=None, temperature=None):
     """Logits for the whole dataset (sliding windows pooled per text), each process taking a shard;
     gathered and scored on rank 0."""
     if dataset is None:
@@ -180,7 +183,7 @@ def evaluate(model, dataset, collate, batch_size, device, autocast, context, lab
         return None
     merged = {i: row for part in gathered for i, row in part.items()}
     return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold,
-                      threshold_per_label, run.regression_scale)
+                      threshold_per_label, run.regression_scale, temperature=temperature)
 
 
 def no_decay(parameter):

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA, emotion, machine, nsmc, require_shared, sample, table
+from common import ROOT, SHARED_DATA, emotion, kept_sections, machine, nsmc, require_shared, sample, table
 
 # name: (train subset, eval subset, metrics, published reference); None = the whole split.
 # Sizes keep the full report near 90 minutes on a 2-core CPU: emotion is whole (its 92% target is
@@ -578,9 +578,10 @@ def main():
     out = args.out or (None if args.quick else ROOT / "docs" / "accuracy.md")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+        sections = kept_sections(out)  # what other benches wrote into the report (e.g. bench/calibration.py)
         Path(out).write_text(f"# Accuracy report\n\nWritten by `python bench/accuracy.py`"
                              f"{' --quick' if args.quick else ''}; each row names the commit it ran at.\n\n"
-                             f"{machine_line(results)}\n\n{SETUP}\n\n{report}\n")
+                             f"{machine_line(results)}\n\n{SETUP}\n\n{report}\n{sections}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -69,3 +70,24 @@ def machine():
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"{gpu}")
+
+
+SECTION = re.compile(r"<!-- section: (?P<name>[\w-]+) -->\n.*?<!-- end of section: (?P=name) -->\n", re.S)
+
+
+def write_section(path, name, text):
+    """Put one bench's section into a markdown report (docs/accuracy.md) between markers, replacing its earlier
+    version and leaving the rest as it is; bench/accuracy.py keeps such sections when it rewrites the report."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    section = f"<!-- section: {name} -->\n{text.rstrip()}\n<!-- end of section: {name} -->\n"
+    pattern = re.compile(rf"<!-- section: {name} -->\n.*?<!-- end of section: {name} -->\n", re.S)
+    new = pattern.sub(lambda _: section, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + section
+    path.write_text(new, encoding="utf-8")
+
+
+def kept_sections(path):
+    """The marked sections (write_section) of a report, to carry over when the rest is written anew."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return "".join("\n" + match.group(0) for match in SECTION.finditer(text))

@@ -111,7 +111,7 @@ class Classifier:
 
     def logits(self, items):
         """float32 (len(items), n_labels) logits of (text, pair) items, in input order; pair None for a
-        single sentence."""
+        single sentence. Calibrated: divided by the model's temperature (--calibrate) in both backends."""
         raise NotImplementedError
 
     def predict(self, items, top_k=None, threshold=None):

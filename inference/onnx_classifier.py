@@ -16,6 +16,8 @@ from utils.tokens import FastTokenizer
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
 WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: utils.saved_model.weights_digest of the exported weights
+# ONNX metadata: the temperature (--calibrate) the graph divides its logits by, as the torch classifier does
+TEMPERATURE_KEY = "finetune_plm.temperature"
 
 
 def load_session(path):
@@ -35,13 +37,19 @@ def load_session(path):
                         f"export it again with python export_plm.py --model_fn {path.parent}") from None
 
 
-def check_export_is_current(session, path, model_fn):
-    """The export must come from the weights in the directory now: a model retrained (or replaced) after
-    its export would otherwise be served as the old one, silently."""
+def check_export_is_current(session, path, saved):
+    """The export must come from the weights in the directory now, and divide its logits by the temperature
+    recorded now: a model retrained (or replaced) after its export would otherwise be served as the old one,
+    silently."""
+    model_fn = saved.path
+    metadata = session.get_modelmeta().custom_metadata_map
+    if float(metadata.get(TEMPERATURE_KEY, 1.0)) != saved.temperature:
+        raise UserError(f"{path}: exported with temperature {metadata.get(TEMPERATURE_KEY, 1.0)}, but {model_fn} has "
+                        f"{saved.temperature}: export again with python export_plm.py --model_fn {model_fn}")
     current = weights_digest(model_fn)
     if not current:  # a torch-free copy without the weights (README): nothing to compare with
         return
-    exported = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+    exported = metadata.get(WEIGHTS_KEY)
     if exported is None:
         raise UserError(f"{path}: written by an older export_plm.py, which did not record the weights it came from, "
                         f"so it may be older than the model: export again with python export_plm.py --model_fn {model_fn}")
@@ -72,7 +80,7 @@ class OnnxClassifier(Classifier):
         self.quantize = quantize
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.session = load_session(path)
-        check_export_is_current(self.session, path, model_fn)
+        check_export_is_current(self.session, path, self.saved)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.set_long_text(long_text_flags)
 

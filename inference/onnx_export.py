@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
-from inference.onnx_classifier import ONNX_FILES, WEIGHTS_KEY, load_session
+from inference.onnx_classifier import ONNX_FILES, TEMPERATURE_KEY, WEIGHTS_KEY, load_session
 from utils.errors import UserError, first_line
 from utils.run_dir import hold_model
 from utils.saved_model import SavedModel, load_checkpoint, weights_digest
@@ -63,6 +63,8 @@ def _export(model_fn, log):
             os.remove(stale)
     weights = weights_digest(model_fn)
     tokenizer, model, saved = load_checkpoint(model_fn)
+    if saved.temperature != 1.0:  # --calibrate: the graph gives the logits the torch classifier gives
+        model = TemperatureScaled(model, saved.temperature)
     if not os.path.exists(os.path.join(model_fn, "tokenizer.json")):
         raise UserError(f"{model_fn}: no tokenizer.json: the ONNX classifier needs the fast (tokenizers) version "
                         "of the tokenizer, and this model has only a slow one")
@@ -92,7 +94,7 @@ def _export(model_fn, log):
                             f"{difference:.3g} > {FP32_TOLERANCE:g}); refusing to write it")
         quantize_int8(temporary["none"], temporary["int8"])
         for path in temporary.values():
-            record_weights(path, weights)
+            record_metadata(path, {WEIGHTS_KEY: weights, TEMPERATURE_KEY: repr(saved.temperature)})
         difference = max_difference(temporary["int8"], inputs, reference)
         log(f"{targets['int8']}: {size_mb(temporary['int8'])} MB; max abs logit difference to PyTorch fp32 "
             f"{difference:.3f} ({difference / spread:.1%} of the logits' spread {spread:.2f}; tolerance "
@@ -173,13 +175,29 @@ def quantize_int8(source, target):
                          op_types_to_quantize=["MatMul", "Gather"])
 
 
-def record_weights(path, weights):
-    """Store the weights' identity in the ONNX file's metadata (read back by onnxruntime at no cost)."""
+def record_metadata(path, values):
+    """Store the weights' identity and the temperature in the ONNX file's metadata (read back by onnxruntime
+    at no cost)."""
     import onnx
     model = onnx.load(path)
     del model.metadata_props[:]
-    model.metadata_props.add(key=WEIGHTS_KEY, value=weights)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
     onnx.save(model, path)
+
+
+class TemperatureScaled(torch.nn.Module):
+    """A classifier whose logits are divided by its --calibrate temperature, as exported into the graph."""
+
+    def __init__(self, model, temperature):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):  # named: the exporter's dynamic axes
+        from transformers.modeling_outputs import SequenceClassifierOutput
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        logits = self.model(**{name: value for name, value in inputs.items() if value is not None}).logits
+        return SequenceClassifierOutput(logits=logits / self.temperature)
 
 
 def max_difference(path, inputs, reference):

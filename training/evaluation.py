@@ -7,8 +7,11 @@ import torch
 from data_load import TextLookup, column_numpy, label_matrix, model_inputs
 from data_load.dataset import window_rows
 from data_load.labels import is_multi_label
+from utils.calibration import expected_calibration_error, fit_temperature
 from utils.long_text import pool
 from utils.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
+
+FIT_TEMPERATURE = "fit"  # evaluation(temperature=...): fit one on these examples (--calibrate, on validation)
 
 
 def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0, world_size=1, pooling="mean"):
@@ -40,21 +43,32 @@ def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0
 
 
 def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label=False, regression_scale=None,
-               regression=False, target_std=None):
+               regression=False, target_std=None, temperature=None):
     """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed).
     Multi-label: gold labels are a 0/1 matrix, and the decision threshold is `threshold` (a number or one
     per label; None: the one that scores best on these examples, as on validation, or with
     `threshold_per_label` the best one for each label). Regression (`regression`, or `regression_scale`,
-    the training targets' (mean, std) while the model outputs standardised numbers): gold numbers."""
+    the training targets' (mean, std) while the model outputs standardised numbers): gold numbers.
+    temperature (classes only): the logits are divided by it before anything is scored (a model's
+    --calibrate temperature), or with FIT_TEMPERATURE by the one fitted on these (validation) examples;
+    the metrics then also hold the temperature and the ECE before scaling. None: the logits as they are."""
     logits = np.asarray(logits, dtype=np.float32)
     if regression or regression_scale is not None:
         labels = column_numpy(dataset, "labels").astype(np.float64)
         metrics = regression_metrics(logits, labels, regression_scale, target_std)
         logits = regression_predictions(logits, regression_scale)[:, None]  # reports show numbers in label units
-    elif is_multi_label(dataset):
-        labels = label_matrix(dataset, len(label_names))
+        return {"metrics": metrics, "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
+    multi_label = is_multi_label(dataset)
+    labels = label_matrix(dataset, len(label_names)) if multi_label else column_numpy(dataset, "labels")
+    calibration = {}
+    if temperature is not None:
+        if temperature == FIT_TEMPERATURE:  # before the threshold is tuned: it is tuned on what the model will print
+            temperature = fit_temperature(logits, labels, multi_label)
+        calibration = {"temperature": temperature,
+                       "ece_uncalibrated": expected_calibration_error(logits, labels, multi_label)}
+        logits = (logits / np.float32(temperature)).astype(np.float32)
+    if multi_label:
         metrics = multi_label_metrics(logits, labels, label_names, threshold, threshold_per_label)
     else:
-        labels = column_numpy(dataset, "labels")
         metrics = classification_metrics(logits, labels, label_names)
-    return {"metrics": metrics, "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
+    return {"metrics": {**metrics, **calibration}, "logits": logits, "labels": labels, "texts": TextLookup(dataset)}

@@ -21,6 +21,8 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
               "precision": run.precision, "world_size": run.context.world_size, "multi_label": splits.multi_label,
               # multi-label: the decision threshold tuned on validation, which classify_plm.py applies
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
+              # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
+              **({"temperature": valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     if run.regression_scale is not None:  # the saved model outputs the number itself (utils.model)
         output_in_label_units(model, run.regression_scale)

@@ -9,6 +9,9 @@ from utils.hub import DEFAULT_MODEL_HELP
 from utils.tokens import MIN_LENGTH
 
 
+# --calibrate unless --no_calibrate (docs/accuracy.md measures it)
+CALIBRATE_BY_DEFAULT = False
+
 CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_classes * n_examples_of_class), as "
                      "scikit-learn; multi-label: negatives / positives of each label, BCE's pos_weight), weights in label order (`1,2.5,1`) or by name (`neg=1,pos=3`, the rest 1); "
                      "default: none")
@@ -33,6 +36,10 @@ class TrainingArgumentParser(ArgumentParser):
             if parsed.best_metric is not None and parsed.best_metric not in REGRESSION_SCORES:
                 self.error(f"--best_metric {parsed.best_metric}: not a regression score; choose one of "
                            f"{', '.join(REGRESSION_SCORES)}")
+        if parsed.calibrate is None:
+            parsed.calibrate = CALIBRATE_BY_DEFAULT and not parsed.regression
+        elif parsed.calibrate and parsed.regression:
+            self.error("--calibrate scales class probabilities; --regression predicts a number: drop one of them")
         if parsed.best_metric is None:
             parsed.best_metric = "spearman" if parsed.regression else DEFAULT_BEST_METRIC
         stride_error = check_stride(parsed.stride, parsed.max_length)
@@ -121,6 +128,15 @@ def training_parser(description):
                      help=f"validation metric that picks the epoch whose weights are saved (default: "
                           f"{DEFAULT_BEST_METRIC}; with --regression: spearman); loss and accuracy can prefer an early "
                           "epoch that predicts only the majority class")
+    run.add_argument("--calibrate", action="store_true", default=None,
+                     help="after training, fit a temperature on validation that makes the printed probabilities "
+                          "honest (temperature scaling, Guo et al. 2017: the logits divided by one number, which "
+                          "never changes the most probable class); stored in the model and applied by "
+                          "classify_plm.py (both backends), evaluate_plm.py, export_plm.py and the server. Every "
+                          "evaluation reports the expected calibration error (ECE) either way"
+                          + ("; on by default" if CALIBRATE_BY_DEFAULT else ""))
+    run.add_argument("--no_calibrate", dest="calibrate", action="store_false",
+                     help="keep the probabilities as trained (no temperature)")
     run.add_argument("--eval_steps", type=int_at_least(1), default=None,
                      help="evaluate every N optimizer steps (and after the last) instead of after each epoch")
     run.add_argument("--early_stopping_patience", type=int_at_least(1), default=None,

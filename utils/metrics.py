@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from utils.calibration import expected_calibration_error
 from utils.scores import at_threshold, log_softmax, sigmoid
 
 
@@ -39,6 +40,9 @@ SCORES = {
     "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, labels=ids, average="weighted", zero_division=0)),
     "mcc": Score("MCC", lambda gold, predicted, logits, ids: sk().matthews_corrcoef(gold, predicted)),
+    # whether the printed probabilities mean what they say (utils/calibration.py): lower is better
+    "ece": Score("ECE", lambda gold, predicted, logits, ids: expected_calibration_error(logits, gold, False),
+                 higher_is_better=False),
 }
 
 
@@ -67,6 +71,8 @@ MULTI_LABEL_SCORES = {
     "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, average="weighted", zero_division=0)),
     "roc_auc": Score("macro ROC-AUC", lambda gold, predicted, logits, ids: macro_roc_auc(gold, logits)),
+    "ece": Score("ECE", lambda gold, predicted, logits, ids: expected_calibration_error(logits, gold, True),
+                 higher_is_better=False),
 }
 # Regression scores (--regression): gold and predicted are numbers in the label's units; the loss is the mean
 # squared error on the standardised targets, the quantity training minimises (comparable to the train loss).
@@ -192,7 +198,10 @@ def summary_line(metrics):
     """`loss 0.3121, accuracy 0.9012, macro-F1 0.8850, ...`: the line printed after an evaluation."""
     titles = scores_of(metrics)
     line = ", ".join(f"{titles[name].title} {value:.4f}" for name, value in scalar_metrics(metrics).items())
-    return line + (f" ({threshold_text(metrics['threshold'])})" if "threshold" in metrics else "")
+    notes = [threshold_text(metrics["threshold"])] if "threshold" in metrics else []
+    if "temperature" in metrics:  # --calibrate
+        notes.append(f"temperature {metrics['temperature']:.3g}, ECE before it {metrics['ece_uncalibrated']:.4f}")
+    return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def threshold_text(threshold):

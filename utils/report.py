@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.calibration import N_BINS, reliability_bins
 from utils.log import log
 from utils.metrics import binary_losses, example_losses, scalar_metrics, summary_line
 from utils.scores import at_threshold, log_softmax, sigmoid
@@ -85,7 +86,8 @@ def per_class_table(metrics):
 
 
 def write_report(directory, history, label_names, valid, test=None, n_errors=50):
-    """Write metrics.json, history.json, learning_curve.png, confusion_matrix.png and errors.tsv.
+    """Write metrics.json, history.json, learning_curve.png, confusion_matrix.png (single-label),
+    reliability_diagram.png (classes) or prediction_scatter.png (regression) and errors.tsv.
 
     `valid` and `test` are dicts {"metrics", "logits", "labels", "texts"} (training.finish.evaluation);
     the confusion matrix and error list come from the test set when there is one."""
@@ -101,6 +103,8 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
         plot_confusion_matrix(final["metrics"]["confusion_matrix"], label_names, directory / "confusion_matrix.png")
     if final["metrics"].get("regression"):
         plot_scatter(final, directory / "prediction_scatter.png")
+    else:
+        plot_reliability(final, directory / RELIABILITY_DIAGRAM)
     write_errors(directory / "errors.tsv", final, label_names, n_errors)
 
     print("\n" + format_table(history, list(history[0]) if history else []))
@@ -167,6 +171,42 @@ def plot_scatter(result, path):
     ax.set_title(f"Predicted vs gold (Pearson {metrics['pearson']:.3f}, Spearman {metrics['spearman']:.3f})")
     ax.set_xlabel("gold")
     ax.set_ylabel("predicted")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+RELIABILITY_DIAGRAM = "reliability_diagram.png"
+
+
+def plot_reliability(result, path):
+    """Reliability diagram: per confidence bin, how often the model is right against how sure it says it is
+    (on the diagonal, 0.8 means right 8 times in 10); with a temperature (--calibrate), the model's curve
+    before it too. Bars: the share of predictions in each bin."""
+    plt = _pyplot()
+    metrics, multi_label = result["metrics"], bool(result["metrics"].get("multi_label"))
+    curves = [("calibrated" if "temperature" in metrics else "model", result["logits"], metrics["ece"])]
+    if "temperature" in metrics:
+        curves.insert(0, ("before the temperature", np.asarray(result["logits"]) * metrics["temperature"],
+                          metrics["ece_uncalibrated"]))
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), dpi=100, sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfectly calibrated")
+    for (name, logits, ece), marker in zip(curves, "so"):
+        rows = reliability_bins(logits, result["labels"], multi_label)
+        ax.plot([mean for _, mean, _, _ in rows], [accuracy for _, _, accuracy, _ in rows], marker + "-",
+                label=f"{name} (ECE {ece:.3f})")
+    rows = reliability_bins(result["logits"], result["labels"], multi_label)
+    total = sum(count for *_, count in rows)
+    counts.bar([low for low, *_ in rows], [count / total for *_, count in rows], width=1 / N_BINS, align="edge",
+               color="tab:gray")
+    what = "each label's probability" if multi_label else "the top class's probability"
+    ax.set_ylabel("share right")
+    ax.set_title(f"Reliability: {what}" + (f", temperature {metrics['temperature']:.2f}" if "temperature" in metrics else ""))
+    ax.legend(loc="upper left")
+    counts.set_xlabel("stated confidence")
+    counts.set_ylabel("share of predictions")
+    counts.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

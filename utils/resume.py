@@ -9,7 +9,7 @@ from utils.run_dir import RUN_FILE, partial_dir
 def run_fingerprint(args, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
                                                                       "save_total_limit", "n_errors", "log_dir",
                                                                       "test_fn", "device", "cache_dir",
-                                                                      "preprocessing_num_workers")):
+                                                                      "preprocessing_num_workers", "calibrate")):
     """What a resumed run must share with the interrupted one: the flags that shape training, the
     data (`data`: the training and validation sources by content, not name), the labels, the trainer
     and the process count."""

@@ -3,7 +3,7 @@ every command that uses the model (classify in both backends, evaluate, export, 
 
 A saved model is a `save_pretrained` directory, so `transformers.pipeline` loads it as it is:
   config.json (real id2label/label2id, problem_type), model.safetensors, tokenizer files,
-  training_args.json (every flag, the labels, max length, pairs, thresholds, versions),
+  training_args.json (every flag, the labels, max length, pairs, thresholds, temperature, versions),
   metrics.json, history.json, learning_curve.png, confusion_matrix.png, errors.tsv, runs/ (TensorBoard);
   after export_plm.py also model.onnx and model.int8.onnx.
 
@@ -52,6 +52,8 @@ class SavedModel:
     # standardised with, is kept for the record: the output layer already has it folded in (utils.model)
     regression: bool = False
     target_scale: object = None
+    # --calibrate: the logits are divided by it before they become probabilities (1.0: not calibrated)
+    temperature: float = 1.0
     training_args: dict = field(default_factory=dict, repr=False)  # the whole record, as written
 
     @classmethod
@@ -75,6 +77,11 @@ class SavedModel:
         if regression and len(labels) != 1:
             raise UserError(f"{model_fn}/config.json: a regression model has one output, this one {len(labels)}")
         scale = (training_args.get("target_mean"), training_args.get("target_std"))
+        temperature = training_args.get("temperature", 1.0)
+        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                or not 0 < temperature < float("inf")):
+            raise UserError(f"{model_fn}/{TRAINING_ARGS}: temperature {temperature!r} is not a number above 0: fix it, "
+                            "or delete the key for uncalibrated probabilities")
         return cls(path=model_fn, labels=tuple(labels), multi_label=multi_label,
                    threshold=stored_threshold(training_args, len(labels), model_fn) if multi_label else None,
                    label_separator=training_args.get("label_separator") or DEFAULT_LABEL_SEPARATOR,
@@ -82,7 +89,8 @@ class SavedModel:
                    position_limit=position_limit(config), label_columns=training_args.get("label_columns"),
                    label_names_fn=training_args.get("label_names_fn"), long_text=long_text,
                    stride=training_args.get("stride"), window_pooling=pooling, regression=regression,
-                   target_scale=scale if regression and None not in scale else None, training_args=training_args)
+                   target_scale=scale if regression and None not in scale else None,
+                   temperature=float(temperature), training_args=training_args)
 
     def input_length(self, requested=None, limit=None):
         """Tokens per input: --max_length when given (clamped to `limit`, else to the position embeddings),
@@ -113,7 +121,7 @@ class SavedModel:
                 "threshold": list(self.threshold) if isinstance(self.threshold, tuple) else self.threshold,
                 "max_length": self.max_length, "pairs": self.pairs, "regression": self.regression,
                 "long_text": self.long_text, "stride": self.stride, "window_pooling": self.window_pooling,
-                "pretrained_model_name": self.training_args.get("pretrained_model_name"),
+                "temperature": self.temperature, "pretrained_model_name": self.training_args.get("pretrained_model_name"),
                 "trainer": self.training_args.get("trainer"), "finished_at": self.training_args.get("finished_at"),
                 "trained_with": self.training_args.get("versions")}
 

@@ -1,0 +1,66 @@
+"""Whether a model's probabilities mean what they say, and temperature scaling to make them (Guo et al.
+2017, "On Calibration of Modern Neural Networks"). NumPy (and SciPy to fit) only.
+
+Calibration error is measured on the probabilities the model prints: single-label, the top class's
+probability against whether that class is right; multi-label, every label's sigmoid against whether the
+label is there (each (text, label) pair a prediction, as a per-label threshold reads them). Temperature
+scaling divides the logits by one number T fitted on validation to minimise its log-loss: it changes
+how sure the model says it is, never which class is most probable."""
+import numpy as np
+
+from utils.scores import log_softmax, sigmoid, softmax
+
+N_BINS = 15  # equal-width confidence bins, as Guo et al.
+TEMPERATURE_RANGE = (0.05, 20.0)  # searched on a log scale; a fitted T at either end is reported as it is
+
+
+def confidences(logits, gold, multi_label):
+    """(confidence, correct) pairs, flat: what calibration is measured on (see the module's note)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return sigmoid(logits).ravel(), np.asarray(gold).astype(bool).ravel()
+    probabilities = softmax(logits)
+    return probabilities.max(axis=-1), probabilities.argmax(axis=-1) == np.asarray(gold)
+
+
+def reliability_bins(logits, gold, multi_label, n_bins=N_BINS):
+    """Per confidence bin [(lower edge, mean confidence, accuracy, count)], empty bins left out."""
+    confidence, correct = confidences(logits, gold, multi_label)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)  # a confidence of 1.0 goes in the last bin
+    rows = []
+    for b in range(n_bins):
+        members = bins == b
+        if members.any():
+            rows.append((b / n_bins, float(confidence[members].mean()), float(correct[members].mean()),
+                         int(members.sum())))
+    return rows
+
+
+def expected_calibration_error(logits, gold, multi_label, n_bins=N_BINS):
+    """ECE: the mean gap |accuracy - confidence| over the bins, weighted by how many predictions each holds
+    (0 is perfectly calibrated; 0.1 means the stated confidence is off by 10 points on average)."""
+    rows = reliability_bins(logits, gold, multi_label, n_bins)
+    total = sum(count for *_, count in rows)
+    return float(sum(count * abs(accuracy - mean) for _, mean, accuracy, count in rows) / max(total, 1))
+
+
+def log_loss(logits, gold, multi_label):
+    """Mean negative log-likelihood of the gold labels (multi-label: binary, over every label)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        gold = np.asarray(gold, dtype=np.float64)
+        return float((np.logaddexp(0, logits) - gold * logits).mean())
+    return float(-log_softmax(logits)[np.arange(len(logits)), np.asarray(gold)].mean())
+
+
+def fit_temperature(logits, gold, multi_label):
+    """The T > 0 for which logits / T have the lowest log-loss on these (validation) examples. The log-loss
+    of logits scaled by 1/T is convex in 1/T, so a bounded scalar search finds the one minimum."""
+    from scipy.optimize import minimize_scalar
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(logits) == 0:
+        return 1.0
+    low, high = np.log(TEMPERATURE_RANGE)
+    found = minimize_scalar(lambda log_t: log_loss(logits / np.exp(log_t), gold, multi_label),
+                            bounds=(low, high), method="bounded", options={"xatol": 1e-4})
+    return round(float(np.exp(found.x)), 4)
