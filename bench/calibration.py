@@ -54,7 +54,7 @@ def run(name, n_train, directory):
             "temperature": json.loads((model / "training_args.json").read_text())["temperature"],
             **{f"{split} ECE {when}": f"{metrics[split][key]:.4f}" for split in ("valid", "test")
                for when, key in (("before", "ece_uncalibrated"), ("after", "ece"))},
-            f"test {score}": f"{metrics['test'][score]:.4f}", "train s": round(seconds)}
+            "test score": f"{score.replace('_f1', '-F1')} {metrics['test'][score]:.4f}", "train s": round(seconds)}
 
 
 def main():

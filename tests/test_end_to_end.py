@@ -16,11 +16,13 @@ TRAINERS = ["finetune_plm_native.py", "finetune_plm_hf.py"]
 N_EPOCHS = 2
 BATCH_SIZE = 16
 STEPS_PER_EPOCH = 960 // BATCH_SIZE
+CALIBRATED = "finetune_plm_hf.py"  # trained with --calibrate (the other with --no_calibrate)
 
 
 @pytest.fixture(scope="session")
 def trained(emotion_data, tmp_path_factory):
-    """One short real fine-tune per trainer (960 lines, 2 epochs of batches of 16), with a test file."""
+    """One short real fine-tune per trainer (960 lines, 2 epochs of batches of 16), with a test file; the
+    hf run with --calibrate (a temperature fitted on validation)."""
     directory = tmp_path_factory.mktemp("trained")
     test_fn = write_tsv(directory / "test.tsv", emotion_rows("val", 600)[300:])
     models = {}
@@ -28,8 +30,8 @@ def trained(emotion_data, tmp_path_factory):
         model_fn = directory / script.split("_")[-1].replace(".py", "")
         result = run_script(script, "--model_fn", model_fn, "--train_fn", emotion_data["train"],
                             "--valid_fn", emotion_data["valid"], "--test_fn", test_fn, "--n_epochs", N_EPOCHS,
-                            "--batch_size", BATCH_SIZE,
-                            "--n_errors", 20)
+                            "--batch_size", BATCH_SIZE, "--n_errors", 20,
+                            "--calibrate" if script == CALIBRATED else "--no_calibrate")
         models[script] = {"dir": model_fn, "stdout": result.stdout, "stderr": result.stderr}
     return models
 
@@ -51,7 +53,7 @@ def test_checkpoint_format(trained, script):
     assert config["id2label"] == {"0": "anger", "1": "fear", "2": "joy", "3": "love", "4": "sadness", "5": "surprise"}
     assert config["label2id"]["joy"] == 2
     for name in ("model.safetensors", "tokenizer.json", "training_args.json", "metrics.json", "history.json",
-                 "learning_curve.png", "confusion_matrix.png", "errors.tsv"):
+                 "learning_curve.png", "confusion_matrix.png", "reliability_diagram.png", "errors.tsv"):
         assert (model_fn / name).is_file(), name
     assert not list(model_fn.glob("*.bin")) and not list(model_fn.glob("*.pt")), "no pickles in the checkpoint"
     assert not (model_fn / "resume").exists() and not (model_fn / "best_model.safetensors").exists()
@@ -95,7 +97,18 @@ def test_metrics_history_and_errors(trained, script):
     # the saved weights are the epoch with the best validation macro-F1 (the default --best_metric)
     best = max(history, key=lambda row: row["valid_macro_f1"])
     assert best["valid_macro_f1"] == pytest.approx(metrics["valid"]["macro_f1"], abs=1e-3)
-    assert best["valid_loss"] == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
+    if script == CALIBRATED:  # the saved model divides its logits by the temperature fitted on validation
+        record = json.loads((model_fn / "training_args.json").read_text())
+        assert record["temperature"] == metrics["valid"]["temperature"] == metrics["test"]["temperature"] != 1
+        assert metrics["valid"]["ece_uncalibrated"] == pytest.approx(best["valid_ece"], abs=1e-3)
+        # fitted to minimise the validation loss: lower than the best epoch's, which is T = 1
+        assert metrics["valid"]["loss"] < best["valid_loss"] - 1e-4
+        assert "temperature" in trained[script]["stdout"] and "ECE before it" in trained[script]["stdout"]
+    else:
+        assert "temperature" not in metrics["valid"] and "temperature" not in json.loads(
+            (model_fn / "training_args.json").read_text())
+        assert best["valid_loss"] == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
+    assert 0 <= metrics["test"]["ece"] <= 1 and best["valid_ece"] >= 0
     with open(model_fn / "errors.tsv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 20
@@ -111,7 +124,8 @@ def test_pictures_decode(trained, script):
     from PIL import Image
     from utils.report import confusion_figure_size
     width, height = confusion_figure_size(6)
-    for name, size in (("learning_curve.png", (700, 450)), ("confusion_matrix.png", (width * 100, height * 100))):
+    for name, size in (("learning_curve.png", (700, 450)), ("confusion_matrix.png", (width * 100, height * 100)),
+                       ("reliability_diagram.png", (550, 650))):
         with Image.open(trained[script]["dir"] / name) as image:
             image.load()
             assert image.size == pytest.approx(size, abs=1), name
@@ -218,7 +232,10 @@ def test_evaluate_reproduces_the_test_scores(trained, tmp_path, script):
     assert scored["n_examples"] == saved["n_examples"] == 300
     assert scored["confusion_matrix"] == saved["confusion_matrix"]
     assert scored["macro_f1"] == pytest.approx(saved["macro_f1"]) and scored["loss"] == pytest.approx(saved["loss"], abs=1e-4)
-    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --calibrate (the hf run): evaluate_plm.py divides by the stored temperature, as the trainer's test did
+    assert scored.get("temperature") == saved.get("temperature") and scored["ece"] == pytest.approx(saved["ece"], abs=1e-4)
+    for picture in ("confusion_matrix.png", "reliability_diagram.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     errors = list(csv.reader((out / "errors.tsv").open(encoding="utf-8"), delimiter="\t"))
     assert errors[0] == ["loss", "gold", "predicted", "p_gold", "text"] and len(errors) == 11
     assert f"test: loss {saved['loss']:.4f}" in result.stdout and "precision" in result.stdout
