@@ -174,21 +174,36 @@ def test_classifier_empty_input(trained):
     assert result.returncode == 0 and result.stdout == ""
 
 
-def test_sorted_batches_match_one_at_a_time(trained):
-    model_fn = trained["finetune_plm_hf.py"]["dir"]
-    stdin = "\n".join(text for _, text in emotion_rows("val", 60)) + "\n"
-    sorted_batches = classify(model_fn, stdin, "--with_prob", "--chunk_size", "50", "--batch_size", "16").stdout
-    one_by_one = classify(model_fn, stdin, "--with_prob", "--batch_size", "1").stdout
-    assert sorted_batches.splitlines() == one_by_one.splitlines()
+def classifier_in_process(model_fn, *flags, monkeypatch):
+    """The classifier classify_plm.py builds from these flags, in this process (one model load, no
+    interpreter start: 3 s instead of 10 for two script runs)."""
+    import sys
+
+    import classify_plm
+    from inference.classifier import load_classifier
+    monkeypatch.setattr(sys, "argv", ["classify_plm.py", "--model_fn", str(model_fn), *flags])
+    return load_classifier(classify_plm.parse_args())
 
 
-def test_int8_quantized_classifier(trained):
+def test_sorted_batches_match_one_at_a_time(trained, monkeypatch):
+    classifier = classifier_in_process(trained["finetune_plm_hf.py"]["dir"], "--batch_size", "16",
+                                       monkeypatch=monkeypatch)
+    items = [(text, None) for _, text in emotion_rows("val", 60)]
+    sorted_batches = classifier.predict(items)[1]  # probabilities, texts batched by length
+    classifier.batch_size = 1
+    one_by_one = classifier.predict(items)[1]
+    assert sorted_batches == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_int8_quantized_classifier(trained, monkeypatch):
     model_fn = trained["finetune_plm_native.py"]["dir"]
-    stdin = "\n".join(text for _, text in emotion_rows("val", 200)) + "\n"
-    fp32 = [line.split("\t")[0] for line in classify(model_fn, stdin).stdout.splitlines()]
-    result = classify(model_fn, stdin, "--quantize", "int8")
-    int8 = [line.split("\t")[0] for line in result.stdout.splitlines()]
-    assert len(int8) == 200 and "Warning" not in result.stderr
+    items = [(text, None) for _, text in emotion_rows("val", 200)]
+    fp32 = classifier_in_process(model_fn, monkeypatch=monkeypatch).predict(items)[3]
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:  # torch.ao's deprecation notices are not the user's
+        warnings.simplefilter("always")
+        int8 = classifier_in_process(model_fn, "--quantize", "int8", monkeypatch=monkeypatch).predict(items)[3]
+    assert len(int8) == 200 and not [w for w in caught if "deprecat" in str(w.message).lower()], caught
     assert sum(a == b for a, b in zip(fp32, int8)) / 200 >= 0.9
 
 

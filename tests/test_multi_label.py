@@ -252,7 +252,7 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
                             "--cache_dir", tmp_path / "cache")
     assert json.loads((tmp_path / "eval-0.5" / "metrics.json").read_text())["test"]["threshold"] == 0.5
     assert "(threshold 0.50)" in overridden.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["errors.tsv", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["errors.tsv", "metrics.json", "reliability_diagram.png"]
     # the model's own directory, or one holding other files, is never replaced by a report
     for target in (model_fn, tmp_path):
         refused = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
