@@ -41,15 +41,15 @@ def main():
     args = parse_args()
     import dataclasses
 
-    from data_load import TextClassificationCollator, encode_split
+    from data_load import encode_split
     from data_load.readers import Labeling
     from data_load.splits import load_labelled
-    from training.evaluation import evaluation, predict_logits
+    from training.evaluation import evaluate_saved
     from utils.lengths import model_max_length
     from utils.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
                               plot_reliability, plot_scatter, write_errors)
     from utils.metrics import summary_line
-    from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
+    from utils.runtime import choose_device, choose_precision
     from utils.saved_model import load_checkpoint
 
     output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
@@ -69,7 +69,6 @@ def main():
             if getattr(args, flag) is None and not args.label_column:
                 setattr(args, flag, getattr(saved, flag))
         args.label_separator = args.label_separator or saved.label_separator
-    threshold = saved.threshold if args.threshold is None else args.threshold
     labeling = dataclasses.replace(Labeling.from_flags(multi_label, args.label_separator, args.label_columns,
                                                        args.label_names_fn, args.label_column),
                                    numbers=saved.regression)
@@ -80,13 +79,7 @@ def main():
     dataset = encode_split(split, labels, tokenizer, max_length, cache_dir=args.cache_dir, long_text=long_text,
                            stride=stride, regression=saved.regression)
 
-    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
-                                         num_labels=len(labels))
-    logits = predict_logits(model, dataset, collate, args.batch_size, device, autocast_context(device, precision),
-                            pooling=pooling)
-    result = evaluation([logits[i] for i in range(len(dataset))], dataset, labels, threshold if multi_label else None,
-                        regression=saved.regression, target_std=saved.target_scale and saved.target_scale[1],
-                        temperature=None if saved.temperature == 1.0 else saved.temperature)  # --calibrate
+    result = evaluate_saved(model, tokenizer, saved, dataset, args.batch_size, device, precision, args.threshold, pooling)
     metrics = result["metrics"]
 
     tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"

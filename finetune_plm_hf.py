@@ -14,6 +14,7 @@ from data_load import LengthGroupedSampler, TextClassificationCollator, column_n
 from data_load.dataset import window_rows
 from training.evaluation import FIT_TEMPERATURE, evaluation
 from training.finish import save_run
+from training.hp_search import search
 from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
@@ -29,6 +30,8 @@ from utils.train_state import latest_train_state
 
 def main():
     args = training_parser(__doc__).parse_args()
+    if args.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
+        return search(args, "hf", __file__)
     run = prepare(args, "hf")  # device, data, model; bad input fails here, before anything is written
     context, device, precision = run.context, run.device, run.precision
 

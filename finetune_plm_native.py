@@ -15,6 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
 from training.evaluation import FIT_TEMPERATURE, evaluation, predict_logits
 from training.finish import save_run
+from training.hp_search import search
 from training.loss import loss_function
 from training.prepare import prepare, print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
@@ -28,6 +29,8 @@ from utils.train_state import load_train_state, restore, save_train_state, snaps
 
 def main():
     args = training_parser(__doc__).parse_args()
+    if args.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
+        return search(args, "native", __file__)
     run = prepare(args, "native")  # device, data, model; bad input fails here, before anything is written
     context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
 

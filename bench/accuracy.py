@@ -4,12 +4,14 @@
     python bench/accuracy.py --datasets nsmc      # run again just these; the other rows are kept
     python bench/accuracy.py --quick --out /tmp/a.md   # tiny emotion subset, one epoch: proves it runs
     python bench/accuracy.py --datasets imdb --systems sliding-128   # one setting of the long-text study
+    python bench/accuracy.py --datasets search    # the hyperparameter search against the default flags
 
 Per dataset, in one run, on the same train/evaluation split:
   tfidf    TF-IDF of word 1-2-grams and character 2-5-grams + logistic regression
   frozen   the pretrained encoder's mean-pooled features (no fine-tuning) + logistic regression
   native   finetune_plm_native.py with default flags
   hf       finetune_plm_hf.py with default flags
+A search study (SEARCH) runs native with default flags and native --hp_search 8 on the same emotion subset.
 Korean datasets also run native with the other --extend_vocab setting, the imbalanced ones (emotion,
 Korean hate speech) with --class_weight balanced, and the multi-label ones with --threshold_per_label,
 to measure what they do.
@@ -66,6 +68,10 @@ REGRESSION = {
 LONG_TEXT = {"n_train": 1000, "n_eval": 1000, "epochs": 1,
              "settings": [(128, "truncate"), (128, "head_tail"), (128, "sliding"),
                           (256, "truncate"), (256, "head_tail"), (256, "sliding")]}
+# Hyperparameter search: native with default flags against native --hp_search (its default space, median
+# pruning) on a seeded subset of emotion's training split, both scored by their own --test_fn evaluation
+# on all of val.txt (the search's winner only, once): 8 trials keep it near 20 minutes on a 2-core CPU.
+SEARCH = {"dataset": "emotion", "n_train": 2000, "n_trials": 8}
 KOREAN = {"nsmc", "korean_hate_speech", "korean_unsmile"}
 # multi-label corpora: (training file, evaluation file, the trainers' flags), read by the trainers as they are
 MULTI_LABEL = {
@@ -484,6 +490,76 @@ it stays a flag, the choice when accuracy on long texts is worth the time. (slid
 test run of this branch.)"""
 
 
+def run_search(directory, quick=False):
+    """emotion: native with default flags against native --hp_search (SEARCH): validation and test scores,
+    wall time, and what pruning saved (epochs not run, and their seconds at the pruned trials' own pace)."""
+    n_train, n_eval, n_trials = (120, 60, 2) if quick else (SEARCH["n_train"], None, SEARCH["n_trials"])
+    train, test = load(SEARCH["dataset"], n_train, n_eval)
+    directory.mkdir(parents=True)
+    train_fn, test_fn = write(directory / "train.tsv", train), write(directory / "test.tsv", test)
+    result = {"train": len(train), "eval": len(test), "commit": git_commit(), "machine": machine(), "systems": {}}
+    for system, flags in (("defaults", []), ("search", ["--hp_search", str(n_trials)])):
+        model_fn = directory / system
+        started = time.time()
+        done = subprocess.run([sys.executable, str(ROOT / "finetune_plm_native.py"), "--model_fn", str(model_fn),
+                               "--train_fn", str(train_fn), "--test_fn", str(test_fn), "--n_errors", "0",
+                               *(["--n_epochs", "1"] if quick else []), *flags], cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"search study, {system} failed:\n{done.stderr[-3000:]}")
+        seconds = time.time() - started
+        metrics = json.loads((model_fn / "metrics.json").read_text())
+        run = {"label": "native " + (" ".join(flags) or "(default flags)"), "seconds": round(seconds, 1),
+               "scores": {f"{split}_{metric}": metrics[split][metric] for split in ("valid", "test")
+                          for metric in ("accuracy", "macro_f1")}, "commit": git_commit(), "machine": machine()}
+        if flags:
+            run.update(search_figures(model_fn))
+        result["systems"][system] = run
+        print(f"search study, {run['label']}: " + ", ".join(f"{k} {v:.4f}" for k, v in run["scores"].items())
+              + f" in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def search_figures(model_fn):
+    """What a search did, from its hp_search record and trials table: the winner, the trials, and pruning's
+    saving (each pruned trial's epochs not run, at that trial's own seconds per epoch)."""
+    record = json.loads((model_fn / "training_args.json").read_text())["hp_search"]
+    with open(model_fn / "hp_trials.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    pruned = [row for row in rows if row["state"] == "pruned"]
+    saved_s = sum(float(row["seconds"]) / float(row["epochs"]) * (int(row["n_epochs"]) - float(row["epochs"]))
+                  for row in pruned if "n_epochs" in row and float(row["epochs"]) > 0)
+    return {"winner": f"trial {record['best_trial']}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else
+                                                                   f"{k} {v}" for k, v in record["values"].items()),
+            "complete": record["complete"], "pruned": record["pruned"], "epochs_run": record["epochs_run"],
+            "epochs_planned": record["epochs_planned"], "trial_seconds": record["seconds"],
+            "pruning_saved_s": round(saved_s), "trials": rows}
+
+
+def render_search(result):
+    rows = []
+    for run in result["systems"].values():
+        searched = "epochs_run" in run
+        rows.append({"system": run["label"], **{key.replace("valid_", "validation ").replace("test_", "test "):
+                                                f"{value:.4f}" for key, value in run["scores"].items()},
+                     "s": f"{run['seconds']:.0f}",
+                     "trials (complete/pruned)": f"{run['complete']}/{run['pruned']}" if searched else "1",
+                     "epochs run / planned": (f"{run['epochs_run']:g} / {run['epochs_planned']:g}" if searched
+                                              else ""),
+                     "pruning saved (est.)": f"{run['pruning_saved_s']} s" if searched else "",
+                     "commit": run["commit"]})
+    search = result["systems"].get("search", {})
+    return (f"Hyperparameter search: emotion, {result['train']} training lines (10% of them the validation split that "
+            f"picks epochs and trials), scored on {result['eval']} of val.txt by the trainer's --test_fn evaluation "
+            "(the winner's only). s: the whole run, search included. pruning saved: each pruned trial's epochs not "
+            "run, at its own seconds per epoch.\n\n" + table(rows, list(rows[0]))
+            + (f"\n\nWinner: {search['winner']}." if search.get("winner") else "")
+            + ("\n\n" + SEARCH_NOTE if SEARCH_NOTE else ""))
+
+
+# What the measured rows say (edit when the study is run again)
+SEARCH_NOTE = ""
+
+
 def render_long_text(result):
     rows = [{"max_length": run["label"].split()[2], "long_text": run["label"].split()[4],
              "training windows per review": f"{run['windows_per_text']:.2f}",
@@ -528,6 +604,8 @@ def render(results):
     text = table(rows, columns) if rows else ""
     if "imdb" in results:
         text += "\n\n" + render_long_text(results["imdb"])
+    if "search" in results:
+        text += "\n\n" + render_search(results["search"])
     if extra_rows:
         text += "\n\nOther settings:\n\n" + table(extra_rows, ["dataset", "metric", "system", "score",
                                                                   "native (defaults)", "tfidf", "s"])
@@ -552,8 +630,9 @@ def machine_line(results):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", choices=[*PLAN, "imdb"],
-                   help="default: all (with --quick: emotion); imdb: the long-text study (LONG_TEXT)")
+    p.add_argument("--datasets", nargs="+", choices=[*PLAN, "imdb", "search"],
+                   help="default: all (with --quick: emotion); imdb: the long-text study (LONG_TEXT); search: the "
+                        "hyperparameter search study (SEARCH)")
     p.add_argument("--systems", nargs="+",
                    choices=[*SYSTEMS, *(f"{lt}-{n}" for n, lt in LONG_TEXT["settings"])],
                    help="run only these again (default: all); imdb: e.g. sliding-128")
@@ -562,13 +641,15 @@ def main():
     p.add_argument("--out", help="markdown report (default: docs/accuracy.md; with --quick: print only)")
     args = p.parse_args()
     require_shared()
-    datasets = [] if args.render_only else args.datasets or (list(QUICK) if args.quick else [*PLAN, "imdb"])
+    datasets = [] if args.render_only else args.datasets or (list(QUICK) if args.quick else [*PLAN, "imdb", "search"])
     keep = not args.quick
     results = json.loads(RESULTS.read_text()) if keep and RESULTS.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in datasets:
             if name == "imdb":
                 results[name] = run_long_text(Path(tmp) / name, args.quick, results.get(name), args.systems)
+            elif name == "search":
+                results[name] = run_search(Path(tmp) / name, args.quick)
             else:
                 results[name] = run_dataset(name, args.quick, Path(tmp) / name, args.systems, results.get(name))
             if keep:  # after each dataset, so an interrupted report keeps what it finished

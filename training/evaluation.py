@@ -4,12 +4,13 @@ evaluation and evaluate_plm.py all end here."""
 import numpy as np
 import torch
 
-from data_load import TextLookup, column_numpy, label_matrix, model_inputs
+from data_load import TextClassificationCollator, TextLookup, column_numpy, label_matrix, model_inputs
 from data_load.dataset import window_rows
 from data_load.labels import is_multi_label
 from utils.calibration import expected_calibration_error, fit_temperature
 from utils.long_text import pool
 from utils.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
+from utils.runtime import autocast_context, pad_to_multiple_of
 
 FIT_TEMPERATURE = "fit"  # evaluation(temperature=...): fit one on these examples (--calibrate, on validation)
 
@@ -72,3 +73,20 @@ def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label
     else:
         metrics = classification_metrics(logits, labels, label_names)
     return {"metrics": {**metrics, **calibration}, "logits": logits, "labels": labels, "texts": TextLookup(dataset)}
+
+
+def evaluate_saved(model, tokenizer, saved, dataset, batch_size, device, precision, threshold=None, pooling=None):
+    """A saved model (utils.saved_model.load_checkpoint) scored on an encoded dataset: a multi-label model
+    at `threshold` (default: the one it was saved with), sliding windows pooled by `pooling` (default: as
+    trained), the logits divided by its temperature (--calibrate). evaluate_plm.py and the end of a
+    hyperparameter search score models this way."""
+    collate = TextClassificationCollator(tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
+                                         num_labels=len(saved.labels))
+    logits = predict_logits(model, dataset, collate, batch_size, device, autocast_context(device, precision),
+                            pooling=pooling or saved.window_pooling)
+    if threshold is None:
+        threshold = saved.threshold
+    return evaluation([logits[i] for i in range(len(dataset))], dataset, list(saved.labels),
+                      threshold if saved.multi_label else None, regression=saved.regression,
+                      target_std=saved.target_scale and saved.target_scale[1],
+                      temperature=None if saved.temperature == 1.0 else saved.temperature)  # --calibrate

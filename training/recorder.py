@@ -1,9 +1,11 @@
 """After every evaluation, the same bookkeeping in both trainers: a history row, one line on stderr,
-TensorBoard scalars, and the weights of the best evaluation so far kept on disk."""
+TensorBoard scalars, the weights of the best evaluation so far kept on disk, and, in a trial of a
+hyperparameter search, the score reported to its Optuna trial, which may stop a hopeless one."""
 import math
 import os
 from pathlib import Path
 
+from training.hp_search import open_trial
 from utils.log import log
 from utils.metrics import selection_score, summary_line
 from utils.report import TensorBoardLogger, history_row, row_metrics
@@ -37,6 +39,7 @@ class EvaluationRecorder:
         self.history = []
         self.best_score = -math.inf
         self.best_index = -1
+        self.trial = open_trial() if is_main else None  # a trial of --hp_search (a subprocess of the search)
 
     def restore(self, history):
         """Continue after --resume: the rows so far, and the best among them."""
@@ -65,6 +68,8 @@ class EvaluationRecorder:
             best = self.history[self.best_index]
             log.info(f"early stopping: {self.best_metric} has not improved for {self.patience} evaluations "
                  f"(best {best['valid_' + self.best_metric]:.4f} at step {best['step']})")
+        if self.trial:  # the pruner compares trials at the same epoch, or the same step with --eval_steps
+            self.trial.report(metrics[self.best_metric], step if self.by_steps else epoch, epoch, self.by_steps)
         return row
 
     def stalled(self):

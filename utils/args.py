@@ -20,6 +20,16 @@ CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_clas
                      "default: none")
 
 
+# --hp_search: the flags a search space may set (how the model trains, not what it reads: every trial
+# is scored on the same validation inputs, and the test set is encoded once), and the default space,
+# lr as factors of --lr (default: by model width). training/hp_search.py searches them.
+SEARCHABLE = ("lr", "n_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "weight_decay",
+              "warmup_ratio", "max_grad_norm", "early_stopping_patience")
+DEFAULT_SPACE = {"lr": {"low": 0.25, "high": 2.0, "log": True}, "n_epochs": {"low": 2, "high": 5},
+                 "batch_size": {"choices": [16, 32, 64]}, "warmup_ratio": {"low": 0.0, "high": 0.2},
+                 "weight_decay": {"low": 0.0, "high": 0.1}}
+
+
 class TrainingArgumentParser(ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
@@ -48,6 +58,8 @@ class TrainingArgumentParser(ArgumentParser):
         stride_error = check_stride(parsed.stride, parsed.max_length)
         if stride_error:
             self.error(stride_error)
+        if (parsed.hp_space or parsed.hp_storage) and not parsed.hp_search:
+            self.error("--hp_space and --hp_storage are for a hyperparameter search: add --hp_search N")
         if parsed.threshold_per_label and not (parsed.multi_label or parsed.label_columns):
             self.error("--threshold_per_label: decision thresholds are for multi-label data; add --multi_label "
                        "(or --label_columns), or drop the flag")
@@ -153,4 +165,25 @@ def training_parser(description):
     run.add_argument("--save_total_limit", type=int_at_least(1), default=2, help="resumable states kept")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same --model_fn from its latest state")
+
+    space = DEFAULT_SPACE
+    search = p.add_argument_group("hyperparameter search (pip install -r requirements/search.txt)")
+    search.add_argument("--hp_search", type=int_at_least(1), default=None, metavar="N",
+                        help="run N trials with Optuna (TPE sampler seeded by --seed; a trial whose best --best_metric "
+                             "so far is worse than the median of the finished trials at the same epoch, or step with "
+                             "--eval_steps, is pruned) and save the best trial's model; the objective is --best_metric "
+                             "on validation, --test_fn is scored once, with the winner. Default space: lr log-uniform "
+                             f"from {space['lr']['low']:g}x to {space['lr']['high']:g}x --lr (default: by model width), "
+                             f"n_epochs {space['n_epochs']['low']}-{space['n_epochs']['high']}, batch_size one of "
+                             f"{', '.join(map(str, space['batch_size']['choices']))}, warmup_ratio "
+                             f"{space['warmup_ratio']['low']:g}-{space['warmup_ratio']['high']:g}, weight_decay "
+                             f"{space['weight_decay']['low']:g}-{space['weight_decay']['high']:g}; a flag given on "
+                             "the command line is left out of it. --resume continues a killed search")
+    search.add_argument("--hp_space", metavar="FILE.json",
+                        help="replaces the default space: a JSON object naming flags (" + ", ".join(SEARCHABLE) +
+                             ') as {"low": 1e-5, "high": 1e-4, "log": true}, {"choices": [16, 32]} or one value')
+    search.add_argument("--hp_storage", metavar="URL",
+                        help="the study in this Optuna RDB storage (e.g. postgresql://user@host/db) instead of SQLite "
+                             "in the model directory: machines that run the same command share its trials, about N "
+                             "in all, and each saves the best trial it ran itself")
     return p

@@ -38,6 +38,11 @@ def become_worker(parent_pid):
     the whole process group; the parent stops its workers itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid):
+    """Ask the kernel to kill this process when its parent dies (Linux); exit now if it already has."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -19,6 +19,7 @@ from utils.saved_model import TRAINING_ARGS
 from utils.train_state import train_states
 
 RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
+SEARCH_FILE = "hp_search.json"  # in the partial directory of a hyperparameter search (training/hp_search.py)
 
 
 def partial_dir(model_fn):
@@ -28,6 +29,12 @@ def partial_dir(model_fn):
 
 def resume_dir(model_fn):
     return partial_dir(model_fn) / "resume"
+
+
+def resumable(model_fn):
+    """Whether the partial directory holds something --resume continues: a saved training state, or a
+    hyperparameter search (its study and finished trials)."""
+    return bool(train_states(resume_dir(model_fn))) or (partial_dir(model_fn) / SEARCH_FILE).exists()
 
 
 def lock_output(model_fn):
@@ -44,7 +51,7 @@ def lock_output(model_fn):
         raise
 
     partial = partial_dir(model_fn)
-    if partial.is_dir() and not train_states(resume_dir(model_fn)):
+    if partial.is_dir() and not resumable(model_fn):
         # an earlier run that died with nothing to resume from (killed before its first saved state, or a
         # bug): we hold the lock, so no run is using it, and keeping it would make both a rerun and
         # --resume refuse
@@ -61,6 +68,8 @@ def lock_output(model_fn):
         """The partial directory goes, unless it holds a resumable state: then it stays, and the
         note says so."""
         partial = partial_dir(model_fn)
+        if (partial / SEARCH_FILE).exists():
+            return f"the search so far is kept in {partial}: continue with --resume"
         if partial.is_dir() and train_states(resume_dir(model_fn)):
             return f"the resumable state in {resume_dir(model_fn)} is kept: continue with --resume"
         if not partial_was_there:
@@ -142,11 +151,11 @@ def check_output(model_fn, resume):
             not model_fn.is_dir() or any(model_fn.iterdir())):
         raise UserError(f"{model_fn}: exists and is not a model written by this tool; "
                         "refusing to replace it: choose another --model_fn")
-    if resume and not (partial / "resume").is_dir():
+    if resume and not ((partial / "resume").is_dir() or (partial / SEARCH_FILE).exists()):
         raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
     # a partial directory with nothing to resume from is not refused: rank 0's lock_output removes it (the
     # other processes of a distributed run check before or after it does)
-    if not resume and partial.exists() and train_states(resume_dir(model_fn)):
+    if not resume and partial.exists() and resumable(model_fn):
         raise UserError(f"{partial}: an interrupted run of {model_fn} is there: "
                         f"add --resume to continue it, or delete that directory to start afresh")
 
@@ -160,10 +169,12 @@ def start_run(model_fn, fingerprint):
     return partial
 
 
-def commit_run(model_fn):
-    """Move the finished partial directory into place; the old model goes only once the new one is
-    there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
+def commit_run(model_fn, source=None):
+    """Move the finished partial directory into place, or `source`, the finished model inside it that a
+    hyperparameter search chose (the rest of the partial directory then goes); the old model goes only
+    once the new one is there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
     model_fn, partial = Path(model_fn), partial_dir(model_fn)
+    source = Path(source) if source else partial
     signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
@@ -173,9 +184,11 @@ def commit_run(model_fn):
             old = model_fn.parent / f".{model_fn.name}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(model_fn, old)
-            os.replace(partial, model_fn)
+            os.replace(source, model_fn)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(partial, model_fn)
+            os.replace(source, model_fn)
+        if source != partial:
+            shutil.rmtree(partial, ignore_errors=True)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
