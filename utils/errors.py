@@ -1,4 +1,5 @@
 """User-facing errors: one line on stderr, exit code 2, no traceback; and what a failed run undoes."""
+import contextlib
 import signal
 import sys
 
@@ -82,9 +83,7 @@ def run_clean_ups():
     """Run the registered clean-ups once (the program is ending); their notes. A second Ctrl-C or SIGTERM
     waits until they are done, rather than leaving them half done."""
     notes = []
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
+    with interrupts_deferred():
         while _failure_cleanups:
             try:
                 note = _failure_cleanups.pop(0)()
@@ -92,6 +91,16 @@ def run_clean_ups():
                 note = f"clean-up failed: {first_line(error)}"
             if note:
                 notes.append(note)
+    return notes
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C and SIGTERM wait until the block is done (they are delivered after it), so that they
+    cannot split what must happen whole: the clean-ups, a finished model moving into place."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-    return notes

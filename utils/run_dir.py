@@ -9,10 +9,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
-from utils.errors import UserError, on_failure
+from utils.errors import UserError, interrupts_deferred, on_failure
 from utils.log import log
 from utils.processes import close_lock, open_lock
 from utils.saved_model import TRAINING_ARGS
@@ -175,9 +174,7 @@ def commit_run(model_fn, source=None):
     once the new one is there. Ctrl-C and SIGTERM wait until this is done, so they cannot split it."""
     model_fn, partial = Path(model_fn), partial_dir(model_fn)
     source = Path(source) if source else partial
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
+    with interrupts_deferred():
         shutil.rmtree(partial / "resume", ignore_errors=True)
         (partial / RUN_FILE).unlink(missing_ok=True)
         if model_fn.exists():
@@ -190,5 +187,3 @@ def commit_run(model_fn, source=None):
             os.replace(source, model_fn)
         if source != partial:
             shutil.rmtree(partial, ignore_errors=True)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
