@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -63,7 +64,7 @@ def search(args, trainer_name, script):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, plots
     space = read_space(args.hp_space) if args.hp_space else None
     given = flags_given(sys.argv[1:])
-    if space is None and not set(DEFAULT_SPACE) - given:
+    if space is None and not default_space(1.0, given):
         raise UserError(f"--hp_search: the command line gives every flag of the default space "
                         f"({', '.join(DEFAULT_SPACE)}), which leaves nothing to search: give --hp_space FILE.json")
     run = prepare(args, trainer_name)  # every flag and the data checked once, tokenized into the trials' cache
@@ -171,8 +172,8 @@ def run_trial(trial, args, script, plan, position):
     if status == PRUNED_EXIT:
         raise optuna.TrialPruned()
     if status != 0:
-        raise UserError(f"trial {trial.number} ({describe_values(values)}) failed with exit status {status} "
-                        "(its error is above)")
+        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
+        raise UserError(f"trial {trial.number} ({describe_values(values)}) {how} (its messages are above)")
     return json.loads((model_fn / "metrics.json").read_text())["valid"][args.best_metric]
 
 
@@ -238,7 +239,8 @@ def save_best(args, run, study, plan, best):
     log.info(f"\nbest trial {best}: validation {args.best_metric} {record['value']:.4f} with "
              f"{describe_values(record['values'])} ({record['complete']} complete, {record['pruned']} pruned{saving})")
     if "study_best_trial" in record:
-        log.info(f"note: the study's best trial, {record['study_best_trial']}, ran on another machine, which saved it")
+        log.info(f"note: the study's best trial, {record['study_best_trial']}, ran in another search (on "
+                 f"{study.best_trial.user_attrs.get('host')}), which saved its model")
     commit_run(args.model_fn, source=winner)
     log.info(f"\nsaved {args.model_fn}")
 
@@ -353,6 +355,8 @@ def read_space(path):
 def default_space(lr, given):
     """DEFAULT_SPACE without the flags the command line gives; lr around `lr` (--lr, or by model width)."""
     raw = {name: spec for name, spec in DEFAULT_SPACE.items() if name not in given}
+    if "max_steps" in given:  # it replaces --n_epochs
+        raw.pop("n_epochs", None)
     if "lr" in raw:
         raw["lr"] = {**raw["lr"], "low": lr * raw["lr"]["low"], "high": lr * raw["lr"]["high"]}
     return checked_space("the default space", raw)
