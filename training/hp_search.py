@@ -86,8 +86,10 @@ def open_study(args, trainer_name, run, space):
     partial = partial_dir(args.model_fn)
     shared = args.hp_storage is not None
     url = args.hp_storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
-    plan = {"storage": without_password(url), "study": study_name(trainer_name, run, space), "space": space,
-            "url": url, "shared": shared}
+    # recorded: a shared storage's URL without its password; our own study by its file name, which moves with
+    # the partial directory into the model directory
+    plan = {"storage": without_password(url) if shared else STUDY_FILE, "study": study_name(trainer_name, run, space),
+            "space": space, "url": url, "shared": shared}
     if args.resume:
         if not (partial / SEARCH_FILE).exists():
             raise UserError(f"--resume: {partial} holds an interrupted training run, not a search: resume it "
@@ -262,8 +264,7 @@ def summary(args, study, plan, best):
         "value": by_number[best].value, "space": plan["space"],
         "sampler": f"TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
         "pruner": f"median, from {max(1, args.hp_search // 4)} finished trials on",
-        # the study's own copy is in the model directory; a shared one stays in its database
-        "storage": plan["storage"] if plan["shared"] else STUDY_FILE, "study": plan["study"],
+        "storage": plan["storage"], "study": plan["study"],
         "epochs_run": sum(trial.user_attrs.get("epochs", 0) for trial in finished), "epochs_planned": planned,
         "seconds": round(sum(trial.duration.total_seconds() for trial in finished)),
     }
@@ -492,7 +493,7 @@ def print_plan(args, trainer_name, study, plan):
         f"  sampler: TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
         f"  pruner: median, at each {'evaluation (--eval_steps)' if args.eval_steps else 'epoch'}, "
         f"from {max(1, args.hp_search // 4)} finished trials on",
-        f"  storage: {plan['storage']}, study {plan['study']}",
+        f"  storage: {without_password(plan['url'])}, study {plan['study']}",
         *([f"  test: {args.test_fn}, scored once, with the best trial"] if args.test_fn else []),
         *([f"  continuing: {len(finished)} trials finished"] if finished else []),
     ]
