@@ -561,8 +561,8 @@ SEARCH_NOTE = """The search won 1.85 points of test accuracy (0.881 vs 0.863; th
 about 0.75) and 4.3 of macro-F1 (0.851 vs 0.809) for 6.8 times the time (602 s vs 89). Its validation
 scores are optimistic: 200 rows picked the best of 8 trials. The winner was trial 0, one of TPE's 4 random
 trials; the 4 it then guided (4-7) did not beat it. Pruning stopped 4 trials after their first epoch: 11 of
-the 31 planned epochs were not run, about 364 s of the 950 s the trials would have taken (38%). Three were
-hopeless (macro-F1 0.22-0.23 after an epoch at lr 6-7e-5); the fourth (trial 7: lr 1.5e-4, 5 epochs, batch
+the 31 planned epochs were not run, about 364 s of the 950 s the trials would have taken (38%). Three were far
+behind (macro-F1 0.22-0.23 after an epoch at lr 5.9-7.3e-5); the fourth (trial 7: lr 1.5e-4, 5 epochs, batch
 16, like the winner) was at 0.39 because its first epoch was mostly warm-up (20% of 5 epochs): the median
 rule judges a long schedule early. The default flags (3 epochs, lr 2e-4, batch 32) lie inside the space
 but were not among the trials."""

@@ -11,6 +11,10 @@ import time
 import pytest
 from conftest import ROOT, SCRIPT_ENV, run_script
 
+from utils.args import training_parser
+from utils.errors import UserError
+from utils.run_dir import check_output
+
 TRAIN = ROOT / "data" / "review.sample.en.tsv"
 # On the bundled reviews the tiny model learns with lr 3e-3 (validation macro-F1 0.94 after one epoch) and
 # not with 1e-6 (0.33): a 1e-6 trial is pruned after its first epoch once a 3e-3 one has finished.
@@ -31,39 +35,6 @@ def trials_table(model_fn):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.stderr and all(word in result.stderr for word in words), result.stderr
-
-
-@pytest.mark.slow  # 3 processes: the search, 2 trials (~20 s)
-def test_search_prunes_and_saves_the_best_trial(tmp_path, search_flags):
-    test_fn = tmp_path / "test.tsv"
-    test_fn.write_text("".join(TRAIN.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
-    result = run_script("finetune_plm_hf.py", *search_flags, "--test_fn", test_fn)
-    model_fn = tmp_path / "searched"
-
-    assert [(row["trial"], row["state"], row["lr"], row["epochs"]) for row in trials_table(model_fn)] == [
-        ("0", "complete", "0.003", "2"), ("1", "pruned", "1e-06", "1")]  # pruned after its first epoch
-    record = json.loads((model_fn / "training_args.json").read_text())
-    search = record["hp_search"]
-    assert search["best_trial"] == 0 and search["values"] == {"lr": 0.003, "n_epochs": 2}
-    assert (search["complete"], search["pruned"], search["epochs_run"], search["epochs_planned"]) == (1, 1, 3, 4)
-    assert search["objective"] == "validation macro_f1" and search["storage"] == "hp_study.db"
-    assert record["lr"] == 0.003 and record["model_fn"] == str(model_fn) and record["test_fn"] == str(test_fn)
-    # the test set scored once, by the winner: the trials never saw it
-    metrics = json.loads((model_fn / "metrics.json").read_text())
-    assert metrics["test"]["n_examples"] == 40 and metrics["valid"]["macro_f1"] == search["value"]
-    assert "trial 1 (2 of 2): lr 1e-06, n_epochs 2" in result.stderr and "test: " in result.stdout
-    for name in ("hp_study.db", "hp_optimization_history.png", "hp_intermediate_values.png", "model.safetensors"):
-        assert (model_fn / name).exists(), name
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json", "test.tsv"]  # no partial
-    # an ordinary checkpoint
-    out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="Great value. Very happy with it.\n").stdout
-    assert out == "positive\tGreat value. Very happy with it.\n"
-
-
 def trial_states(study):
     try:
         with sqlite3.connect(f"file:{study}?mode=ro", uri=True, timeout=0.1) as db:
@@ -72,10 +43,13 @@ def trial_states(study):
         return []
 
 
-@pytest.mark.slow  # 5 processes: the search and 2 trials, killed; then the search and 1 trial (~30 s)
-def test_killed_search_resumes_with_its_finished_trials(tmp_path, search_flags):
-    script = ROOT / "finetune_plm_native.py"
-    search = subprocess.Popen([sys.executable, script, *map(str, search_flags)], cwd=ROOT, env=SCRIPT_ENV,
+@pytest.mark.slow  # the search and 2 trials, killed; the search again and 1 trial; classify_plm.py (~30 s)
+def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_flags):
+    script, model_fn = ROOT / "finetune_plm_native.py", tmp_path / "searched"
+    test_fn = tmp_path / "test.tsv"
+    test_fn.write_text("".join(TRAIN.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    flags = [*search_flags, "--test_fn", test_fn]
+    search = subprocess.Popen([sys.executable, script, *map(str, flags)], cwd=ROOT, env=SCRIPT_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     study = tmp_path / ".searched.partial" / "hp_study.db"
     deadline = time.time() + 300
@@ -85,29 +59,65 @@ def test_killed_search_resumes_with_its_finished_trials(tmp_path, search_flags):
     search.send_signal(signal.SIGTERM)
     stderr = search.communicate(timeout=60)[1]
     assert search.returncode == 143, stderr[-3000:]
-    assert stderr.splitlines()[-1].endswith("kept in " + str(tmp_path / ".searched.partial") + ": continue with --resume")
-    assert not (tmp_path / "searched").exists()
-    one_line_error(run_script(script, *search_flags, check=False), "add --resume")
+    assert stderr.splitlines()[-1] == ("interrupted: stopped by SIGTERM; the search so far is kept in "
+                                       f"{tmp_path / '.searched.partial'}: continue with --resume")
+    assert not model_fn.exists()
+    with pytest.raises(UserError, match="add --resume"):  # a rerun without --resume is refused
+        check_output(model_fn, resume=False)
 
-    resumed = run_script(script, *search_flags, "--resume")
+    resumed = run_script(script, *flags, "--resume")
     assert "continuing: 1 trials finished" in resumed.stderr and "***** trial 0" not in resumed.stderr
+    # trial 0 kept; trial 1, killed, failed and ran again as trial 2 with its values, pruned after one epoch
+    assert [(row["trial"], row["state"], row["lr"], row["epochs"], row["retry_of"]) for row in trials_table(model_fn)
+            ] == [("0", "complete", "0.003", "2", ""), ("1", "fail", "1e-06", "", ""), ("2", "pruned", "1e-06", "1", "1")]
+    record = json.loads((model_fn / "training_args.json").read_text())
+    search_record = record["hp_search"]
+    assert search_record["best_trial"] == 0 and search_record["values"] == {"lr": 0.003, "n_epochs": 2}
+    assert [search_record[key] for key in ("complete", "pruned", "failed", "epochs_run", "epochs_planned")] == [
+        1, 1, 1, 3, 4]
+    assert search_record["objective"] == "validation macro_f1" and search_record["storage"] == "hp_study.db"
+    assert record["lr"] == 0.003 and record["model_fn"] == str(model_fn) and record["test_fn"] == str(test_fn)
+    # the test set scored once, by the winner (the trials ran without it)
+    metrics = json.loads((model_fn / "metrics.json").read_text())
+    assert metrics["test"]["n_examples"] == 40 and metrics["valid"]["macro_f1"] == search_record["value"]
+    assert "test: " in resumed.stdout and "hyperparameter search (hp_trials.tsv):" in resumed.stdout
+    for name in ("hp_study.db", "hp_optimization_history.png", "hp_intermediate_values.png", "model.safetensors"):
+        assert (model_fn / name).exists(), name
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json", "test.tsv"]  # no partial
+    # an ordinary checkpoint
+    out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="Great value. Very happy with it.\n").stdout
+    assert out == "positive\tGreat value. Very happy with it.\n"
+
+
+@pytest.mark.slow  # the search and 1 trial (~12 s)
+def test_search_with_hf_reports_each_evaluation(tmp_path, tiny_model):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": 0.003, "n_epochs": 1}))
     model_fn = tmp_path / "searched"
-    # trial 0 kept; trial 1, killed, failed and ran again as trial 2 with its values
-    assert [(row["trial"], row["state"], row["lr"], row["retry_of"]) for row in trials_table(model_fn)] == [
-        ("0", "complete", "0.003", ""), ("1", "fail", "1e-06", ""), ("2", "pruned", "1e-06", "1")]
-    search_record = json.loads((model_fn / "training_args.json").read_text())["hp_search"]
-    assert (search_record["best_trial"], search_record["failed"]) == (0, 1)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json"]
+    run_script("finetune_plm_hf.py", "--model_fn", model_fn, "--train_fn", TRAIN, "--pretrained_model_name",
+               tiny_model, "--hp_search", 1, "--hp_space", space, "--eval_steps", 7)
+    import optuna
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{model_fn / 'hp_study.db'}")
+    (trial,) = study.trials
+    # 432 training rows, 14 steps an epoch: evaluations at steps 7 and 14, compared by step
+    assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [7, 14]
+    assert trial.value == max(trial.intermediate_values.values()) and trial.user_attrs["epochs"] == 1.0
+    assert json.loads((model_fn / "training_args.json").read_text())["hp_search"]["values"] == {"lr": 0.003,
+                                                                                                "n_epochs": 1}
 
 
-def test_bad_search_flags_are_one_line(tmp_path, search_flags):
-    model_fn = str(tmp_path / "searched")
-    one_line_error(run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", TRAIN,
-                              "--hp_search", 0, check=False), "--hp_search", "at least 1")
+def test_bad_search_flags_are_one_line(tmp_path, search_flags, capsys):
     malformed = tmp_path / "space.json"
     malformed.write_text('{"lr": {"low": 1e-5, "high": 1e-4},}')
-    one_line_error(run_script("finetune_plm_native.py", *search_flags, check=False), f"--hp_space {malformed}: not valid JSON")
+    result = run_script("finetune_plm_native.py", *search_flags, check=False)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: --hp_space {malformed}: not valid JSON")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["space.json"]  # nothing written
+    with pytest.raises(SystemExit) as exit:
+        training_parser("").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--hp_search", "0"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --hp_search: 0 is out of range; expected a whole number at "
+                                       "least 1 (see --help)\n")
 
 
 @pytest.mark.parametrize("space, message", [
@@ -123,7 +133,6 @@ def test_bad_search_flags_are_one_line(tmp_path, search_flags):
 ])
 def test_bad_space_file_names_the_file_and_the_key(tmp_path, space, message):
     from training.hp_search import read_space
-    from utils.errors import UserError
     path = tmp_path / "space.json"
     path.write_text(json.dumps(space))
     with pytest.raises(UserError) as error:
@@ -133,7 +142,6 @@ def test_bad_space_file_names_the_file_and_the_key(tmp_path, space, message):
 
 def test_space_and_trial_flags():
     from training.hp_search import default_space, flags_given, trial_argv
-    from utils.args import training_parser
     argv = ["--model_fn", "m", "--train_fn", "t.tsv", "--test_fn", "x.tsv", "--hp_search", "4", "--batch_size", "8",
             "--delimiter", "tab", "--no_group_by_length", "--extend_vocab", "--resume"]
     args = training_parser("").parse_args(argv)
@@ -143,6 +151,7 @@ def test_space_and_trial_flags():
     space = default_space(2e-4, given)
     assert space["lr"] == {"low": 5e-5, "high": 4e-4, "log": True} and "batch_size" not in space
     assert space["n_epochs"] == {"low": 2, "high": 5, "log": False}
+    assert "n_epochs" not in default_space(2e-4, {"max_steps"})  # which replaces it
     # a trial gets every flag of the search (none lost) with its values, but no test set, resume or search flags
     trial = vars(training_parser("").parse_args(trial_argv(args, {"lr": 1e-4, "n_epochs": 4}, "trials/trial-3")))
     expected = {**vars(args), "lr": 1e-4, "n_epochs": 4, "model_fn": "trials/trial-3", "test_fn": None,
@@ -155,8 +164,6 @@ def test_space_and_trial_flags():
 
 def test_search_refused_under_torchrun(monkeypatch):
     from training.hp_search import search
-    from utils.args import training_parser
-    from utils.errors import UserError
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = training_parser("").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--hp_search", "2"])
     with pytest.raises(UserError, match="--hp_search runs each trial as a process of its own.*--hp_storage URL"):

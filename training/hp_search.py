@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -63,7 +64,7 @@ def search(args, trainer_name, script):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, plots
     space = read_space(args.hp_space) if args.hp_space else None
     given = flags_given(sys.argv[1:])
-    if space is None and not set(DEFAULT_SPACE) - given:
+    if space is None and not default_space(1.0, given):
         raise UserError(f"--hp_search: the command line gives every flag of the default space "
                         f"({', '.join(DEFAULT_SPACE)}), which leaves nothing to search: give --hp_space FILE.json")
     run = prepare(args, trainer_name)  # every flag and the data checked once, tokenized into the trials' cache
@@ -85,8 +86,10 @@ def open_study(args, trainer_name, run, space):
     partial = partial_dir(args.model_fn)
     shared = args.hp_storage is not None
     url = args.hp_storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
-    plan = {"storage": without_password(url), "study": study_name(trainer_name, run, space), "space": space,
-            "url": url, "shared": shared}
+    # recorded: a shared storage's URL without its password; our own study by its file name, which moves with
+    # the partial directory into the model directory
+    plan = {"storage": without_password(url) if shared else STUDY_FILE, "study": study_name(trainer_name, run, space),
+            "space": space, "url": url, "shared": shared}
     if args.resume:
         if not (partial / SEARCH_FILE).exists():
             raise UserError(f"--resume: {partial} holds an interrupted training run, not a search: resume it "
@@ -171,8 +174,8 @@ def run_trial(trial, args, script, plan, position):
     if status == PRUNED_EXIT:
         raise optuna.TrialPruned()
     if status != 0:
-        raise UserError(f"trial {trial.number} ({describe_values(values)}) failed with exit status {status} "
-                        "(its error is above)")
+        how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
+        raise UserError(f"trial {trial.number} ({describe_values(values)}) {how} (its messages are above)")
     return json.loads((model_fn / "metrics.json").read_text())["valid"][args.best_metric]
 
 
@@ -238,7 +241,8 @@ def save_best(args, run, study, plan, best):
     log.info(f"\nbest trial {best}: validation {args.best_metric} {record['value']:.4f} with "
              f"{describe_values(record['values'])} ({record['complete']} complete, {record['pruned']} pruned{saving})")
     if "study_best_trial" in record:
-        log.info(f"note: the study's best trial, {record['study_best_trial']}, ran on another machine, which saved it")
+        log.info(f"note: the study's best trial, {record['study_best_trial']}, ran in another search (on "
+                 f"{study.best_trial.user_attrs.get('host')}), which saved its model")
     commit_run(args.model_fn, source=winner)
     log.info(f"\nsaved {args.model_fn}")
 
@@ -260,8 +264,7 @@ def summary(args, study, plan, best):
         "value": by_number[best].value, "space": plan["space"],
         "sampler": f"TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
         "pruner": f"median, from {max(1, args.hp_search // 4)} finished trials on",
-        # the study's own copy is in the model directory; a shared one stays in its database
-        "storage": plan["storage"] if plan["shared"] else STUDY_FILE, "study": plan["study"],
+        "storage": plan["storage"], "study": plan["study"],
         "epochs_run": sum(trial.user_attrs.get("epochs", 0) for trial in finished), "epochs_planned": planned,
         "seconds": round(sum(trial.duration.total_seconds() for trial in finished)),
     }
@@ -353,6 +356,8 @@ def read_space(path):
 def default_space(lr, given):
     """DEFAULT_SPACE without the flags the command line gives; lr around `lr` (--lr, or by model width)."""
     raw = {name: spec for name, spec in DEFAULT_SPACE.items() if name not in given}
+    if "max_steps" in given:  # it replaces --n_epochs
+        raw.pop("n_epochs", None)
     if "lr" in raw:
         raw["lr"] = {**raw["lr"], "low": lr * raw["lr"]["low"], "high": lr * raw["lr"]["high"]}
     return checked_space("the default space", raw)
@@ -491,7 +496,7 @@ def print_plan(args, trainer_name, study, plan):
         f"  sampler: TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
         f"  pruner: median, at each {'evaluation (--eval_steps)' if args.eval_steps else 'epoch'}, "
         f"from {max(1, args.hp_search // 4)} finished trials on",
-        f"  storage: {plan['storage']}, study {plan['study']}",
+        f"  storage: {without_password(plan['url'])}, study {plan['study']}",
         *([f"  test: {args.test_fn}, scored once, with the best trial"] if args.test_fn else []),
         *([f"  continuing: {len(finished)} trials finished"] if finished else []),
     ]
