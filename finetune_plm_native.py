@@ -1,30 +1,12 @@
 """Fine-tune a pretrained language model for sentence classification with a hand-written PyTorch loop.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
-import contextlib
-import sys
-import time
-
-import numpy as np
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
-
-from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
-from training.evaluation import FIT_TEMPERATURE, evaluation, predict_logits
-from training.finish import save_run
 from training.hp_search import search
 from training.loss import loss_function
-from training.prepare import prepare, print_plan
-from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
+from training.native_loop import train
+from training.prepare import prepare
 from utils.args import training_parser
 from utils.errors import exit_on_user_error
-from utils.log import log
-from utils.run_dir import partial_dir, resume_dir, start_run
-from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
-from utils.train_state import load_train_state, restore, save_train_state, snapshot
 
 
 def main():
@@ -32,171 +14,8 @@ def main():
     if args.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
         return search(args, "native", __file__)
     run = prepare(args, "native")  # device, data, model; bad input fails here, before anything is written
-    context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
-
-    init_process_group(context, device)
-    model.to(device)
-    if context.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
-                                         num_labels=len(run.splits.labels))
-    autocast = autocast_context(device, precision)
-    sampler = LengthGroupedBatchSampler(column_numpy(run.train_set, "length"), args.batch_size, seed=args.seed,
-                                        group_by_length=not args.no_group_by_length,
-                                        world_size=context.world_size, rank=context.rank)
-    train_loader = DataLoader(model_inputs(run.train_set), batch_sampler=sampler, collate_fn=collate,
-                              pin_memory=device.type == "cuda")
-    assert len(train_loader) == schedule.batches_per_epoch
-
-    # Optimizer: AdamW (fused, as Trainer's default) without weight decay on biases and LayerNorm;
-    # linear warm-up, then linear decay.
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
-    ], lr=run.lr, fused=True)  # one kernel for all parameters: AdamW's step went from 100 to 18 ms a batch
-    scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup_steps, schedule.total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
-
-    progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
-    if args.resume:
-        progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
-    partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
-    context.barrier()
-    recorder = EvaluationRecorder(log_dir(args, "native"), partial, args.best_metric, context.is_main,
-                                  by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
-    recorder.restore(progress["history"])
-    loss_fn = loss_function(run.class_weights, run.splits.multi_label, run.regression_scale)
-    # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
-    # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.
-    loss_sum = torch.tensor(progress["loss_sum"], device=device)
-    started = time.time()
-
-    def evaluate_and_record(epoch):
-        """Validation, the history row and best weights (rank 0); True when early stopping says stop."""
-        nonlocal started
-        valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                         run.splits.labels, threshold_per_label=args.threshold_per_label, run=run)
-        loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
-        train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
-        if context.is_main:
-            recorder.record(model, epoch, progress["step"], train_loss, valid["metrics"],
-                            scheduler.get_last_lr()[0], time.time() - started)
-        loss_sum.zero_()
-        progress["loss_count"] = 0
-        started = time.time()
-        return any(context.gather(recorder.stalled() if context.is_main else False))
-
-    def save_state():
-        if context.is_main:
-            progress.update(loss_sum=loss_sum.item(), history=recorder.history)
-            save_train_state(resume_dir(args.model_fn), progress["step"],
-                             snapshot(progress, model, optimizer, scheduler, scaler), args.save_total_limit)
-
-    print_plan(run, args, "native")
-    stop = StopRequest(context)
-    stopped_early = recorder.stalled()  # a resumed run that had already stopped early trains no further
-    for epoch in range(progress["epoch"], schedule.n_epochs):
-        if stopped_early:
-            break
-        sampler.set_epoch(epoch)
-        model.train()
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{schedule.n_epochs}", disable=not context.is_main,
-                       initial=progress["batches_done"], total=len(train_loader), dynamic_ncols=True)
-        for i, batch in enumerate(batches):
-            if i < progress["batches_done"]:  # resuming mid-epoch: same order, skip what was done
-                continue
-            if progress["step"] == schedule.total_steps:  # --max_steps reached within this epoch
-                break
-            boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            with maybe_no_sync(model, not boundary), autocast:
-                loss = loss_fn(model(**batch).logits, labels)
-            # the mean over the accumulation group, also for a short last group of the epoch (as Trainer does)
-            group = min(args.gradient_accumulation_steps,
-                        len(train_loader) - i // args.gradient_accumulation_steps * args.gradient_accumulation_steps)
-            scaler.scale(loss / group).backward()
-            loss_sum += loss.detach()
-            progress["loss_count"] += 1
-            if not boundary:
-                continue
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress["step"] += 1
-            progress["batches_done"] = i + 1
-            if progress["step"] % LOG_EVERY == 0:
-                step_loss = loss.item()  # the one host-device sync of a logging interval
-                batches.set_postfix(loss=f"{step_loss:.4f}")
-                recorder.log_step(progress["step"], step_loss, scheduler.get_last_lr()[0])
-            if args.eval_steps and (progress["step"] % args.eval_steps == 0
-                                    or progress["step"] == schedule.total_steps):
-                stopped_early = evaluate_and_record(round(epoch + (i + 1) / len(train_loader), 4))
-                model.train()
-                if not args.save_every:  # every evaluation's history row (and best weights) survive a crash
-                    save_state()
-            if args.save_every and progress["step"] % args.save_every == 0:
-                save_state()
-            if stop.agreed():
-                save_state()
-                if context.is_main:
-                    log.info("interrupted: state saved; continue with --resume")
-                sys.exit(130)
-            if stopped_early:
-                break
-
-        if not args.eval_steps:
-            stopped_early = evaluate_and_record(epoch + 1)
-        progress.update(epoch=epoch + 1, batches_done=0)
-        if not args.save_every or epoch + 1 == schedule.n_epochs or stopped_early:
-            save_state()
-    recorder.close()
-
-    # The best epoch's weights, evaluated once more on validation and once on test.
-    load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
-    # --calibrate: the temperature is fitted on validation; multi-label: the test set is scored at the decision
-    # threshold tuned on validation (after the temperature, on the probabilities the model will print)
-    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                     threshold_per_label=args.threshold_per_label, run=run,
-                     temperature=FIT_TEMPERATURE if args.calibrate else None)
-    threshold, temperature = context.gather(valid and (valid["metrics"].get("threshold"),
-                                                       valid["metrics"].get("temperature")))[0]
-    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                    threshold, run=run, temperature=temperature)
-    if context.is_main:
-        save_run(args, "native", run, model, recorder.history, valid, test,
-                 extra={"optimizer_steps": progress["step"]})
-    context.barrier()
-
-
-def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None,
-             threshold_per_label=False, run=None, temperature=None):
-    """Logits for the whole dataset (sliding windows pooled per text), each process taking a shard;
-    gathered and scored on rank 0."""
-    if dataset is None:
-        return None
-    logits = predict_logits(model, dataset, collate, batch_size, device, autocast, context.rank, context.world_size,
-                            run.window_pooling)
-    gathered = context.gather(logits)
-    if not context.is_main:
-        return None
-    merged = {i: row for part in gathered for i, row in part.items()}
-    return evaluation(np.stack([merged[i] for i in range(len(dataset))]), dataset, label_names, threshold,
-                      threshold_per_label, run.regression_scale, temperature=temperature)
-
-
-def no_decay(parameter):
-    """Biases and LayerNorm weights (the 1-D parameters) get no weight decay, as in Trainer."""
-    return parameter.ndim < 2
-
-
-def maybe_no_sync(model, skip_sync):
-    """Under DDP, accumulate gradients locally until the last micro-batch of an optimizer step."""
-    return model.no_sync() if skip_sync and isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    # the loop (training/native_loop.py) evaluates, keeps the best weights and saves the run
+    train(args, run, "native", loss_function(run.class_weights, run.splits.multi_label, run.regression_scale))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def run(name, n_train, directory):
     metrics = json.loads((model / "metrics.json").read_text())
     score = "micro_f1" if metrics["test"].get("multi_label") else "accuracy"
     return {"corpus": name, "train/eval": f"{len(train_rows(n_train))}/{len(eval_rows())}",
-            "temperature": json.loads((model / "training_args.json").read_text())["temperature"],
+            "temperature": json.loads((model / "training_args.json").read_text())["calibration_temperature"],
             **{f"{split} ECE {when}": f"{metrics[split][key]:.4f}" for split in ("valid", "test")
                for when, key in (("before", "ece_uncalibrated"), ("after", "ece"))},
             "test score": f"{score.replace('_f1', '-F1')} {metrics['test'][score]:.4f}", "train s": round(seconds)}

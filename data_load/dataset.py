@@ -1,12 +1,13 @@
 """The datasets the trainers and the classifier read: tokenized Arrow tables for training and
 evaluation, and a small in-memory one for a chunk of sentences to classify."""
+import numpy as np
 import torch
 
 from data_load.encoding import encode_texts, tokenize
 from data_load.arrow import select_rows
 from data_load.labels import label_ids, multi_hot, target_values
 
-MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels")
+MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels", "teacher_logits")
 
 
 def encode_splits(splits, tokenizer, max_length, workers=None, cache_dir=None, long_text="truncate", stride=None):
@@ -60,43 +61,55 @@ def window_rows(dataset):
     import pyarrow.compute as pc
     from datasets.table import InMemoryTable
 
-    def column(name):
-        values = dataset.data.column(name)
-        if dataset._indices is not None:  # the row selection of dataset.select(); datasets keeps it private
-            values = values.take(dataset._indices.column(0))
-        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-    ids = column("input_ids")
+    ids = selected_column(dataset, "input_ids")
     parents = pc.list_parent_indices(ids)
-    out = {"input_ids": pc.list_flatten(ids), "length": pc.list_flatten(column("length"))}
+    out = {"input_ids": pc.list_flatten(ids), "length": pc.list_flatten(selected_column(dataset, "length"))}
     if "token_type_ids" in dataset.column_names:
-        out["token_type_ids"] = pc.list_flatten(column("token_type_ids"))
+        out["token_type_ids"] = pc.list_flatten(selected_column(dataset, "token_type_ids"))
     if "labels" in dataset.column_names:
-        out["labels"] = column("labels").take(parents)
+        out["labels"] = selected_column(dataset, "labels").take(parents)
     features = datasets.Features({name: (dataset.features[name].feature if name != "labels" else dataset.features[name])
                                   for name in out})
     table = InMemoryTable(pa.table(out).cast(features.arrow_schema))
     return datasets.Dataset(table, info=datasets.DatasetInfo(features=features)), parents.to_numpy()
 
 
+def training_rows(dataset, **matrices):
+    """The columns a training batch needs (model_inputs' and `length`) of the dataset's rows, as an in-memory
+    Dataset, with a float32 column for each matrix given (a row per dataset row: a teacher's logits);
+    datasets.concatenate_datasets joins such parts into one training set."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+    out = {name: selected_column(dataset, name) for name in (*MODEL_COLUMNS, "length") if name in dataset.column_names}
+    for name, matrix in matrices.items():
+        matrix = np.asarray(matrix, dtype=np.float32)
+        out[name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+    table = pa.table(out)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(
+        features=datasets.Features.from_arrow_schema(table.schema)))
+
+
+def selected_column(dataset, name):
+    """A column of the dataset's rows as one Arrow array: dataset.select()'s row selection applied (datasets
+    keeps it private), chunks combined."""
+    import pyarrow as pa
+    column = dataset.data.column(name)
+    if dataset._indices is not None:
+        column = column.take(dataset._indices.column(0))
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
 def column_numpy(dataset, name):
     """A column of a datasets.Dataset as a NumPy array, through Arrow (Dataset's own formatting
     took 5.5 s for 900,000 selected rows; this takes milliseconds)."""
-    column = dataset.data.column(name)
-    indices = dataset._indices  # the row selection of dataset.select(); datasets keeps it private
-    if indices is not None:
-        column = column.take(indices.column(0))
-    return column.to_numpy()
+    return selected_column(dataset, name).to_numpy(zero_copy_only=False)
 
 
 def label_matrix(dataset, n_labels):
     """The multi-label `labels` column (a list of class ids per row) as a 0/1 matrix, rows x labels."""
-    import pyarrow as pa
     import pyarrow.compute as pc
-    column = dataset.data.column("labels")
-    if dataset._indices is not None:
-        column = column.take(dataset._indices.column(0))
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    column = selected_column(dataset, "labels")
     return multi_hot(pc.list_parent_indices(column).to_numpy(), pc.list_flatten(column).to_numpy(), len(column),
                      n_labels)
 

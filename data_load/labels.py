@@ -57,14 +57,15 @@ def flatten_labels(column):
 
 def label_ids(column, labels):
     """Class ids of an Arrow column of label texts (null where a label is not in `labels`); a list
-    column (multi-label) gives a list of ids per row."""
+    column (multi-label) gives a list of ids per row (null for a null row: unlabelled text, not "no label")."""
     import pyarrow as pa
     import pyarrow.compute as pc
     value_set = pa.array(labels, type=pa.string())
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_list(column.type):
         offsets = pc.subtract(column.offsets, column.offsets[0])
-        return pa.ListArray.from_arrays(offsets, pc.index_in(column.flatten(), value_set=value_set).cast(pa.int32()))
+        return pa.ListArray.from_arrays(offsets, pc.index_in(column.flatten(), value_set=value_set).cast(pa.int32()),
+                                        mask=column.is_null() if column.null_count else None)
     return pc.index_in(column, value_set=value_set).cast(pa.int32())
 
 

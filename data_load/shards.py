@@ -15,6 +15,7 @@ import glob
 import hashlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +207,14 @@ def shard_examples(source, shard, columns, pairs, stats):
     else:
         rows = file_rows(source.path, source.kind, span)
     return row_examples(source.path, rows, source.columns, keys, SINGLE, stats, keep_record=columns.keep)
+
+
+def file_examples(path, columns, pairs, stats):
+    """Every Example of one input file, read as file mode reads a shard (one shard spanning the file):
+    the unlabelled text distillation trains on (distill_plm.py --unlabeled_fn)."""
+    source = stat_input(path, columns)
+    for shard in plan_input(source, 0, sys.maxsize, columns, 0):
+        yield from shard_examples(source, shard, columns, pairs, stats)
 
 
 def _parquet_rows(path, shard, names):

@@ -26,13 +26,17 @@ class Source:
     read it as Examples."""
     name: str  # the file, or `directory[split]` / `hub-id[split]`, as error messages show it
     digest: str  # content identity: a file hash, or a saved/hub dataset's fingerprint
-    kind: str  # text, parquet or arrow
+    kind: str  # text, parquet, arrow, or unlabelled (texts without labels, read as classify_plm.py reads files)
     dataset: object = None  # the datasets.Dataset of an arrow source
+    pairs: bool = False  # unlabelled: a line without column flags is `sentence<TAB>pair`
 
     def examples(self, columns, stats, labeling, delimiter=None):
         text_column, pair_column, label_column = columns
         if self.kind == "text":
             return iter_examples(self.name, text_column, pair_column, label_column, stats, labeling, delimiter)
+        if self.kind == "unlabelled":
+            from data_load.shards import Columns, file_examples
+            return file_examples(self.name, Columns(text_column, pair_column), self.pairs, stats)
         records, names = (_parquet_records(self.name) if self.kind == "parquet"
                           else _arrow_records(self.dataset, self.name))
         return examples_from_rows(self.name, records, text_column, pair_column, label_column, stats, columns=names,
@@ -52,6 +56,16 @@ def file_source(path):
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror}") from None
     return Source(str(path), digest, "parquet" if path.suffix.lower() == ".parquet" else "text")
+
+
+def unlabelled_source(path, pairs=False):
+    """A file of texts without labels (distill_plm.py --unlabeled_fn): one text a line (`sentence<TAB>pair`
+    for pairs), or a TSV/CSV/JSONL/Parquet table whose --text_column is read, as classify_plm.py reads files."""
+    source = file_source(path)
+    if isinstance(source, dict) or source.kind == "arrow":
+        raise UserError(f"{path}: is a directory: give one file of texts (one a line, or a table with "
+                        "--text_column)")
+    return Source(source.name, source.digest, "unlabelled", pairs=pairs)
 
 
 def hub_sources(name, config=None, cache_dir=None):
@@ -98,7 +112,8 @@ def parse(source, columns, cache_dir, labeling=SINGLE, delimiter=None):
     import datasets
     root = cache_root(cache_dir) / "parsed"
     key = content_key("parsed", source.kind, source.digest, Path(source.name).suffix.lower(), list(columns),
-                      labeling.key(), *([delimiter] if delimiter and source.kind == "text" else []))
+                      labeling.key(), *([delimiter] if delimiter and source.kind == "text" else []),
+                      *(["pairs"] if source.pairs else []))
     directory = root / key
     with build_lock(root, key):
         meta = read_meta(directory)

@@ -14,7 +14,7 @@ from data_load.arrow import select_rows
 from data_load.labels import (MAX_LABELS, REGRESSION_LABEL, check_known_labels, check_targets, flatten_labels,
                               is_multi_label, label_ids, refuse_label_sets, sorted_labels)
 from data_load.readers import SINGLE, Labeling
-from data_load.sources import file_source, hub_sources, parse, pick_splits
+from data_load.sources import file_source, hub_sources, parse, pick_splits, unlabelled_source
 from data_load.validation import seeded_subset, split_indices
 from utils.errors import UserError
 from utils.log import log
@@ -39,6 +39,10 @@ class DataOptions:
     cache_dir: object = None
     regression: bool = False  # one number a row instead of a class
     delimiter: str | None = None  # --delimiter: the field separator, overriding the file extension
+    # the classes a model must have, in its order (a teacher's, when distilling): every label of the
+    # data must be one of them
+    classes: tuple | None = None
+    classes_of: str = "the model"  # whose classes, for messages
 
     @property
     def columns(self):
@@ -138,6 +142,16 @@ def load_labelled(path, columns, labels, cache_dir=None, labeling=SINGLE, regres
     return split
 
 
+def load_unlabelled(path, options, pairs=False):
+    """Texts without labels (distill_plm.py --unlabeled_fn) as a Split whose labels are null, parsed and
+    cached as the training data is, with its column flags; pairs: texts are sentence pairs."""
+    source = unlabelled_source(path, pairs)
+    rows, meta = parse(source, options.columns, options.cache_dir, options.labeling)
+    if not len(rows):
+        raise UserError(f"{path}: no texts in it (every line is blank)")
+    return Split(source.name, rows, meta["key"], source.digest, pairs)
+
+
 def load_splits(options):
     """Read the training data (a file or a dataset), the validation data (a file, a validation split,
     or split off valid_ratio) and the test data; check the labels agree; apply the sample limits."""
@@ -158,7 +172,11 @@ def load_splits(options):
     if options.regression:
         return _regression_splits(options, train, valid_source and read(valid_source),
                                   test_source and read(test_source))
-    if declared_labels:
+    known_from = f"{options.classes_of}'s labels" if options.classes else "the training data"
+    if options.classes:
+        labels = list(options.classes)
+        check_known_labels(train, labels, known_from)
+    elif declared_labels:
         labels = declared_labels
         if len(labels) < 2:
             raise UserError(f"{train.name}: only one class ({labels[0]!r}): a classifier needs at least two")
@@ -182,7 +200,7 @@ def load_splits(options):
                         f"the file mixes separators; --label_separator is {labeling.separator!r}")
     if valid_source is not None:
         valid = read(valid_source)
-        check_known_labels(valid, labels)
+        check_known_labels(valid, labels, known_from)
     else:
         # codes in text order, as np.unique orders the label texts: the split the rows would get.
         # Label sets (multi-label) cannot be stratified: split at random.
@@ -192,7 +210,7 @@ def load_splits(options):
     test = None
     if test_source is not None:
         test = read(test_source)
-        check_known_labels(test, labels)
+        check_known_labels(test, labels, known_from)
     train = seeded_subset(train, options.max_train_samples, options.seed)
     valid = seeded_subset(valid, options.max_eval_samples, options.seed)
     test = test and seeded_subset(test, options.max_eval_samples, options.seed)

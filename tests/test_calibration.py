@@ -55,7 +55,7 @@ def test_both_backends_and_the_export_apply_the_stored_temperature(tmp_path):
     from utils.saved_model import load_checkpoint
     model_fn = tiny_checkpoint(tmp_path / "m", "bert")
     record = json.loads((model_fn / "training_args.json").read_text())
-    (model_fn / "training_args.json").write_text(json.dumps({**record, "temperature": 0.25}))
+    (model_fn / "training_args.json").write_text(json.dumps({**record, "calibration_temperature": 0.25}))
     export(model_fn, log=lambda message: None)  # verified against the torch model with its temperature
 
     tokenizer, model, _ = load_checkpoint(model_fn)
@@ -73,7 +73,7 @@ def test_both_backends_and_the_export_apply_the_stored_temperature(tmp_path):
     assert printed("--backend", "onnx") == pytest.approx(expected, abs=1e-3)
 
     # a temperature changed after the export: the ONNX graph divides by the old one, so it is refused
-    (model_fn / "training_args.json").write_text(json.dumps({**record, "temperature": 0.5}))
+    (model_fn / "training_args.json").write_text(json.dumps({**record, "calibration_temperature": 0.5}))
     result = run_script("classify_plm.py", "--model_fn", model_fn, "--backend", "onnx", stdin="ok\n", check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "exported with temperature 0.25" in result.stderr and "export_plm.py --model_fn" in result.stderr
@@ -93,6 +93,6 @@ def test_bad_calibration_flags_and_records(tmp_path, capsys):
     model_fn = tiny_checkpoint(tmp_path / "m", "bert")
     record = json.loads((model_fn / "training_args.json").read_text())
     for bad in (0, -1.5, "2", True):
-        (model_fn / "training_args.json").write_text(json.dumps({**record, "temperature": bad}))
-        with pytest.raises(UserError, match="temperature .* is not a number above 0"):
+        (model_fn / "training_args.json").write_text(json.dumps({**record, "calibration_temperature": bad}))
+        with pytest.raises(UserError, match="calibration_temperature .* is not a number above 0"):
             SavedModel.read(model_fn)

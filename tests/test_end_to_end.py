@@ -99,13 +99,13 @@ def test_metrics_history_and_errors(trained, script):
     assert best["valid_macro_f1"] == pytest.approx(metrics["valid"]["macro_f1"], abs=1e-3)
     if script == CALIBRATED:  # the saved model divides its logits by the temperature fitted on validation
         record = json.loads((model_fn / "training_args.json").read_text())
-        assert record["temperature"] == metrics["valid"]["temperature"] == metrics["test"]["temperature"] != 1
+        assert record["calibration_temperature"] == metrics["valid"]["temperature"] == metrics["test"]["temperature"] != 1
         assert metrics["valid"]["ece_uncalibrated"] == pytest.approx(best["valid_ece"], abs=1e-3)
         # fitted to minimise the validation loss: lower than the best epoch's, which is T = 1
         assert metrics["valid"]["loss"] < best["valid_loss"] - 1e-4
         assert "temperature" in trained[script]["stdout"] and "ECE before it" in trained[script]["stdout"]
     else:
-        assert "temperature" not in metrics["valid"] and "temperature" not in json.loads(
+        assert "temperature" not in metrics["valid"] and "calibration_temperature" not in json.loads(
             (model_fn / "training_args.json").read_text())
         assert best["valid_loss"] == pytest.approx(metrics["valid"]["loss"], abs=1e-3)
     assert 0 <= metrics["test"]["ece"] <= 1 and best["valid_ece"] >= 0

@@ -43,6 +43,14 @@ def predict_logits(model, dataset, collate, batch_size, device, autocast, rank=0
     return dict(zip(shard.tolist(), logits))
 
 
+def all_logits(model, dataset, collate, batch_size, device, autocast, context, pooling="mean"):
+    """The logits of every row of the dataset, in row order, on every process (each predicts its shard)."""
+    logits = predict_logits(model, dataset, collate, batch_size, device, autocast, context.rank, context.world_size,
+                            pooling)
+    merged = {i: row for part in context.gather(logits) for i, row in part.items()}
+    return np.stack([merged[i] for i in range(len(dataset))])
+
+
 def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label=False, regression_scale=None,
                regression=False, target_std=None, temperature=None):
     """Metrics plus what the report needs to list errors: logits, gold labels, texts (read when listed).

@@ -10,7 +10,7 @@ from utils.log import log
 from utils.model import output_in_label_units
 from utils.report import write_report
 from utils.run_dir import commit_run, partial_dir
-from utils.saved_model import save_model
+from utils.saved_model import CALIBRATION_KEY, save_model
 
 
 def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
@@ -22,7 +22,7 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
               # multi-label: the decision threshold tuned on validation, which classify_plm.py applies
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
-              **({"temperature": valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
+              **({CALIBRATION_KEY: valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     if run.regression_scale is not None:  # the saved model outputs the number itself (utils.model)
         output_in_label_units(model, run.regression_scale)

@@ -59,6 +59,7 @@ class Prepared:
     window_pooling: str = "mean"
     n_train_texts: int = 0  # sliding: the training texts, which became len(train_set) windows
     regression_scale: tuple | None = None  # --regression: (mean, std) of the training targets
+    text_of_window: np.ndarray | None = None  # sliding: the training text (a row of splits.train) of each window
 
     def resolved_settings(self):
         """Flags as actually used, for training_args.json (utils.saved_model.SavedModel reads them)."""
@@ -89,7 +90,8 @@ def default_learning_rate(model):
     return 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
 
 
-def prepare(args, trainer_name):
+def prepare(args, trainer_name, **data):
+    """data: DataOptions fields that replace the flags' (distillation: the teacher's classes)."""
     context = distributed_context()
     setup_logging(context.rank)  # the other processes of a distributed run: errors only
     device = choose_device(args.device, context.local_rank)
@@ -100,7 +102,7 @@ def prepare(args, trainer_name):
     if args.log_dir and Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
         raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
     set_seed(args.seed)
-    splits = load_splits(data_options(args))
+    splits = load_splits(dataclasses.replace(data_options(args), **data))
     weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
                              splits.multi_label) if args.class_weight not in (None, "", "none") else None)
     if splits.has_pairs and args.long_text == "sliding":  # head_tail is the default: pairs truncate without a word
@@ -138,11 +140,11 @@ def prepare(args, trainer_name):
     train_set, valid_set, test_set = encode_splits(splits, tokenizer, max_length, args.preprocessing_num_workers,
                                                    args.cache_dir, long_text, stride)
     n_train_texts = len(train_set)
-    train_set, _ = window_rows(train_set)  # sliding: every window an example with its text's label
+    train_set, text_of_window = window_rows(train_set)  # sliding: every window an example with its text's label
     return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
                     training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
                     fingerprint, weights, long_text, stride, args.window_pooling, n_train_texts,
-                    target_scale(splits.train_targets()) if splits.regression else None)
+                    target_scale(splits.train_targets()) if splits.regression else None, text_of_window)
 
 
 def training_schedule(n_train, args, world_size):
@@ -154,8 +156,9 @@ def training_schedule(n_train, args, world_size):
     return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio), math.ceil(total / steps_per_epoch))
 
 
-def print_plan(run, args, trainer_name):
-    """What the run is about to do, once, before the first step (as run_glue_no_trainer.py does)."""
+def print_plan(run, args, trainer_name, notes=()):
+    """What the run is about to do, once, before the first step (as run_glue_no_trainer.py does);
+    `notes`: lines of the trainer's own (distillation: the teacher, the student, the temperature)."""
     if not run.context.is_main:
         return
     splits, schedule, world = run.splits, run.schedule, run.context.world_size
@@ -184,6 +187,7 @@ def print_plan(run, args, trainer_name):
             f"{label} {weight:.3g}" for label, weight in list(zip(splits.labels, run.class_weights))[:20])]
           if run.class_weights is not None else []),
         f"  precision = {run.precision}, device = {run.device}, world size = {world}",
+        *notes,
     ]
     log.info("\n".join(lines))
 

@@ -5,6 +5,8 @@ import json
 from utils.errors import UserError
 from utils.run_dir import RUN_FILE, partial_dir
 
+TRAINER_SCRIPTS = {"native": "finetune_plm_native.py", "hf": "finetune_plm_hf.py", "distill": "distill_plm.py"}
+
 
 def run_fingerprint(args, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
                                                                       "save_total_limit", "n_errors", "log_dir",
@@ -30,8 +32,9 @@ def check_resume_matches(model_fn, fingerprint):
     except (OSError, ValueError):
         return  # a run interrupted before this check existed
     if before.get("trainer") != fingerprint["trainer"]:
-        raise UserError(f"--resume: the interrupted run of {model_fn} was started by "
-                        f"finetune_plm_{before.get('trainer')}.py: resume it with that script")
+        script = TRAINER_SCRIPTS.get(before.get("trainer"), f"finetune_plm_{before.get('trainer')}.py")
+        raise UserError(f"--resume: the interrupted run of {model_fn} was started by {script}: resume it with "
+                        "that script")
     changed = [f"--{key} ({before['flags'].get(key)!r} then, {value!r} now)"
                for key, value in fingerprint["flags"].items() if before.get("flags", {}).get(key) != value]
     changed += [f"the contents of --{key}" for key, digest in fingerprint["data"].items()

@@ -3,7 +3,7 @@ every command that uses the model (classify in both backends, evaluate, export, 
 
 A saved model is a `save_pretrained` directory, so `transformers.pipeline` loads it as it is:
   config.json (real id2label/label2id, problem_type), model.safetensors, tokenizer files,
-  training_args.json (every flag, the labels, max length, pairs, thresholds, temperature, versions),
+  training_args.json (every flag, the labels, max length, pairs, thresholds, calibration temperature, versions),
   metrics.json, history.json, learning_curve.png, confusion_matrix.png, errors.tsv, runs/ (TensorBoard);
   after export_plm.py also model.onnx and model.int8.onnx.
 
@@ -29,6 +29,9 @@ DEFAULT_LABEL_SEPARATOR = ","  # joins a multi-label prediction's labels, as --l
 DEFAULT_THRESHOLD = 0.5  # a multi-label model saved without a tuned threshold
 MULTI_LABEL_PROBLEM = "multi_label_classification"  # config.problem_type: a sigmoid per label
 REGRESSION_PROBLEM = "regression"  # config.problem_type: one output, the number itself
+# training_args.json: the --calibrate temperature the logits are divided by (not distill_plm.py's --temperature,
+# which is recorded as a flag like any other)
+CALIBRATION_KEY = "calibration_temperature"
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,10 @@ class SavedModel:
         if regression and len(labels) != 1:
             raise UserError(f"{model_fn}/config.json: a regression model has one output, this one {len(labels)}")
         scale = (training_args.get("target_mean"), training_args.get("target_std"))
-        temperature = training_args.get("temperature", 1.0)
+        temperature = training_args.get(CALIBRATION_KEY, 1.0)
         if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
                 or not 0 < temperature < float("inf")):
-            raise UserError(f"{model_fn}/{TRAINING_ARGS}: temperature {temperature!r} is not a number above 0: fix it, "
+            raise UserError(f"{model_fn}/{TRAINING_ARGS}: {CALIBRATION_KEY} {temperature!r} is not a number above 0: fix it, "
                             "or delete the key for uncalibrated probabilities")
         return cls(path=model_fn, labels=tuple(labels), multi_label=multi_label,
                    threshold=stored_threshold(training_args, len(labels), model_fn) if multi_label else None,
