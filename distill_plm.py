@@ -99,6 +99,9 @@ def main():
 
 def check_flags(args, teacher):
     """What the teacher and the flags must agree on, before any data is read."""
+    if args.hp_search:
+        raise UserError("--hp_search: distill_plm.py trains one student; search a teacher's flags with "
+                        "finetune_plm_native.py/_hf.py --hp_search, then distil the winner")
     if teacher.regression or args.regression:
         raise UserError(f"{'--regression' if args.regression else args.teacher_fn + ' is a regression model'}: "
                         "distillation here is for classifiers (single- or multi-label)")
