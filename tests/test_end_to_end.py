@@ -208,19 +208,21 @@ def test_int8_quantized_classifier(trained, monkeypatch):
 
 
 def test_korean_and_garbage_lines_pass_through(trained):
+    """Korean (unknown to the English vocabulary), undecodable bytes and NULs: every line classified, in
+    order, undecodable bytes as U+FFFD (one script run for all of them)."""
     model_fn = trained["finetune_plm_native.py"]["dir"]
     korean = ["아 더빙.. 진짜 짜증나네요 목소리", "굳 ㅋ", "뭐야 이 평점들은.... 나쁘진 않지만"]
-    result = classify(model_fn, "\n".join(korean) + "\n")
-    assert [line.split("\t", 1)[1] for line in result.stdout.splitlines()] == korean
-
     import subprocess
     import sys
     from conftest import ROOT, SCRIPT_ENV
     garbage = b"ok line\n\xff\xfe\x00\x81binary\x00junk\nlast line\r\n" + bytes(range(256)) + b"\n"
     run = subprocess.run([sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model_fn)],
-                         input=garbage, capture_output=True, env=SCRIPT_ENV, timeout=300)
+                         input="\n".join(korean).encode("utf-8") + b"\n" + garbage, capture_output=True,
+                         env=SCRIPT_ENV, timeout=300)
     assert run.returncode == 0, run.stderr
-    out = run.stdout.decode("utf-8").split("\n")[:-1]  # 5 input lines: bytes(range(256)) holds a \n
+    out = run.stdout.decode("utf-8").split("\n")[:-1]  # 8 input lines: bytes(range(256)) holds a \n
+    assert [line.split("\t", 1)[1] for line in out[:3]] == korean
+    out = out[3:]
     assert len(out) == 5 and out[0].endswith("\tok line") and out[2].endswith("\tlast line")
     assert "\ufffd" in out[1]
 

@@ -49,11 +49,13 @@ def test_same_seed_same_metrics(tmp_path, tiny_model, korean_train, script):
     assert runs[0]["confusion_matrix"] == runs[1]["confusion_matrix"]
     if script != "finetune_plm_native.py":
         return
-    # a different seed splits and shuffles differently
-    run_script(script, "--model_fn", tmp_path / "c", "--train_fn", korean_train,
-               "--pretrained_model_name", tiny_model, "--n_epochs", 1, "--valid_ratio", 0.25, "--seed", 8)
-    other = json.loads((tmp_path / "c" / "metrics.json").read_text())["valid"]
-    assert round(other["loss"], 4) != round(runs[0]["loss"], 4)
+    # the equality means something: another seed splits off other validation rows (in this process, through
+    # the trainers' own data path; a third run cost 7 s)
+    from conftest import data_options
+    from data_load import load_splits
+    texts = [list(load_splits(data_options(train_fn=korean_train, valid_ratio=0.25, seed=seed)).valid.texts())
+             for seed in (7, 8)]
+    assert len(texts[0]) == len(texts[1]) and texts[0] != texts[1]
 
 
 @pytest.mark.slow
