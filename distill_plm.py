@@ -73,10 +73,10 @@ def main():
                   if args.unlabeled_fn else None)
     init_process_group(run.context, run.device)  # the teacher's predictions are sharded across processes
     train_set, teacher_valid = teacher_targets(args, run, unlabelled)
-    run = dataclasses.replace(run, train_set=train_set,
+    n_unlabelled = len(unlabelled) if unlabelled else 0
+    run = dataclasses.replace(run, train_set=train_set, n_train_texts=run.n_train_texts + n_unlabelled,
                               schedule=training_schedule(len(train_set), args, run.context.world_size))
 
-    n_unlabelled = len(unlabelled) if unlabelled else 0
     hard = f"{1 - args.soft_weight:g} x the labels' {'binary ' if run.splits.multi_label else ''}cross-entropy"
     notes = [
         f"  distillation: teacher = {args.teacher_fn} ({teacher_layers} layers); on validation {teacher_valid}",
