@@ -18,6 +18,7 @@ import json
 import datasets
 
 from data_load.dataset import encode_split, training_rows, window_rows
+from data_load.sources import unlabelled_file
 from data_load.splits import load_unlabelled
 from training.distillation import SOFT_WEIGHT, TEMPERATURE, Teacher, check_student_layers, distillation_loss, keep_layers
 from training.loss import loss_function
@@ -41,7 +42,10 @@ def parse_args():
     group.add_argument("--unlabeled_fn",
                        help="texts without labels, which the teacher labels, trained on by the soft loss alone: "
                             "one text a line (`sentence<TAB>pair` for pairs), or a TSV/CSV/JSONL/Parquet table "
-                            "whose --text_column is read, as classify_plm.py --input_fn reads files")
+                            "whose text column is read, as classify_plm.py --input_fn reads files")
+    group.add_argument("--unlabeled_text_column",
+                       help="the text column of a table given as --unlabeled_fn (default: --text_column, else the "
+                            "first of text, sentence, document, review, ...)")
     group.add_argument("--student_layers", type=int_at_least(1), default=None,
                        help="keep this many of the teacher's layers, evenly spaced with the first and the last "
                             "(DistilBERT's 0,2,4,7,9,11 of 12); default: half of them, or with "
@@ -69,14 +73,13 @@ def main():
     run = prepare(args, "distill", classes=teacher.labels, classes_of=f"the teacher {args.teacher_fn}")
     student_name = f"the teacher {args.teacher_fn}" if from_teacher else run.model_name
     kept = keep_layers(run.model, args.student_layers, student_name) if args.student_layers else None
-    unlabelled = (load_unlabelled(args.unlabeled_fn, data_options(args), run.splits.has_pairs)
-                  if args.unlabeled_fn else None)
+    unlabelled = read_unlabelled(args, run) if args.unlabeled_fn else None
     init_process_group(run.context, run.device)  # the teacher's predictions are sharded across processes
     train_set, teacher_valid = teacher_targets(args, run, unlabelled)
-    run = dataclasses.replace(run, train_set=train_set,
+    n_unlabelled = len(unlabelled) if unlabelled else 0
+    run = dataclasses.replace(run, train_set=train_set, n_train_texts=run.n_train_texts + n_unlabelled,
                               schedule=training_schedule(len(train_set), args, run.context.world_size))
 
-    n_unlabelled = len(unlabelled) if unlabelled else 0
     hard = f"{1 - args.soft_weight:g} x the labels' {'binary ' if run.splits.multi_label else ''}cross-entropy"
     notes = [
         f"  distillation: teacher = {args.teacher_fn} ({teacher_layers} layers); on validation {teacher_valid}",
@@ -112,6 +115,17 @@ def check_flags(args, teacher):
     if args.soft_weight == 0 and args.unlabeled_fn:
         raise UserError("--soft_weight 0 trains on the labels alone, so --unlabeled_fn would teach nothing: "
                         "raise --soft_weight or drop --unlabeled_fn")
+    if args.unlabeled_fn:
+        unlabelled_file(args.unlabeled_fn)
+    elif args.unlabeled_text_column:
+        raise UserError("--unlabeled_text_column: there is no --unlabeled_fn to read it from")
+
+
+def read_unlabelled(args, run):
+    try:
+        return load_unlabelled(args.unlabeled_fn, data_options(args), run.splits.has_pairs, args.unlabeled_text_column)
+    except UserError as error:  # the readers' messages name the training data's flag
+        raise UserError(str(error).replace("--text_column", "--unlabeled_text_column")) from None
 
 
 def teacher_layer_count(teacher):

@@ -614,6 +614,9 @@ def render(results):
         text += "\n\n" + render_long_text(results["imdb"])
     if "search" in results:
         text += "\n\n" + render_search(results["search"])
+    if "distillation" in results:  # bench/distill.py's study
+        from distill import render as render_distillation
+        text += "\n\n" + render_distillation(results["distillation"])
     if extra_rows:
         text += "\n\nOther settings:\n\n" + table(extra_rows, ["dataset", "metric", "system", "score",
                                                                   "native (defaults)", "tfidf", "s"])
@@ -662,15 +665,19 @@ def main():
                 results[name] = run_dataset(name, args.quick, Path(tmp) / name, args.systems, results.get(name))
             if keep:  # after each dataset, so an interrupted report keeps what it finished
                 RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    report = render(results)
-    print(report)
+    print(render(results))
     out = args.out or (None if args.quick else ROOT / "docs" / "accuracy.md")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        sections = kept_sections(out)  # what other benches wrote into the report (e.g. bench/calibration.py)
-        Path(out).write_text(f"# Accuracy report\n\nWritten by `python bench/accuracy.py`"
-                             f"{' --quick' if args.quick else ''}; each row names the commit it ran at.\n\n"
-                             f"{machine_line(results)}\n\n{SETUP}\n\n{report}\n{sections}")
+        write_report(results, out, args.quick)
+
+
+def write_report(results, out, quick=False):
+    """The markdown report of every result (bench/distill.py writes it too, after its study)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    sections = kept_sections(out)  # what other benches wrote into the report (e.g. bench/calibration.py)
+    Path(out).write_text(f"# Accuracy report\n\nWritten by `python bench/accuracy.py`"
+                         f"{' --quick' if quick else ''}; each row names the commit it ran at.\n\n"
+                         f"{machine_line(results)}\n\n{SETUP}\n\n{render(results)}\n{sections}")
 
 
 if __name__ == "__main__":

@@ -60,12 +60,20 @@ def file_source(path):
 
 def unlabelled_source(path, pairs=False):
     """A file of texts without labels (distill_plm.py --unlabeled_fn): one text a line (`sentence<TAB>pair`
-    for pairs), or a TSV/CSV/JSONL/Parquet table whose --text_column is read, as classify_plm.py reads files."""
-    source = file_source(path)
-    if isinstance(source, dict) or source.kind == "arrow":
-        raise UserError(f"{path}: is a directory: give one file of texts (one a line, or a table with "
-                        "--text_column)")
+    for pairs), or a TSV/CSV/JSONL/Parquet table whose text column is read, as classify_plm.py reads files."""
+    source = file_source(unlabelled_file(path))
     return Source(source.name, source.digest, "unlabelled", pairs=pairs)
+
+
+def unlabelled_file(path):
+    """--unlabeled_fn as a Path, or one line saying why it cannot be one (checked before any other data is read)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--unlabeled_fn {path}: is a directory: give one file of texts (one a line, or a table "
+                        "with a text column)")
+    if not path.is_file():
+        raise UserError(f"--unlabeled_fn {path}: no such file")
+    return path
 
 
 def hub_sources(name, config=None, cache_dir=None):

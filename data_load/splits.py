@@ -142,11 +142,13 @@ def load_labelled(path, columns, labels, cache_dir=None, labeling=SINGLE, regres
     return split
 
 
-def load_unlabelled(path, options, pairs=False):
+def load_unlabelled(path, options, pairs=False, text_column=None):
     """Texts without labels (distill_plm.py --unlabeled_fn) as a Split whose labels are null, parsed and
-    cached as the training data is, with its column flags; pairs: texts are sentence pairs."""
+    cached as the training data is, with its column flags (text_column, when given, instead of its text
+    column); pairs: texts are sentence pairs."""
     source = unlabelled_source(path, pairs)
-    rows, meta = parse(source, options.columns, options.cache_dir, options.labeling)
+    columns = (text_column or options.text_column, options.text_pair_column, None)
+    rows, meta = parse(source, columns, options.cache_dir, options.labeling)
     if not len(rows):
         raise UserError(f"{path}: no texts in it (every line is blank)")
     return Split(source.name, rows, meta["key"], source.digest, pairs)
