@@ -84,9 +84,14 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
     for name in ("hp_study.db", "hp_optimization_history.png", "hp_intermediate_values.png", "model.safetensors"):
         assert (model_fn / name).exists(), name
     assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json", "test.tsv"]  # no partial
-    # an ordinary checkpoint
-    out = run_script("classify_plm.py", "--model_fn", model_fn, stdin="Great value. Very happy with it.\n").stdout
-    assert out == "positive\tGreat value. Very happy with it.\n"
+    # an ordinary checkpoint: the classifier classify_plm.py builds loads it (in this process: a script run
+    # costs 4 s more of the suite)
+    from types import SimpleNamespace
+    from inference.classifier import load_classifier
+    classifier = load_classifier(SimpleNamespace(model_fn=model_fn, backend="torch", quantize="none", device="cpu",
+                                                 precision="fp32", max_length=None, batch_size=8,
+                                                 max_batch_tokens=None))
+    assert classifier.labels[classifier.predict([("Great value. Very happy with it.", None)])[3][0][0]] == "positive"
 
 
 @pytest.mark.slow  # the search and 1 trial (~12 s)
