@@ -133,6 +133,18 @@ def test_resume_refuses_a_changed_run(tmp_path):
         check_resume_matches(args.model_fn, fingerprint(["negative", "positive"], trainer="hf"))
     shutil.rmtree(partial_dir(args.model_fn))
 
+    # a run interrupted before a flag existed (its record lacks it) resumes while the flag is at its default
+    train.write_text(GOOD)
+    old = fingerprint(["negative", "positive"])
+    for added in ("hp_search", "hp_space"):
+        del old["flags"][added]
+    start_run(args.model_fn, old)
+    check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
+    args.hp_space = "space.json"
+    with pytest.raises(UserError, match=r"--hp_space \(None then, 'space.json' now\)"):
+        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
+    shutil.rmtree(partial_dir(args.model_fn))
+
 
 # --- checkpoints edited by hand (in-process) --------------------------------------------------------
 

@@ -105,7 +105,8 @@ def distillation_loss(hard_loss, multi_label, temperature=TEMPERATURE, soft_weig
 
 class Teacher:
     """The fine-tuned teacher, run as classify_plm.py runs it (its own tokenizer, max length and long-text
-    settings): logits of any split of texts."""
+    settings): logits of any split of texts. Its raw logits: the distillation's own temperature softens them
+    (a --calibrate temperature would compound with it); its validation line is scored as the model prints."""
 
     def __init__(self, checkpoint, run, args):
         self.tokenizer, self.model, self.saved = checkpoint  # utils.saved_model.load_checkpoint
@@ -131,5 +132,6 @@ class Teacher:
     def validation_line(self, split):
         """The teacher's scores on the validation split, as the trainers log their own."""
         dataset = self.encode(split)
-        metrics = evaluation(self.logits_of(dataset), dataset, list(self.saved.labels), self.saved.threshold)["metrics"]
+        metrics = evaluation(self.logits_of(dataset), dataset, list(self.saved.labels), self.saved.threshold,
+                             temperature=None if self.saved.temperature == 1.0 else self.saved.temperature)["metrics"]
         return summary_line(metrics)

@@ -88,15 +88,15 @@ def open_study(args, trainer_name, run, space):
     url = args.hp_storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
     # recorded: a shared storage's URL without its password; our own study by its file name, which moves with
     # the partial directory into the model directory
-    plan = {"storage": without_password(url) if shared else STUDY_FILE, "study": study_name(trainer_name, run, space),
-            "space": space, "url": url, "shared": shared}
+    plan = {"storage": without_password(url) if shared else STUDY_FILE,
+            "study": study_name(trainer_name, run, space, args.calibrate), "space": space, "url": url, "shared": shared}
     if args.resume:
         if not (partial / SEARCH_FILE).exists():
             raise UserError(f"--resume: {partial} holds an interrupted training run, not a search: resume it "
                             "without --hp_search, or delete it to start afresh")
         before = json.loads((partial / SEARCH_FILE).read_text())
         for key, what in (("space", "search space (--hp_space, or the flags a default space leaves out)"),
-                          ("storage", "--hp_storage")):
+                          ("storage", "--hp_storage"), ("study", "--calibrate setting")):
             if before.get(key) != plan[key]:
                 raise UserError(f"--resume: the interrupted search of {args.model_fn} had another {what}: rerun it "
                                 f"as it was, or delete {partial} to start afresh")
@@ -453,11 +453,13 @@ def trial_argv(args, values, model_fn):
     return argv
 
 
-def study_name(trainer_name, run, space):
+def study_name(trainer_name, run, space, calibrate=False):
     """The same command names the same study (machines sharing --hp_storage join it), another search another
-    study: named after what shapes the trials, the trainer, flags, data (by content, not path), labels, space."""
+    study: named after what shapes the trials, the trainer, flags, data (by content, not path), labels, space,
+    and --calibrate (which a resumed single run may change, but a trial's score and saved model depend on)."""
     paths = ("train_fn", "valid_fn", "label_names_fn", "hp_space")
     flags = {key: value for key, value in run.fingerprint["flags"].items() if key not in paths}
+    flags["calibrate"] = bool(calibrate)
     identity = json.dumps([trainer_name, flags, run.fingerprint["data"], run.fingerprint["labels"], space],
                           sort_keys=True, default=str)
     return f"finetune_plm_{trainer_name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"

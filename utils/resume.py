@@ -35,8 +35,11 @@ def check_resume_matches(model_fn, fingerprint):
         script = TRAINER_SCRIPTS.get(before.get("trainer"), f"finetune_plm_{before.get('trainer')}.py")
         raise UserError(f"--resume: the interrupted run of {model_fn} was started by {script}: resume it with "
                         "that script")
-    changed = [f"--{key} ({before['flags'].get(key)!r} then, {value!r} now)"
-               for key, value in fingerprint["flags"].items() if before.get("flags", {}).get(key) != value]
+    # a flag added since the interrupted run started is missing from its record: at its default it matches
+    flags_then = before.get("flags", {})
+    changed = [f"--{key} ({flags_then.get(key)!r} then, {value!r} now)"
+               for key, value in fingerprint["flags"].items()
+               if flags_then.get(key) != value and (key in flags_then or value not in (None, False))]
     changed += [f"the contents of --{key}" for key, digest in fingerprint["data"].items()
                 if before.get("data", {}).get(key) != digest]
     if before.get("labels") != fingerprint["labels"]:
