@@ -6,7 +6,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import emotion_rows, run_script, write_tsv
+from conftest import classifier_in_process, emotion_rows, run_script, write_tsv
 
 pytestmark = pytest.mark.slow  # runs the real scripts
 
@@ -148,7 +148,7 @@ def classify(model_fn, text, *flags, check=True):
     return run_script("classify_plm.py", "--model_fn", model_fn, *flags, stdin=text, check=check)
 
 
-def test_classifier_output_format_and_order(trained, emotion_data, monkeypatch):
+def test_classifier_output_format_and_order(trained, emotion_data):
     model_fn = trained["finetune_plm_native.py"]["dir"]
     sentences = [text for _, text in emotion_rows("val", 340)[300:]]
     stdin = "\n\n".join(sentences[:20]) + "\n   \n" + "\n".join(sentences[20:]) + "\n"
@@ -162,7 +162,7 @@ def test_classifier_output_format_and_order(trained, emotion_data, monkeypatch):
 
     # --top_k 2: the two most probable, the first the label printed above (the classifier classify_plm.py
     # builds, in this process: a second script run costs 4 s more of the suite)
-    classifier = classifier_in_process(model_fn, "--top_k", "2", monkeypatch=monkeypatch)
+    classifier = classifier_in_process(model_fn, "--top_k", "2")
     _, _, scores, ids = classifier.predict([(sentence, None) for sentence in sentences[:5]], top_k=2)
     for (p1, p2), top, single in zip(scores, ids, lines):
         assert len(top) == 2 and classifier.labels[top[0]] == single.split("\t")[0]
@@ -174,20 +174,8 @@ def test_classifier_empty_input(trained):
     assert result.returncode == 0 and result.stdout == ""
 
 
-def classifier_in_process(model_fn, *flags, monkeypatch):
-    """The classifier classify_plm.py builds from these flags, in this process (one model load, no
-    interpreter start: 3 s instead of 10 for two script runs)."""
-    import sys
-
-    import classify_plm
-    from inference.classifier import load_classifier
-    monkeypatch.setattr(sys, "argv", ["classify_plm.py", "--model_fn", str(model_fn), *flags])
-    return load_classifier(classify_plm.parse_args())
-
-
-def test_sorted_batches_match_one_at_a_time(trained, monkeypatch):
-    classifier = classifier_in_process(trained["finetune_plm_hf.py"]["dir"], "--batch_size", "16",
-                                       monkeypatch=monkeypatch)
+def test_sorted_batches_match_one_at_a_time(trained):
+    classifier = classifier_in_process(trained["finetune_plm_hf.py"]["dir"], "--batch_size", "16")
     items = [(text, None) for _, text in emotion_rows("val", 60)]
     sorted_batches = classifier.predict(items)[1]  # probabilities, texts batched by length
     classifier.batch_size = 1
@@ -195,14 +183,14 @@ def test_sorted_batches_match_one_at_a_time(trained, monkeypatch):
     assert sorted_batches == pytest.approx(one_by_one, abs=1e-5)
 
 
-def test_int8_quantized_classifier(trained, monkeypatch):
+def test_int8_quantized_classifier(trained):
     model_fn = trained["finetune_plm_native.py"]["dir"]
     items = [(text, None) for _, text in emotion_rows("val", 200)]
-    fp32 = classifier_in_process(model_fn, monkeypatch=monkeypatch).predict(items)[3]
+    fp32 = classifier_in_process(model_fn).predict(items)[3]
     import warnings
     with warnings.catch_warnings(record=True) as caught:  # torch.ao's deprecation notices are not the user's
         warnings.simplefilter("always")
-        int8 = classifier_in_process(model_fn, "--quantize", "int8", monkeypatch=monkeypatch).predict(items)[3]
+        int8 = classifier_in_process(model_fn, "--quantize", "int8").predict(items)[3]
     assert len(int8) == 200 and not [w for w in caught if "deprecat" in str(w.message).lower()], caught
     assert sum(a == b for a, b in zip(fp32, int8)) / 200 >= 0.9
 

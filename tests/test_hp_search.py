@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SCRIPT_ENV, run_script
+from conftest import ROOT, SCRIPT_ENV, classifier_in_process, run_script
 
 from utils.args import training_parser
 from utils.errors import UserError
@@ -86,11 +86,7 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json", "test.tsv"]  # no partial
     # an ordinary checkpoint: the classifier classify_plm.py builds loads it (in this process: a script run
     # costs 4 s more of the suite)
-    from types import SimpleNamespace
-    from inference.classifier import load_classifier
-    classifier = load_classifier(SimpleNamespace(model_fn=model_fn, backend="torch", quantize="none", device="cpu",
-                                                 precision="fp32", max_length=None, batch_size=8,
-                                                 max_batch_tokens=None))
+    classifier = classifier_in_process(model_fn)
     assert classifier.labels[classifier.predict([("Great value. Very happy with it.", None)])[3][0][0]] == "positive"
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import data_options, run_script, shared
+from conftest import classifier_in_process, data_options, run_script, shared
 
 from data_load import load_splits
 from data_load.readers import Labeling, read_examples
@@ -185,14 +185,7 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
         assert set(labels.split(",")) <= names and len(labels.split(",")) == len(probabilities.split(","))
     # --threshold: every label at 0, the most probable one alone at 1 (the classifier classify_plm.py
     # builds, in this process: two script runs cost 7 s more)
-    from inference.classifier import load_classifier
-    import classify_plm
-    import sys
-    argv, sys.argv = sys.argv, ["classify_plm.py", "--model_fn", str(model_fn)]
-    try:
-        classifier = load_classifier(classify_plm.parse_args())
-    finally:
-        sys.argv = argv
+    classifier = classifier_in_process(model_fn)
     items = [(line, None) for line in text.splitlines()]
     assert [len(ids) for ids in classifier.predict(items, threshold=0)[3]] == [28, 28]
     assert [len(ids) for ids in classifier.predict(items, threshold=1)[3]] == [1, 1]
@@ -226,11 +219,7 @@ def test_native_threshold_per_label_reaches_classify(tmp_path, tiny_model):
     printed = run_script("classify_plm.py", "--model_fn", model_fn, stdin=text).stdout.splitlines()
     # every label's probability, from the classifier classify_plm.py builds (in this process: a second script
     # run costs 4 s more of the suite)
-    from types import SimpleNamespace
-    from inference.classifier import load_classifier
-    classifier = load_classifier(SimpleNamespace(model_fn=model_fn, backend="torch", quantize="none", device="cpu",
-                                                 precision="fp32", max_length=None, batch_size=32,
-                                                 max_batch_tokens=None))
+    classifier = classifier_in_process(model_fn)
     all_probabilities = classifier.predict([(line, None) for line in text.splitlines()])[1]
     for row, chosen in zip(all_probabilities, printed):
         probability = dict(zip(classifier.labels, map(float, row)))

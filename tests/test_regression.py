@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_script, shared
+from conftest import classifier_in_process, run_script, shared
 from test_bad_input import assert_clean_failure
 
 STSB_FLAGS = ["--delimiter", "tab", "--text_column", "5", "--text_pair_column", "6", "--label_column", "4"]
@@ -80,13 +80,8 @@ def test_non_numeric_label_is_file_and_line(tmp_path):
 
 def numbers_of(model_fn, pairs, backend="torch"):
     """The classifier's numbers for (sentence, pair) items, in process (as classify_plm.py and the server get them)."""
-    import types
-
-    from inference.classifier import load_classifier
-    args = types.SimpleNamespace(model_fn=model_fn, backend=backend, quantize="none", max_length=None, batch_size=16,
-                                 max_batch_tokens=None, device="cpu", precision="auto", long_text=None, stride=None,
-                                 window_pooling=None)
-    _, _, scores, ids = load_classifier(args).predict([tuple(pair) for pair in pairs])
+    classifier = classifier_in_process(model_fn, "--backend", backend, "--batch_size", 16)
+    _, _, scores, ids = classifier.predict([tuple(pair) for pair in pairs])
     assert all(row == [0] for row in ids)
     return [row[0] for row in scores]
 
