@@ -63,7 +63,7 @@ def _export(model_fn, log):
             os.remove(stale)
     weights = weights_digest(model_fn)
     tokenizer, model, saved = load_checkpoint(model_fn)
-    if saved.temperature != 1.0:  # --calibrate: the graph gives the logits the torch classifier gives
+    if saved.calibration:  # --calibrate: the graph gives the logits the torch classifier gives
         model = TemperatureScaled(model, saved.temperature)
     if not os.path.exists(os.path.join(model_fn, "tokenizer.json")):
         raise UserError(f"{model_fn}: no tokenizer.json: the ONNX classifier needs the fast (tokenizers) version "

@@ -34,7 +34,7 @@ class TorchClassifier(Classifier):
                                             stride=self.stride)
         logits = classify(self.model, self.collate, dataset, self.batch_size, self.device, self.autocast,
                           self.max_batch_tokens).numpy()
-        if self.saved.temperature != 1.0:  # --calibrate (the ONNX export has the same division in its graph)
+        if self.saved.calibration:  # --calibrate (the ONNX export has the same division in its graph)
             logits /= self.saved.temperature
         return self.pooled(logits, dataset.text_of_item, len(examples))
 

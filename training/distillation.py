@@ -133,5 +133,5 @@ class Teacher:
         """The teacher's scores on the validation split, as the trainers log their own."""
         dataset = self.encode(split)
         metrics = evaluation(self.logits_of(dataset), dataset, list(self.saved.labels), self.saved.threshold,
-                             temperature=None if self.saved.temperature == 1.0 else self.saved.temperature)["metrics"]
+                             temperature=self.saved.calibration)["metrics"]
         return summary_line(metrics)

@@ -97,4 +97,4 @@ def evaluate_saved(model, tokenizer, saved, dataset, batch_size, device, precisi
     return evaluation([logits[i] for i in range(len(dataset))], dataset, list(saved.labels),
                       threshold if saved.multi_label else None, regression=saved.regression,
                       target_std=saved.target_scale and saved.target_scale[1],
-                      temperature=None if saved.temperature == 1.0 else saved.temperature)  # --calibrate
+                      temperature=saved.calibration)

@@ -95,6 +95,12 @@ class SavedModel:
                    target_scale=scale if regression and None not in scale else None,
                    temperature=float(temperature), training_args=training_args)
 
+    @property
+    def calibration(self):
+        """The --calibrate temperature the logits are divided by, or None for a model trained without it
+        (training.evaluation.evaluation's `temperature`)."""
+        return None if self.temperature == 1.0 else self.temperature
+
     def input_length(self, requested=None, limit=None):
         """Tokens per input: --max_length when given (clamped to `limit`, else to the position embeddings),
         else the length the model was trained with."""
