@@ -15,16 +15,16 @@ flat on any number of lines. Two backends give the same output: PyTorch (the def
 File mode, for a corpus of any size: `--input_fn corpus/ --output_fn predictions/` writes Parquet (or
 JSONL) shards with each row's line, label and score; rerunning the same command after an interruption
 classifies only the missing shards, and `--engine ray` spreads the shards over a Ray cluster
-(inference/batch_job.py, README "Classify a corpus")."""
+(batch/job.py, README "Classify a corpus")."""
 import argparse
 import sys
 import time
 from itertools import islice
 
+from batch.job import add_file_flags, check_file_flags
 from data_load.readers import split_pair
-from inference.batch_job import add_file_flags, check_file_flags
 from inference.classifier import add_classifier_flags, load_classifier
-from utils.cli import ArgumentParser, float_range, int_at_least
+from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.log import log
 
@@ -54,8 +54,8 @@ def main():
     args = parse_args()
     check_file_flags(args)
     if args.input_fn:
-        from inference import batch_job
-        from utils.saved_model import SavedModel
+        from batch import job as batch_job
+        from checkpoint.saved_model import SavedModel
         saved = SavedModel.read(args.model_fn, ("config.json", "training_args.json"))
         check_threshold(args, saved.multi_label)
         batch_job.run(args, saved)  # the classifier is loaded where shards are classified

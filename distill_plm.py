@@ -17,18 +17,18 @@ import json
 
 import datasets
 
+from checkpoint.saved_model import SavedModel, load_checkpoint
 from data_load.dataset import encode_split, training_rows, window_rows
 from data_load.sources import unlabelled_file
 from data_load.splits import load_unlabelled
+from options.parser import float_above, float_range, int_at_least
+from options.training_flags import training_parser
 from training.distillation import SOFT_WEIGHT, TEMPERATURE, Teacher, check_student_layers, distillation_loss, keep_layers
 from training.loss import loss_function
 from training.native_loop import train
 from training.prepare import data_options, prepare, training_schedule
-from utils.args import training_parser
-from utils.cli import float_above, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.runtime import init_process_group
-from utils.saved_model import SavedModel, load_checkpoint
 
 
 def parse_args():

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from utils.cli import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
+from options.parser import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
                        add_runtime_flags, float_range, int_at_least)
 from utils.errors import UserError, exit_on_user_error, first_line, on_failure
 from utils.log import log
@@ -42,15 +42,15 @@ def main():
     import dataclasses
 
     from data_load import encode_split
+    from data_load.lengths import model_max_length
     from data_load.readers import Labeling
     from data_load.splits import load_labelled
     from training.evaluation import evaluate_saved
-    from utils.lengths import model_max_length
-    from utils.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
+    from scoring.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
                               plot_reliability, plot_scatter, write_errors)
-    from utils.metrics import summary_line
+    from checkpoint.saved_model import load_checkpoint
+    from scoring.metrics import summary_line
     from utils.runtime import choose_device, choose_precision
-    from utils.saved_model import load_checkpoint
 
     output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
     check_output_dir(output_dir, args.model_fn)

@@ -10,7 +10,7 @@ directory as before. Needs requirements/onnx.txt (`make setup` installs it)."""
 import argparse
 import sys
 
-from utils.cli import ArgumentParser
+from options.parser import ArgumentParser
 from utils.errors import exit_on_user_error, require
 
 

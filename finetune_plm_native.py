@@ -1,11 +1,11 @@
 """Fine-tune a pretrained language model for sentence classification with a hand-written PyTorch loop.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
+from options.training_flags import training_parser
 from training.hp_search import search
 from training.loss import loss_function
 from training.native_loop import train
 from training.prepare import prepare
-from utils.args import training_parser
 from utils.errors import exit_on_user_error
 
 

@@ -181,7 +181,7 @@ def write(path, rows):
 def score(gold, predicted, metric, positive="1"):
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     if metric in ("spearman", "pearson"):  # regression: numbers (classify_plm.py prints them as text)
-        from utils.metrics import correlation
+        from scoring.metrics import correlation
         return correlation([float(g) for g in gold], [float(p) for p in predicted], metric)
     if isinstance(gold[0], tuple):  # multi-label: label sets as 0/1 matrices over every label seen
         from sklearn.preprocessing import MultiLabelBinarizer
@@ -287,8 +287,8 @@ def one_vs_rest(classifier, train_features, label_sets, test_features, seed=0):
     import numpy as np
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import MultiLabelBinarizer
-    from inference.decision import choose_labels
-    from utils.metrics import tune_threshold
+    from scoring.decision import choose_labels
+    from scoring.metrics import tune_threshold
     binarizer = MultiLabelBinarizer()
     gold = binarizer.fit_transform(label_sets)
     held_out = np.random.default_rng(seed).random(len(gold)) < 0.1
@@ -325,7 +325,7 @@ def threshold_study(model_fn, test, seed=0):
     classify_plm.py's rule (the most probable label when none passes)."""
     import numpy as np
     from sklearn.metrics import f1_score
-    from utils.metrics import THRESHOLDS
+    from scoring.metrics import THRESHOLDS
     # --threshold 0: every label with its probability, most probable first
     output = [line.split("\t") for line in classify(model_fn, test, "--threshold", "0", "--with_prob")]
     labels = sorted(output[0][0].split(","))
@@ -356,7 +356,7 @@ def threshold_study(model_fn, test, seed=0):
 def other_vocab_setting():
     """The --extend_vocab value opposite to the trainers' default, as extra flags."""
     sys.path.insert(0, str(ROOT))
-    from utils.args import training_parser
+    from options.training_flags import training_parser
     default = training_parser("").get_default("extend_vocab")
     return ["--extend_vocab", "no" if default != "no" else "yes"]
 

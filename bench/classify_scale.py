@@ -45,8 +45,8 @@ def minilm(directory):
         return directory
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from checkpoint.saved_model import save_model
     from utils.hub import default_model_path
-    from utils.saved_model import save_model
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2)
     save_checkpoint(directory, model, AutoTokenizer.from_pretrained(default_model_path()), save_model)
@@ -59,8 +59,8 @@ def tiny(directory):
         return directory
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    from checkpoint.saved_model import save_model
     from utils.hub import default_model_path
-    from utils.saved_model import save_model
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(BertConfig(

@@ -21,9 +21,9 @@ def main():
     p.add_argument("--fused", action="store_true", help="fused AdamW kernel (what both trainers use)")
     args = p.parse_args()
     require_shared()
+    from checkpoint.pretrained import load_classifier, load_tokenizer
     from data_load import Example, LengthGroupedBatchSampler, TextClassificationCollator, TextClassificationDataset
     from utils.hub import default_model_path
-    from utils.model import load_classifier, load_tokenizer
     rows = DATASETS[args.dataset]("train", args.batch_size * (args.steps + 2), seed=5)
     labels = sorted({label for label, _ in rows})
     tokenizer = load_tokenizer(default_model_path())

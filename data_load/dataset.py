@@ -3,8 +3,8 @@ evaluation, and a small in-memory one for a chunk of sentences to classify."""
 import numpy as np
 import torch
 
-from data_load.encoding import encode_texts, tokenize
 from data_load.arrow import select_rows
+from data_load.encoding import encode_texts, tokenize
 from data_load.labels import label_ids, multi_hot, target_values
 
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "labels", "teacher_logits")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
 from data_load.arrow import select_rows
-from utils.long_text import cap_characters, windows
+from data_load.cache import build_entry, build_lock, cache_root, content_key, note, read_meta, write_meta
+from data_load.long_text import cap_characters, windows
+from data_load.tokens import CHARS_PER_TOKEN_CAP
 from utils.processes import run_workers
-from utils.tokens import CHARS_PER_TOKEN_CAP
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
 PARALLEL_FROM = 50_000  # rows; below this, starting worker processes costs more than it saves
@@ -24,7 +24,7 @@ def encode_texts(tokenizer, texts, pairs, max_length, long_text="truncate", stri
     not padded. Texts are first cut to CHARS_PER_TOKEN_CAP characters per token of max_length (head_tail:
     at both ends; sliding: not cut). A text longer than max_length is truncated, cut to its head and tail,
     or (sliding) becomes a list of windows: then each text's `input_ids` is a list of windows' ids
-    (utils.long_text). Sentence pairs are always truncated."""
+    (data_load.long_text). Sentence pairs are always truncated."""
     if long_text == "truncate" or pairs is not None:
         cap = max_length * CHARS_PER_TOKEN_CAP
         texts = [text[:cap] for text in texts]

@@ -217,7 +217,7 @@ def text_lines(path, keep_ends=False, span=None):
     """(line number, line) of a UTF-8 file (a BOM is dropped), read as a stream; any line endings
     (\\n, \\r\\n, a lone \\r) end a line. Binary or mis-encoded files are errors naming the line.
     span (start, end, first line): only the lines in bytes start..end, numbered from `first line`;
-    start and end are at line starts (classify_plm.py's shards, inference/batch_job.py)."""
+    start and end are at line starts (classify_plm.py's shards, batch/job.py)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:

@@ -58,7 +58,7 @@ class Shard:
 
 @dataclass
 class Columns:
-    """The column flags a shard is read with (utils.cli.add_column_flags' --text_column/--text_pair_column)."""
+    """The column flags a shard is read with (options.parser.add_column_flags' --text_column/--text_pair_column)."""
     text: str | None = None
     pair: str | None = None
     keep: bool = False  # --keep_columns: each Example keeps its row's columns

@@ -2,11 +2,11 @@
 choose and tune it, defined once, and the loader that picks the backend.
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
-from inference.decision import choose_labels
-from utils.cli import add_batch_flags, add_runtime_flags, int_at_least
+from data_load.long_text import pool
+from options.parser import add_batch_flags, add_runtime_flags, int_at_least
+from scoring.decision import choose_labels
+from scoring.scores import probabilities_of
 from utils.errors import UserError, require
-from utils.long_text import pool
-from utils.scores import probabilities_of
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
                 "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
@@ -67,7 +67,7 @@ def length_batches(lengths, batch_size, max_tokens=None):
 
 class Classifier:
     """What both backends share: the saved model's record, and scores from logits. A backend sets
-    `saved` (utils.saved_model.SavedModel), `max_length`, `batch_size` and the long-text settings
+    `saved` (checkpoint.saved_model.SavedModel), `max_length`, `batch_size` and the long-text settings
     (set_long_text), and implements `logits`."""
     saved = None
     backend = None
@@ -117,7 +117,7 @@ class Classifier:
     def predict(self, items, top_k=None, threshold=None):
         """(logits, probabilities, scores, label ids) of (text, pair) items: the probabilities a sigmoid per
         label for a multi-label model, else a softmax; the chosen labels as classify_plm.py prints them
-        (inference.decision.choose_labels; threshold None: the model's own). A regression model's one
+        (scoring.decision.choose_labels; threshold None: the model's own). A regression model's one
         output is its prediction: the number stands for the probabilities and is the score of label 0."""
         logits = self.logits(items)
         if self.regression:

@@ -3,19 +3,19 @@
 Imports onnxruntime, tokenizers and numpy only, never torch or transformers (a test checks), so a
 one-line input is classified in well under a second and a container needs none of torch's 1 GB.
 Reads from the checkpoint: the ONNX file written by export_plm.py, tokenizer.json (+
-tokenizer_config.json) and the saved model's record (utils/saved_model.py)."""
+tokenizer_config.json) and the saved model's record (checkpoint/saved_model.py)."""
 import os
 from pathlib import Path
 
 import numpy as np
 
+from checkpoint.saved_model import TRAINING_ARGS, SavedModel, weights_digest
+from data_load.tokens import FastTokenizer
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError, first_line
-from utils.saved_model import TRAINING_ARGS, SavedModel, weights_digest
-from utils.tokens import FastTokenizer
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
-WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: utils.saved_model.weights_digest of the exported weights
+WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: checkpoint.saved_model.weights_digest of the exported weights
 # ONNX metadata: the temperature (--calibrate) the graph divides its logits by, as the torch classifier does
 TEMPERATURE_KEY = "finetune_plm.temperature"
 

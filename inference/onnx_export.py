@@ -14,12 +14,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from checkpoint.run_dir import hold_model
+from checkpoint.saved_model import SavedModel, load_checkpoint, weights_digest
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
+from data_load.tokens import FastTokenizer
 from inference.onnx_classifier import ONNX_FILES, TEMPERATURE_KEY, WEIGHTS_KEY, load_session
 from utils.errors import UserError, first_line
-from utils.run_dir import hold_model
-from utils.saved_model import SavedModel, load_checkpoint, weights_digest
-from utils.tokens import FastTokenizer
 
 # Different lengths (so batches are padded), non-Latin text and an emoji (unknown and split tokens),
 # and one review longer than any max_length (truncation).
@@ -48,7 +48,7 @@ INT8_TOLERANCE = 0.25
 
 def export(model_fn, log=print):
     """Write model_fn/model.onnx and model_fn/model.int8.onnx, or nothing when either disagrees with PyTorch.
-    The model is held (utils.run_dir.hold_model) from before its weights are read until both files are in
+    The model is held (checkpoint.run_dir.hold_model) from before its weights are read until both files are in
     place, and each file records the weights it was made from (WEIGHTS_KEY), so that the ONNX classifier
     can refuse an export older than the model."""
     SavedModel.read(model_fn)  # a missing or broken checkpoint is one line before the lock is taken

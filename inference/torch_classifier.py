@@ -2,12 +2,12 @@
 transformers, on the CPU or CUDA, in fp32, bf16/fp16 autocast or dynamic int8."""
 import torch
 
+from checkpoint.saved_model import load_checkpoint
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
+from data_load.lengths import model_max_length
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError
-from utils.lengths import model_max_length
 from utils.runtime import autocast_context, choose_device, choose_precision, pad_to_multiple_of
-from utils.saved_model import load_checkpoint
 
 
 class TorchClassifier(Classifier):

@@ -50,8 +50,8 @@ def data_options(**flags):
     conversion, training.prepare.data_options."""
     from types import SimpleNamespace
 
+    from options.training_flags import training_parser
     from training.prepare import data_options as from_flags
-    from utils.args import training_parser
     defaults = vars(training_parser("tests").parse_args(["--model_fn", "unused", "--train_fn", "unused"]))
     return from_flags(SimpleNamespace(**{**defaults, **flags}))
 

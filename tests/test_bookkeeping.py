@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint.train_state import latest_train_state, save_train_state, train_states
 from data_load import LengthGroupedBatchSampler
+from options.training_flags import training_parser
 from training.prepare import training_schedule
 from training.recorder import BEST_WEIGHTS, EvaluationRecorder, load_best_weights
-from utils.args import training_parser
-from utils.train_state import latest_train_state, save_train_state, train_states
 from utils.errors import UserError
-from utils.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES, classification_metrics,
+from scoring.metrics import (ALL_SCORES, MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES, classification_metrics,
                            selection_score, summary_line)
-from utils.report import history_row, row_metrics
+from scoring.report import history_row, row_metrics
 from utils.runtime import DistributedContext, autocast_context, pad_to_multiple_of
 
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import run_script
 from test_onnx import REVIEWS, tiny_checkpoint
 
-from utils.calibration import expected_calibration_error, fit_temperature, log_loss, reliability_bins
-from utils.scores import sigmoid, softmax
+from scoring.calibration import expected_calibration_error, fit_temperature, log_loss, reliability_bins
+from scoring.scores import sigmoid, softmax
 
 
 def overconfident(multi_label, temperature=3.0, n=4000, seed=0):
@@ -51,8 +51,8 @@ def test_reliability_bins_count_every_prediction():
 @pytest.mark.slow  # exports and runs both classifiers
 def test_both_backends_and_the_export_apply_the_stored_temperature(tmp_path):
     import torch
+    from checkpoint.saved_model import load_checkpoint
     from inference.onnx_export import export
-    from utils.saved_model import load_checkpoint
     model_fn = tiny_checkpoint(tmp_path / "m", "bert")
     record = json.loads((model_fn / "training_args.json").read_text())
     (model_fn / "training_args.json").write_text(json.dumps({**record, "calibration_temperature": 0.25}))
@@ -80,9 +80,9 @@ def test_both_backends_and_the_export_apply_the_stored_temperature(tmp_path):
 
 
 def test_bad_calibration_flags_and_records(tmp_path, capsys):
-    from utils.args import training_parser
+    from checkpoint.saved_model import SavedModel
+    from options.training_flags import training_parser
     from utils.errors import UserError
-    from utils.saved_model import SavedModel
     with pytest.raises(SystemExit) as stopped:
         training_parser("t").parse_args(["--model_fn", "m", "--train_fn", "f", "--regression", "--calibrate"])
     assert stopped.value.code == 2

@@ -1,4 +1,4 @@
-"""classify_plm.py's file mode (--input_fn/--output_fn, inference/batch_job.py) on the local engine: every
+"""classify_plm.py's file mode (--input_fn/--output_fn, batch/job.py) on the local engine: every
 input kind against stdin mode, resume after SIGKILL, refusals, bad input. A tiny 2-layer BERT with a
 seeded head (tests/test_onnx.py) on the torch backend; most runs are in-process."""
 import json
@@ -225,12 +225,12 @@ def test_bad_row_keeps_finished_shards_and_local_engine_imports_no_ray(model, tm
                          capture_output=True, text=True, env=SCRIPT_ENV, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
-    assert "inference.batch_job" in modules  # the check sees the real imports
+    assert "batch.job" in modules  # the check sees the real imports
     assert not [m for m in modules if m.split(".")[0] == "ray"]
 
 
 def test_engine_ray_without_ray_says_how_to_install(monkeypatch):
-    from inference.ray_engine import connect, import_ray
+    from batch.ray_engine import connect, import_ray
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(UserError, match=r"pip install -r requirements/ray.txt"):
         import_ray()
@@ -244,7 +244,7 @@ def test_engine_ray_without_ray_says_how_to_install(monkeypatch):
 
 def test_file_mode_reads_without_torch():
     """The ONNX backend's file mode: the job, the shards and the readers import no torch."""
-    run = subprocess.run([sys.executable, "-c", "import inference.batch_job, data_load.shards, sys; "
+    run = subprocess.run([sys.executable, "-c", "import batch.job, data_load.shards, sys; "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'ray')))"],
                          capture_output=True, text=True, cwd=ROOT, env=SCRIPT_ENV, timeout=60)
     assert run.stdout.strip() == "[]", run.stderr

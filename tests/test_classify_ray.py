@@ -1,4 +1,4 @@
-"""classify_plm.py --engine ray (inference/ray_engine.py) on a local 2-CPU Ray cluster, started once for
+"""classify_plm.py --engine ray (batch/ray_engine.py) on a local 2-CPU Ray cluster, started once for
 the file (`ray start --head --block`, stopped by its process group at the end): a complete output, equal
 to the local engine's, when an actor is killed midway."""
 import os

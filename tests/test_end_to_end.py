@@ -122,7 +122,7 @@ def test_metrics_history_and_errors(trained, script):
 @pytest.mark.parametrize("script", TRAINERS)
 def test_pictures_decode(trained, script):
     from PIL import Image
-    from utils.report import confusion_figure_size
+    from scoring.report import confusion_figure_size
     width, height = confusion_figure_size(6)
     for name, size in (("learning_curve.png", (700, 450)), ("confusion_matrix.png", (width * 100, height * 100)),
                        ("reliability_diagram.png", (550, 650))):

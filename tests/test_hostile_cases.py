@@ -27,11 +27,11 @@ TOKENIZE = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     from transformers import AutoTokenizer
+    from checkpoint.run_dir import lock_output
+    from data_load.encoding import tokenize
     from data_load.readers import SINGLE
     from data_load.sources import file_source, parse
-    from data_load.encoding import tokenize
     from utils.errors import exit_on_user_error
-    from utils.run_dir import lock_output
 
     def main():
         lock_output({model!r})
@@ -175,8 +175,8 @@ def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(tmp_path, tiny_model, e
 
 def test_an_unexpected_exception_still_removes_the_partial_directory(tmp_path):
     """A bug (an exception that is not the user's) shows its traceback, but the clean-ups run first."""
+    from checkpoint.run_dir import lock_output, start_run
     from utils.errors import _failure_cleanups, exit_on_user_error
-    from utils.run_dir import lock_output, start_run
     model_fn = tmp_path / "m"
 
     def main():
@@ -192,8 +192,8 @@ def test_an_unexpected_exception_still_removes_the_partial_directory(tmp_path):
 
 
 def test_a_dead_runs_partial_without_state_does_not_block_the_next_run(tmp_path, caplog):
+    from checkpoint.run_dir import check_output, lock_output
     from utils.errors import _failure_cleanups
-    from utils.run_dir import check_output, lock_output
     (tmp_path / ".m.partial" / "runs").mkdir(parents=True)  # a run killed before its first saved state
     try:
         lock_output(tmp_path / "m")

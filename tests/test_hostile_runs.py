@@ -12,12 +12,12 @@ import time
 import pytest
 from conftest import ROOT, SCRIPT_ENV, run_script
 
-from utils.args import training_parser
-from utils.resume import check_resume_matches, run_fingerprint
-from utils.run_dir import partial_dir, start_run
-from utils.saved_model import load_checkpoint
+from checkpoint.pretrained import load_tokenizer
+from checkpoint.resume import check_resume_matches, run_fingerprint
+from checkpoint.run_dir import partial_dir, start_run
+from checkpoint.saved_model import load_checkpoint
+from options.training_flags import training_parser
 from utils.errors import UserError, exit_on_user_error, on_failure
-from utils.model import load_tokenizer
 
 GOOD = "positive\tgreat\nnegative\tawful\n" * 10
 

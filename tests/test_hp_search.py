@@ -11,9 +11,9 @@ import time
 import pytest
 from conftest import ROOT, SCRIPT_ENV, classifier_in_process, run_script
 
-from utils.args import training_parser
+from checkpoint.run_dir import check_output
+from options.training_flags import training_parser
 from utils.errors import UserError
-from utils.run_dir import check_output
 
 TRAIN = ROOT / "data" / "review.sample.en.tsv"
 # On the bundled reviews the tiny model learns with lr 3e-3 (validation macro-F1 0.94 after one epoch) and

@@ -1,4 +1,4 @@
-"""Texts longer than --max_length (utils/long_text.py): sliding windows and head+tail, the same in training
+"""Texts longer than --max_length (data_load/long_text.py): sliding windows and head+tail, the same in training
 (data_load.encoding with transformers' tokenizer), in the torch classifier and in the torch-free one
 (FastTokenizer), pooled into one prediction per text, in order."""
 import types
@@ -46,7 +46,7 @@ def test_sliding_windows_reassemble_the_text(tokenizer):
 
 def test_head_tail_keeps_both_ends(tokenizer):
     from data_load.encoding import encode_texts
-    from utils.long_text import HEAD_SHARE
+    from data_load.long_text import HEAD_SHARE
     max_length = 64
     whole = content(tokenizer, LONG_REVIEW)
     ids = encode_texts(tokenizer, [LONG_REVIEW], None, max_length, "head_tail")["input_ids"][0]
@@ -65,7 +65,7 @@ def test_head_tail_keeps_both_ends(tokenizer):
 def test_fast_tokenizer_makes_the_same_windows(tmp_path, tokenizer):
     """The torch-free classifier's tokenizer windows a text as training does."""
     from data_load.encoding import encode_texts
-    from utils.tokens import FastTokenizer
+    from data_load.tokens import FastTokenizer
     tokenizer.save_pretrained(tmp_path)
     fast = FastTokenizer(tmp_path, 64)
     texts = [LONG_REVIEW, "short one", REVIEWS[0] * 4]
@@ -80,7 +80,7 @@ def test_fast_tokenizer_makes_the_same_windows(tmp_path, tokenizer):
 
 
 def test_pool_mean_and_max():
-    from utils.long_text import pool
+    from data_load.long_text import pool
     logits = np.array([[1, 0], [3, 2], [5, -4], [0, 1]], dtype=np.float32)
     text_of_window = [0, 0, 1, 0]
     np.testing.assert_allclose(pool(logits, text_of_window, 2, "mean"), [[4 / 3, 1], [5, -4]])
@@ -158,7 +158,7 @@ def test_onnx_backend_pools_windows_as_torch(checkpoint):
 
 
 def test_bad_stride_is_a_flag_error(capsys):
-    from utils.args import training_parser
+    from options.training_flags import training_parser
     with pytest.raises(SystemExit) as stopped:
         training_parser("test").parse_args(["--model_fn", "m", "--train_fn", "x.tsv", "--long_text", "sliding",
                                             "--max_length", "32", "--stride", "30"])
@@ -170,7 +170,7 @@ def test_help_describes_the_long_text_flags():
     import argparse
 
     from inference.classifier import add_classifier_flags
-    from utils.args import training_parser
+    from options.training_flags import training_parser
     parser = argparse.ArgumentParser()
     add_classifier_flags(parser)
     for text in (" ".join(training_parser("test").format_help().split()), " ".join(parser.format_help().split())):

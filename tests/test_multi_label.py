@@ -10,11 +10,11 @@ from conftest import classifier_in_process, data_options, run_script, shared
 
 from data_load import load_splits
 from data_load.readers import Labeling, read_examples
-from inference.decision import choose_labels
+from scoring.decision import choose_labels
+from scoring.metrics import multi_label_metrics, summary_line, tune_threshold
+from scoring.report import per_class_table
 from training.loss import class_weights, loss_function
 from utils.errors import UserError
-from utils.metrics import multi_label_metrics, summary_line, tune_threshold
-from utils.report import per_class_table
 
 GOEMOTIONS_FLAGS = ["--text_column", "0", "--label_column", "1", "--multi_label"]
 
@@ -108,7 +108,7 @@ def test_thresholds_tuned_per_label():
 
 
 def test_an_undefined_score_is_written_as_json_null():
-    from utils.report import json_text
+    from scoring.report import json_text
     gold = np.array([[1, 0], [1, 0]])  # no label has both positive and negative examples: ROC-AUC undefined
     metrics = multi_label_metrics(np.zeros((2, 2)), gold, ["a", "b"])
     assert np.isnan(metrics["roc_auc"])
@@ -130,8 +130,8 @@ def test_multi_label_loss_and_pos_weight():
 
 
 def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_model):
+    from checkpoint.pretrained import load_classifier
     from training.loss import label_log_odds
-    from utils.model import load_classifier
     (tmp_path / "t.tsv").write_text("".join(f"{labels}\tsentence number {i}\n" for i, labels in
                                             enumerate(["a", "a,b", "", "a", "c"] * 4)))
     splits = load_splits(args_for(tmp_path / "t.tsv", tmp_path, valid_ratio=0.2))

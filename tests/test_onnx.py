@@ -1,6 +1,6 @@
 """ONNX export (export_plm.py) and the torch-free classifier (classify_plm.py --backend onnx).
 
-Checkpoints are written directly in the trainers' layout (utils.saved_model.save_model), not trained:
+Checkpoints are written directly in the trainers' layout (checkpoint.saved_model.save_model), not trained:
 the real MiniLM with a seeded random head gives varied predictions, which is all a comparison of
 two backends needs, in seconds instead of minutes."""
 import json
@@ -16,7 +16,7 @@ REVIEWS = [line.split("\t")[1] for line in (ROOT / "data" / "review.sample.en.ts
 
 
 def write_checkpoint(directory, model, tokenizer, labels, pairs=False, max_length=64):
-    from utils.saved_model import save_model
+    from checkpoint.saved_model import save_model
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
     save_model(directory, model, tokenizer, {"max_length": max_length, "has_pairs": pairs, "labels": labels})
@@ -147,9 +147,9 @@ def test_tokenizers_alone_give_transformers_ids():
     """FastTokenizer (tokenizers only) against transformers' tokenizer and collator, pairs and truncation too."""
     from transformers import AutoTokenizer
     from data_load import Example, TextClassificationCollator, TextClassificationDataset
-    from utils.hub import default_model_path
+    from data_load.tokens import FastTokenizer
     from inference.onnx_export import VERIFY_TEXTS
-    from utils.tokens import FastTokenizer
+    from utils.hub import default_model_path
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     texts = REVIEWS[:50] + VERIFY_TEXTS + ["배송이 빨랐어요 ㅋㅋ", "naïve café – “quotes” 😀", "x" * 5000,
                                           "  spaced  "]

@@ -46,7 +46,7 @@ def test_delimiter_overrides_the_extension(tmp_path):
 
 def parse_error(capsys, *argv):
     """The one-line error of the trainers' parser for these flags (exit code 2), in process."""
-    from utils.args import training_parser
+    from options.training_flags import training_parser
     with pytest.raises(SystemExit) as stopped:
         training_parser("test").parse_args(["--model_fn", "m", "--train_fn", "x.tsv", *argv])
     assert stopped.value.code == 2

@@ -108,7 +108,7 @@ def test_crash_never_replaces_a_finished_model(tmp_path, tiny_model):
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert (model_fn / "model.safetensors").read_bytes() == before
-    from utils.saved_model import load_checkpoint  # the finished model still loads whole (in this process)
+    from checkpoint.saved_model import load_checkpoint  # the finished model still loads whole (in this process)
     _, model, saved = load_checkpoint(model_fn)
     assert saved.labels == ("negative", "positive") and model.config.num_labels == 2
 

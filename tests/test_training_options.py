@@ -92,7 +92,7 @@ def test_new_characters_start_apart_from_known_pieces(tiny_model):
     shared starting vector (mean resizing) NSMC fine-tuning stayed at chance."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from utils.vocabulary import extend_vocabulary
+    from data_load.vocabulary import extend_vocabulary
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     old = model.get_input_embeddings().weight.detach().clone()

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from data_load import TextClassificationCollator
 from data_load.collator import NO_LABEL
 from data_load.dataset import encode_split
+from scoring.metrics import summary_line
 from training.evaluation import all_logits, evaluation
 from utils.errors import UserError
-from utils.metrics import summary_line
 from utils.runtime import autocast_context, pad_to_multiple_of
 
 TEMPERATURE = 2.0
@@ -109,7 +109,7 @@ class Teacher:
     (a --calibrate temperature would compound with it); its validation line is scored as the model prints."""
 
     def __init__(self, checkpoint, run, args):
-        self.tokenizer, self.model, self.saved = checkpoint  # utils.saved_model.load_checkpoint
+        self.tokenizer, self.model, self.saved = checkpoint  # checkpoint.saved_model.load_checkpoint
         self.run, self.args = run, args
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(run.precision),
                                                   num_labels=len(self.saved.labels))

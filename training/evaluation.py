@@ -7,9 +7,9 @@ import torch
 from data_load import TextClassificationCollator, TextLookup, column_numpy, label_matrix, model_inputs
 from data_load.dataset import window_rows
 from data_load.labels import is_multi_label
-from utils.calibration import expected_calibration_error, fit_temperature
-from utils.long_text import pool
-from utils.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
+from data_load.long_text import pool
+from scoring.calibration import expected_calibration_error, fit_temperature
+from scoring.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
 from utils.runtime import autocast_context, pad_to_multiple_of
 
 FIT_TEMPERATURE = "fit"  # evaluation(temperature=...): fit one on these examples (--calibrate, on validation)
@@ -84,7 +84,7 @@ def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label
 
 
 def evaluate_saved(model, tokenizer, saved, dataset, batch_size, device, precision, threshold=None, pooling=None):
-    """A saved model (utils.saved_model.load_checkpoint) scored on an encoded dataset: a multi-label model
+    """A saved model (checkpoint.saved_model.load_checkpoint) scored on an encoded dataset: a multi-label model
     at `threshold` (default: the one it was saved with), sliding windows pooled by `pooling` (default: as
     trained), the logits divided by its temperature (--calibrate). evaluate_plm.py and the end of a
     hyperparameter search score models this way."""

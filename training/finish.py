@@ -4,13 +4,13 @@ import time
 
 import torch
 
+from checkpoint.pretrained import output_in_label_units
+from checkpoint.run_dir import commit_run, partial_dir
+from checkpoint.saved_model import CALIBRATION_KEY, save_model
+from scoring.report import write_report
 from training.recorder import BEST_WEIGHTS
 from utils.errors import UserError, first_line
 from utils.log import log
-from utils.model import output_in_label_units
-from utils.report import write_report
-from utils.run_dir import commit_run, partial_dir
-from utils.saved_model import CALIBRATION_KEY, save_model
 
 
 def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
@@ -24,7 +24,7 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
               # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
               **({CALIBRATION_KEY: valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
               "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
-    if run.regression_scale is not None:  # the saved model outputs the number itself (utils.model)
+    if run.regression_scale is not None:  # the saved model outputs the number itself (checkpoint.pretrained)
         output_in_label_units(model, run.regression_scale)
     try:
         save_model(partial, model, run.tokenizer, record)

@@ -11,7 +11,7 @@ finds its Optuna trial in the environment (TRIAL_ENV): training.recorder reports
 
 The study is an Optuna RDB storage: SQLite in the partial directory, or the database --hp_storage names,
 which several machines share. The partial directory of a search holds
-  hp_search.json   the storage, study and space: a search to --resume (utils.run_dir)
+  hp_search.json   the storage, study and space: a search to --resume (checkpoint.run_dir)
   hp_study.db      the study (SQLite)
   trials/trial-N   the best finished trial's model so far; every other trial's files go when it ends
 At the end the best trial's model scores --test_fn once and gets the trials table (hp_trials.tsv),
@@ -32,11 +32,11 @@ import time
 import warnings
 from pathlib import Path
 
-from utils.args import DEFAULT_SPACE, SEARCHABLE, training_parser
+from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
+from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
 from utils.errors import UserError, first_line, require
 from utils.log import log
 from utils.processes import die_with_parent
-from utils.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
 
 TRIAL_ENV = "FINETUNE_PLM_HP_TRIAL"  # in a trial's environment: where its Optuna trial is (JSON)
 PRUNED_EXIT = 3  # a trial's exit status when the pruner stopped it (2 is a user error, 1 a bug)
@@ -82,7 +82,7 @@ def search(args, trainer_name, script):
 def open_study(args, trainer_name, run, space):
     """(study, plan): the study created, or reopened (--resume; a shared one that other machines work on)."""
     import optuna
-    from utils.metrics import ALL_SCORES
+    from scoring.metrics import ALL_SCORES
     partial = partial_dir(args.model_fn)
     shared = args.hp_storage is not None
     url = args.hp_storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
@@ -199,7 +199,7 @@ def keep_best(study, trials_dir):
     else there goes (pruned, failed and killed trials' files, finished ones it beat). Its number, or None."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
-    from utils.saved_model import TRAINING_ARGS
+    from checkpoint.saved_model import TRAINING_ARGS
     sign = 1 if study.direction == StudyDirection.MAXIMIZE else -1
     values = {trial.number: trial.value for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     here = [number for number in values if (trials_dir / f"trial-{number}" / TRAINING_ARGS).exists()]
@@ -213,9 +213,9 @@ def keep_best(study, trials_dir):
 def save_best(args, run, study, plan, best):
     """The best trial's model scored on validation and, once, on --test_fn; its report, training_args.json,
     the trials table, plots and study copy written; then it becomes --model_fn."""
+    from checkpoint.saved_model import TRAINING_ARGS, load_checkpoint
+    from scoring.report import format_table, write_report
     from training.evaluation import evaluate_saved
-    from utils.report import format_table, write_report
-    from utils.saved_model import TRAINING_ARGS, load_checkpoint
     winner = partial_dir(args.model_fn) / TRIALS_DIR / f"trial-{best}"
     tokenizer, model, saved = load_checkpoint(winner, run.device)
     valid, test = (evaluate_saved(model, tokenizer, saved, dataset, args.batch_size * 2, run.device, run.precision)
@@ -309,7 +309,7 @@ def save_plots(study, directory, n_complete, n_sampled):
     mattered (with enough finished trials and more than one flag searched)."""
     from optuna.visualization import matplotlib as plots
 
-    from utils.report import _pyplot
+    from scoring.report import _pyplot
     plt = _pyplot()  # headless
     drawn = {"hp_optimization_history.png": plots.plot_optimization_history,
              "hp_intermediate_values.png": plots.plot_intermediate_values}
@@ -338,7 +338,7 @@ def copy_sqlite(source, target):
 # The space: read, checked and described
 
 def read_space(path):
-    """--hp_space: every key a searchable flag, every value checked by the flag's own type (utils.args), so
+    """--hp_space: every key a searchable flag, every value checked by the flag's own type (options.training_flags), so
     a bad file is one line naming the file and the key."""
     try:
         data = Path(path).read_bytes()

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from checkpoint.run_dir import partial_dir, resume_dir, start_run
+from checkpoint.train_state import load_train_state, restore, save_train_state, snapshot
 from data_load import LengthGroupedBatchSampler, TextClassificationCollator, column_numpy, model_inputs
 from data_load.collator import TARGETS
 from training.evaluation import FIT_TEMPERATURE, all_logits, evaluation
@@ -22,9 +24,7 @@ from training.finish import save_run
 from training.prepare import print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
 from utils.log import log
-from utils.run_dir import partial_dir, resume_dir, start_run
 from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
-from utils.train_state import load_train_state, restore, save_train_state, snapshot
 
 
 def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):

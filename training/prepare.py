@@ -9,21 +9,21 @@ import torch
 
 import dataclasses
 
+from checkpoint.pretrained import load_classifier, load_tokenizer
+from checkpoint.resume import check_resume_matches, run_fingerprint
+from checkpoint.run_dir import check_output, lock_output
 from data_load import DataOptions, Splits, encode_splits, load_splits
 from data_load.dataset import window_rows
+from data_load.lengths import clamp_max_length, model_max_length
+from data_load.long_text import check_stride, default_stride
 from data_load.readers import Labeling
+from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
+from scoring.metrics import MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
-from utils.lengths import clamp_max_length, model_max_length
 from utils.log import log, setup_logging
-from utils.long_text import check_stride, default_stride
-from utils.metrics import MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES
-from utils.model import load_classifier, load_tokenizer
-from utils.resume import check_resume_matches, run_fingerprint
-from utils.run_dir import check_output, lock_output
 from utils.runtime import DistributedContext, choose_device, choose_precision, distributed_context, set_seed
-from utils.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Prepared:
     text_of_window: np.ndarray | None = None  # sliding: the training text (a row of splits.train) of each window
 
     def resolved_settings(self):
-        """Flags as actually used, for training_args.json (utils.saved_model.SavedModel reads them)."""
+        """Flags as actually used, for training_args.json (checkpoint.saved_model.SavedModel reads them)."""
         return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length,
                 "long_text": self.long_text, "stride": self.stride, "window_pooling": self.window_pooling,
                 "regression": self.regression_scale is not None,

@@ -5,11 +5,11 @@ import math
 import os
 from pathlib import Path
 
+from checkpoint.run_dir import partial_dir
+from scoring.metrics import selection_score, summary_line
+from scoring.report import TensorBoardLogger, history_row, row_metrics
 from training.hp_search import open_trial
 from utils.log import log
-from utils.metrics import selection_score, summary_line
-from utils.report import TensorBoardLogger, history_row, row_metrics
-from utils.run_dir import partial_dir
 
 BEST_WEIGHTS = "best_model.safetensors"
 LOG_EVERY = 10  # optimizer steps between step-wise loss/lr logs

@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from utils.calibration import expected_calibration_error
-from utils.scores import at_threshold, log_softmax, sigmoid
+from scoring.calibration import expected_calibration_error
+from scoring.scores import at_threshold, log_softmax, sigmoid
 
 
 def sk():
@@ -40,7 +40,7 @@ SCORES = {
     "weighted_f1": Score("weighted-F1", lambda gold, predicted, logits, ids: sk().f1_score(
         gold, predicted, labels=ids, average="weighted", zero_division=0)),
     "mcc": Score("MCC", lambda gold, predicted, logits, ids: sk().matthews_corrcoef(gold, predicted)),
-    # whether the printed probabilities mean what they say (utils/calibration.py): lower is better
+    # whether the printed probabilities mean what they say (scoring/calibration.py): lower is better
     "ece": Score("ECE", lambda gold, predicted, logits, ids: expected_calibration_error(logits, gold, False),
                  higher_is_better=False),
 }

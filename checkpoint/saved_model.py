@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_load.lengths import clamp_max_length, position_limit
 from utils.errors import UserError, first_line
 from utils.files import file_digest
-from utils.lengths import clamp_max_length, position_limit
-from utils.long_text import (RECORDED_LONG_TEXT, DEFAULT_POOLING, LONG_TEXT_CHOICES, POOLING_CHOICES, check_stride,
+from data_load.long_text import (RECORDED_LONG_TEXT, DEFAULT_POOLING, LONG_TEXT_CHOICES, POOLING_CHOICES, check_stride,
                              default_stride)
 
 TRAINING_ARGS = "training_args.json"
@@ -47,12 +47,12 @@ class SavedModel:
     position_limit: object  # longest input the position embeddings allow (None: unknown)
     label_columns: object = None  # multi-label flags the training data was read with (evaluate_plm.py reads alike)
     label_names_fn: object = None
-    # texts longer than max_length, as trained (utils.long_text; checkpoints from before: truncate)
+    # texts longer than max_length, as trained (data_load.long_text; checkpoints from before: truncate)
     long_text: str = RECORDED_LONG_TEXT
     stride: object = None  # sliding: tokens consecutive windows share
     window_pooling: str = DEFAULT_POOLING
     # regression: one output in the label's units. The training targets' (mean, std), which the loss
-    # standardised with, is kept for the record: the output layer already has it folded in (utils.model)
+    # standardised with, is kept for the record: the output layer already has it folded in (checkpoint.pretrained)
     regression: bool = False
     target_scale: object = None
     # --calibrate: the logits are divided by it before they become probabilities (1.0: not calibrated)
@@ -209,7 +209,7 @@ def load_checkpoint(model_fn, device="cpu"):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from utils.model import load_tokenizer
+    from checkpoint.pretrained import load_tokenizer
     saved = SavedModel.read(model_fn)
     tokenizer = load_tokenizer(saved.path)
     verbosity = hf_logging.get_verbosity()

@@ -1,12 +1,12 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
-from utils.cli import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
+from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
                        add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
-from utils.long_text import check_stride
-from utils.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, REGRESSION_SCORES
+from data_load.long_text import check_stride
+from data_load.tokens import MIN_LENGTH
+from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, REGRESSION_SCORES
 from utils.hub import DEFAULT_MODEL_HELP
-from utils.tokens import MIN_LENGTH
 
 
 # Off unless --calibrate: measured on 4,000 training rows (docs/accuracy.md, bench/calibration.py), MiniLM

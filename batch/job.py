@@ -12,7 +12,7 @@ changed (--overwrite starts over). When every shard is there, `_SUCCESS` is writ
 Files starting with `_` or `.` are skipped by Spark, pyarrow.dataset and Ray Data, so the directory
 reads as one table: `pd.read_parquet("predictions/")`.
 
-Engines: local (this module; processes on this machine) and ray (inference/ray_engine.py: the same
+Engines: local (this module; processes on this machine) and ray (batch/ray_engine.py: the same
 shards on a Ray cluster). The local engine never imports ray (a test checks)."""
 import json
 import os
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, shard_examples, stat_input
 from inference.classifier import check_backend_installed
-from utils.cli import add_column_flags, int_at_least
+from options.parser import add_column_flags, int_at_least
 from utils.errors import UserError, first_line, on_failure, require
 from utils.log import log
 
@@ -129,7 +129,7 @@ def check_file_flags(args):
 
 
 def run(args, saved):
-    """Classify args.input_fn into args.output_fn; saved: the model's record (utils.saved_model.SavedModel)."""
+    """Classify args.input_fn into args.output_fn; saved: the model's record (checkpoint.saved_model.SavedModel)."""
     started = time.time()
     output = Path(args.output_fn)
     columns = Columns(args.text_column, args.text_pair_column, args.keep_columns)
@@ -201,7 +201,7 @@ def run(args, saved):
         if not pending:
             pass
         elif args.engine == "ray":
-            from inference.ray_engine import run_ray
+            from batch.ray_engine import run_ray
             run_ray(job, pending, args.num_workers, args.ray_address, finished)
         else:
             run_local(job, pending, args.num_workers or default_workers(), finished)

@@ -11,11 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
+from checkpoint.saved_model import TRAINING_ARGS
+from checkpoint.train_state import train_states
 from utils.errors import UserError, interrupts_deferred, on_failure
 from utils.log import log
 from utils.processes import close_lock, open_lock
-from utils.saved_model import TRAINING_ARGS
-from utils.train_state import train_states
 
 RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
 SEARCH_FILE = "hp_search.json"  # in the partial directory of a hyperparameter search (training/hp_search.py)

@@ -6,9 +6,9 @@ import argparse
 import math
 import sys
 
+from data_load.long_text import DEFAULT_LONG_TEXT, LONG_TEXT_CHOICES, POOLING_CHOICES, STRIDE_SHARE
+from data_load.tokens import MIN_LENGTH
 from utils.log import log
-from utils.long_text import DEFAULT_LONG_TEXT, LONG_TEXT_CHOICES, POOLING_CHOICES, STRIDE_SHARE
-from utils.tokens import MIN_LENGTH
 
 
 class ArgumentParser(argparse.ArgumentParser):

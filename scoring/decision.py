@@ -2,7 +2,7 @@
 classifier uses it without torch)."""
 import numpy as np
 
-from utils.scores import at_threshold
+from scoring.scores import at_threshold
 
 
 def choose_labels(probabilities, multi_label, top_k=None, threshold=0.5):

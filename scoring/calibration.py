@@ -8,7 +8,7 @@ scaling divides the logits by one number T fitted on validation to minimise its 
 how sure the model says it is, never which class is most probable."""
 import numpy as np
 
-from utils.scores import log_softmax, sigmoid, softmax
+from scoring.scores import log_softmax, sigmoid, softmax
 
 N_BINS = 15  # equal-width confidence bins, as Guo et al.
 TEMPERATURE_RANGE = (0.05, 20.0)  # searched on a log scale; a fitted T at either end is reported as it is

@@ -1,9 +1,9 @@
 """What a --resume must share with the interrupted run: its fingerprint, written when a run starts
-(utils.run_dir.start_run) and checked when it is resumed."""
+(checkpoint.run_dir.start_run) and checked when it is resumed."""
 import json
 
+from checkpoint.run_dir import RUN_FILE, partial_dir
 from utils.errors import UserError
-from utils.run_dir import RUN_FILE, partial_dir
 
 TRAINER_SCRIPTS = {"native": "finetune_plm_native.py", "hf": "finetune_plm_hf.py", "distill": "distill_plm.py"}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.calibration import N_BINS, reliability_bins
+from scoring.calibration import N_BINS, reliability_bins
+from scoring.metrics import binary_losses, example_losses, scalar_metrics, summary_line
+from scoring.scores import at_threshold, log_softmax, sigmoid
 from utils.log import log
-from utils.metrics import binary_losses, example_losses, scalar_metrics, summary_line
-from utils.scores import at_threshold, log_softmax, sigmoid
 
 
 def json_text(value):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.long_text import cap_characters, windows
+from data_load.long_text import cap_characters, windows
 
 # A token never covers less than one character, so max_length tokens fit well inside this many
 # characters per token; cutting longer texts first keeps a 1 MB line from costing seconds of tokenizing.
@@ -49,14 +49,14 @@ class FastTokenizer:
 
     def encode_inputs(self, items, long_text="truncate", stride=None):
         """(input_ids, token_type_ids, item of each input) for (text, pair) items, texts longer than max_length
-        handled by long_text (utils.long_text); the third value is None unless sliding windows made more
+        handled by long_text (data_load.long_text); the third value is None unless sliding windows made more
         inputs than items. Sentence pairs are truncated."""
         if long_text != "truncate" and all(pair is None for _, pair in items):
             return self.encode_long([text for text, _ in items], long_text, stride)
         return (*self.encode(items), None)
 
     def encode_long(self, texts, long_text, stride):
-        """head_tail or sliding (utils.long_text) on whole texts, as data_load.encoding does with transformers."""
+        """head_tail or sliding (data_load.long_text) on whole texts, as data_load.encoding does with transformers."""
         texts = [cap_characters(text, self.max_length, long_text, CHARS_PER_TOKEN_CAP) for text in texts]
         ids, type_ids, text_of_item = [], [], []
         for i, e in enumerate(self.untruncated.encode_batch(texts)):

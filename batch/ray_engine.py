@@ -1,4 +1,4 @@
-"""`classify_plm.py --engine ray`: the shards of a file-mode job (inference/batch_job.py) classified on Ray Data.
+"""`classify_plm.py --engine ray`: the shards of a file-mode job (batch/job.py) classified on Ray Data.
 
 The driver plans the shards and keeps the manifest, as with the local engine; Ray Data runs a dataset
 of the pending shards through `map_batches` with the classifier as a callable class in an actor pool
@@ -19,8 +19,8 @@ import socket
 import sys
 from pathlib import Path
 
+from batch.job import classify_shard, load_worker_classifier
 from data_load.shards import Shard
-from inference.batch_job import classify_shard, load_worker_classifier
 from utils.errors import UserError, first_line
 from utils.log import log
 

@@ -1,0 +1,3 @@
+"""The command-line flags: the parser and value types every entry point uses and the flag groups several
+commands share (parser.py), and the trainers' flags (training_flags.py). Sits above data_load/ and
+scoring/ (whose choices the flags offer), below everything that reads flags."""
