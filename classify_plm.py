@@ -23,7 +23,8 @@ from itertools import islice
 
 from batch.job import add_file_flags, check_file_flags
 from data_load.readers import split_pair
-from inference.classifier import add_classifier_flags, load_classifier
+from inference.classifier import add_classifier_flags
+from inference.load import load_classifier
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.log import log

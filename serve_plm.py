@@ -15,7 +15,8 @@ import logging
 import signal
 import socket
 
-from inference.classifier import add_classifier_flags, load_classifier
+from inference.classifier import add_classifier_flags
+from inference.load import load_classifier
 from options.parser import ArgumentParser, float_at_least, int_at_least
 from utils.errors import UserError, exit_on_user_error, require
 from utils.log import log, route

@@ -18,12 +18,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
-from itertools import islice
+from dataclasses import asdict
 from pathlib import Path
 
-from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, shard_examples, stat_input
-from inference.classifier import check_backend_installed
+from batch.local_engine import LOCAL_DEFAULT_HELP, default_workers, run_local
+from batch.shard_work import ShardJob, part_path
+from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, stat_input
+from inference.load import check_backend_installed
 from options.parser import add_column_flags, int_at_least
 from utils.errors import UserError, first_line, on_failure, require
 from utils.log import log
@@ -35,7 +36,6 @@ MANIFEST_FORMAT = 1
 # and the engine only change how fast, so a job started locally may be finished on Ray)
 OUTPUT_SETTINGS = ("backend", "quantize", "precision", "max_length", "top_k", "threshold", "with_prob",
                    "keep_columns", "text_column", "text_pair_column", "output_format", "shard_size")
-OUTPUT_COLUMNS = ("source", "line", "label", "score", "probabilities")
 
 
 def add_file_flags(parser):
@@ -69,44 +69,6 @@ def add_file_flags(parser):
     group.add_argument("--overwrite", action="store_true",
                        help="start over: remove the part files and manifest already in --output_fn")
     return group
-
-
-LOCAL_DEFAULT_HELP = ("one process per core, each with one onnxruntime/torch thread (OMP_NUM_THREADS sets "
-                      "them), measured faster than one process with a thread per core")
-
-
-def cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def default_workers():
-    """One process per core. bench/classify_scale.py, MiniLM int8 on 2 cores (docs/benchmarks.md): two
-    one-thread processes 235 lines/s and 243 lines per CPU-second, one process with two onnxruntime
-    threads 151 and 189 (its threads wait on each other at every small matmul of a batch)."""
-    return cpu_count()
-
-
-def threads_per_worker(num_workers):
-    """Intra-op threads of each worker: OMP_NUM_THREADS when set, else the cores shared out."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpu_count() // num_workers)
-
-
-@dataclass
-class Job:
-    """What a worker needs to classify any shard of the job (no shard list: that stays with the driver)."""
-    inputs: list
-    columns: Columns
-    output_dir: str
-    output_format: str
-    settings: dict  # the classify flags (load_classifier reads them)
-    labels: list
-    pairs: bool
-    single: bool  # one label a row: `label` a string and `score` a number (else lists)
-
-    def classifier_args(self):
-        from argparse import Namespace
-        return Namespace(**self.settings)
 
 
 def check_file_flags(args):
@@ -181,7 +143,7 @@ def run(args, saved):
             stale.unlink()
         (output / SUCCESS).unlink(missing_ok=True)
 
-        job = Job(inputs=sources, columns=columns, output_dir=str(output), output_format=args.output_format,
+        job = ShardJob(inputs=sources, columns=columns, output_dir=str(output), output_format=args.output_format,
                   settings=vars(args).copy(), labels=list(saved.labels), pairs=saved.pairs,
                   single=not saved.multi_label and (args.top_k or 1) == 1)
         done = {shard.index for shard in shards if part_path(job, shard.index).exists()}
@@ -220,199 +182,6 @@ def run(args, saved):
 
     finally:
         lock_release(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
-
-def run_local(job, pending, num_workers, finished):
-    """Shards classified here (one worker), or in num_workers processes, each loading the model once."""
-    if not pending:
-        return
-    if num_workers == 1 or len(pending) == 1:
-        _init_worker(threads_per_worker(1))
-        classifier = load_worker_classifier(job)
-        for shard in pending:
-            finished(classify_shard(job, shard, classifier), shard)
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    threads = threads_per_worker(num_workers)
-    # spawn, not fork: a fork of a process with onnxruntime's or torch's thread pools can deadlock
-    with ProcessPoolExecutor(min(num_workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        running = {}
-        queue = iter(pending)
-        try:
-            for shard in islice(queue, 2 * num_workers):  # a few queued: the driver never holds every shard's task
-                running[pool.submit(_classify_in_worker, job, shard)] = shard
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    shard = running.pop(future)
-                    finished(_result(future), shard)
-                    for more in islice(queue, 1):
-                        running[pool.submit(_classify_in_worker, job, more)] = more
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _result(future):
-    from concurrent.futures.process import BrokenProcessPool
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise UserError("a worker process died (killed, or out of memory: try fewer --num_workers)") from None
-
-
-_worker_classifier = None
-
-
-def _init_worker(threads):
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by onnxruntime's session (load_session) and by torch
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _classify_in_worker(job, shard):
-    global _worker_classifier
-    if _worker_classifier is None:
-        _worker_classifier = load_worker_classifier(job)
-    return classify_shard(job, shard, _worker_classifier)
-
-
-def load_worker_classifier(job):
-    from inference.classifier import load_classifier
-    return load_classifier(job.classifier_args())
-
-
-def part_path(job, index):
-    return Path(job.output_dir) / f"part-{index:05d}.{job.output_format}"
-
-
-def classify_shard(job, shard, classifier):
-    """Read, classify and write one shard: to a temporary name, renamed when complete, so a shard is
-    either whole or absent and a retry (a rerun, a Ray task retried) rewrites it from scratch.
-    Returns {"shard", "rows", "empty"}."""
-    source = job.inputs[shard.source]
-    final = part_path(job, shard.index)
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    stats = {}
-    examples = shard_examples(source, shard, job.columns, job.pairs, stats)
-    settings = job.settings
-    writer = (ParquetPart if job.output_format == "parquet" else JsonlPart)(temporary, job, source)
-    rows = 0
-    try:
-        while chunk := list(islice(examples, settings["chunk_size"])):
-            # a pair model reads the pair (empty when the row has none); a single-sentence model never does
-            items = [(example.text, (example.text_pair or "") if job.pairs else None) for example in chunk]
-            _, probabilities, scores, ids = classifier.predict(items, settings["top_k"], settings["threshold"])
-            writer.write(chunk, probabilities, scores, ids)
-            rows += len(chunk)
-        writer.close()
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return {"shard": shard.index, "rows": rows, "empty": stats.get("n_empty", 0)}
-
-
-class Part:
-    """The rows of one part file as plain columns: source, line, label, score, probabilities, kept columns."""
-
-    def __init__(self, path, job, source):
-        self.path, self.job, self.source = path, job, source
-        self.several = len(job.inputs) > 1
-        self.kept = None  # input column -> output name, from the first row's record
-
-    def columns(self, chunk, probabilities, scores, ids):
-        labels = self.job.labels
-        columns = {}
-        if self.several:
-            columns["source"] = [self.source.path] * len(chunk)
-        columns["line"] = [example.line for example in chunk]
-        if self.job.single:
-            columns["label"] = [labels[row[0]] for row in ids]
-            columns["score"] = [float(row[0]) for row in scores]
-        else:
-            columns["label"] = [[labels[i] for i in row] for row in ids]
-            columns["score"] = [[float(s) for s in row] for row in scores]
-        if self.job.settings["with_prob"]:
-            columns["probabilities"] = probabilities
-        if self.job.columns.keep:
-            if self.kept is None:
-                names = self.source.columns or list(chunk[0].record)
-                if self.source.kind == "reference":
-                    names = ["label", "text", "text_pair"]
-                self.kept = {name: f"input_{name}" if str(name) in OUTPUT_COLUMNS else str(name) for name in names}
-            for name, out in self.kept.items():
-                columns[out] = [example.record.get(name) for example in chunk]
-        return columns
-
-
-class ParquetPart(Part):
-    def __init__(self, path, job, source):
-        super().__init__(path, job, source)
-        self.writer = None
-        self.input_schema = None
-        if source.kind == "parquet" and job.columns.keep:
-            import pyarrow.parquet as pq
-            self.input_schema = pq.read_schema(source.path)
-
-    def write(self, chunk, probabilities, scores, ids):
-        import pyarrow as pa
-        columns = self.columns(chunk, probabilities, scores, ids)
-        arrays, names = [], []
-        for name, values in columns.items():
-            if name == "probabilities":
-                values = pa.StructArray.from_arrays([pa.array(values[:, i]) for i in range(values.shape[1])],
-                                                    names=self.job.labels)
-            elif name == "score":
-                values = pa.array(values, pa.float32() if self.job.single else pa.list_(pa.float32()))
-            elif name == "label":
-                values = pa.array(values, pa.string() if self.job.single else pa.list_(pa.string()))
-            elif name == "line":
-                values = pa.array(values, pa.int64())
-            elif self.input_schema is not None and name not in ("source",):
-                original = next(k for k, v in self.kept.items() if v == name)
-                values = pa.array(values, self.input_schema.field(original).type)
-            elif self.source.kind != "jsonl" or name == "source":
-                values = pa.array(values, pa.string())
-            else:
-                values = pa.array(values)
-            arrays.append(values)
-            names.append(name)
-        table = pa.Table.from_arrays(arrays, names=names)
-        if self.writer is None:
-            import pyarrow.parquet as pq
-            schema = table.schema.with_metadata({"finetune_plm.labels": json.dumps(self.job.labels)})
-            self.writer = pq.ParquetWriter(self.path, schema)
-        self.writer.write_table(table.cast(self.writer.schema))
-
-    def close(self):
-        if self.writer is None:  # an empty shard (only blank lines): an empty file with the prediction columns
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            fields = ([pa.field("source", pa.string())] if self.several else []) + [
-                pa.field("line", pa.int64()),
-                pa.field("label", pa.string() if self.job.single else pa.list_(pa.string())),
-                pa.field("score", pa.float32() if self.job.single else pa.list_(pa.float32()))]
-            pq.write_table(pa.schema(fields).empty_table(), self.path)
-            return
-        self.writer.close()
-
-
-class JsonlPart(Part):
-    def __init__(self, path, job, source):
-        super().__init__(path, job, source)
-        self.file = open(path, "w", encoding="utf-8")
-
-    def write(self, chunk, probabilities, scores, ids):
-        columns = self.columns(chunk, probabilities, scores, ids)
-        if "probabilities" in columns:
-            columns["probabilities"] = [dict(zip(self.job.labels, map(float, row))) for row in probabilities]
-        names = list(columns)
-        for values in zip(*columns.values()):
-            self.file.write(json.dumps(dict(zip(names, values)), ensure_ascii=False, default=str) + "\n")
-
-    def close(self):
-        self.file.close()
-
 
 def model_identity(args, saved):
     """What the predictions depend on in the model directory: a digest of each file the chosen backend

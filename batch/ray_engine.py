@@ -19,7 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
-from batch.job import classify_shard, load_worker_classifier
+from batch.shard_work import classify_shard, load_worker_classifier
 from data_load.shards import Shard
 from utils.errors import UserError, first_line
 from utils.log import log

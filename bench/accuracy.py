@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED_DATA, emotion, kept_sections, machine, nsmc, require_shared, sample, table
+from common import (RESULTS, ROOT, SHARED_DATA, emotion, git_commit, kept_sections, machine, nsmc, require_shared,
+                    sample, table)
 
 # name: (train subset, eval subset, metrics, published reference); None = the whole split.
 # Sizes keep the full report near 90 minutes on a 2-core CPU: emotion is whole (its 92% target is
@@ -82,7 +83,6 @@ MULTI_LABEL = {
                        ["--text_column", "문장", "--label_columns", "여성/가족:clean"]),
 }
 QUICK = {"emotion": (120, 60)}
-RESULTS = ROOT / "docs" / "accuracy.json"
 SETUP = """Systems, each trained on the same seeded subset and scored on the same evaluation rows:
 `tfidf` = TF-IDF (word 1-2-grams + character 2-5-grams) + logistic regression; `frozen` = the
 pretrained all-MiniLM-L6-v2 encoder's mean-pooled features (its own sentence-embedding pooling),
@@ -390,14 +390,6 @@ def systems(name, train, test, train_fn, test_fn, directory, extra):
     return runs
 
 
-def git_commit():
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    # docs/ does not count: this report itself rewrites docs/accuracy.json as it goes
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
-
-
 def run_dataset(name, quick, directory, only=None, result=None):
     """Scores and times of every system (or those in `only`, updating `result`) on one dataset."""
     n_train, n_eval, metrics, published = PLAN[name]
@@ -672,7 +664,7 @@ def main():
 
 
 def write_report(results, out, quick=False):
-    """The markdown report of every result (bench/distill.py writes it too, after its study)."""
+    """The markdown report of every result (bench/distill.py has it rewritten after its study, with --render_only)."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     sections = kept_sections(out)  # what other benches wrote into the report (e.g. bench/calibration.py)
     Path(out).write_text(f"# Accuracy report\n\nWritten by `python bench/accuracy.py`"

@@ -4,11 +4,13 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "docs" / "accuracy.json"  # every accuracy study's results; bench/accuracy.py renders docs/accuracy.md
 sys.path.insert(0, str(ROOT))
 
 
@@ -91,3 +93,19 @@ def kept_sections(path):
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     return "".join("\n" + match.group(0) for match in SECTION.finditer(text))
+
+
+def git_commit():
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    # docs/ does not count: this report itself rewrites docs/accuracy.json as it goes
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return (done.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def save_result(name, result):
+    """One study's result into docs/accuracy.json, beside the others'."""
+    import json
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[name] = result
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")

@@ -54,7 +54,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, emotion, machine, nsmc, require_shared, table
+from common import ROOT, emotion, git_commit, machine, nsmc, require_shared, table
 
 PLAN = "***** Running training"
 HIT = "reusing tokenized"
@@ -402,12 +402,6 @@ def dir_mb(path):
 
 def git(*args, cwd=ROOT):
     return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
-
-
-def git_commit():
-    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    changed = git("diff-index", "--quiet", "HEAD", "--").returncode == 1  # plumbing: never writes the index
-    return head + (" + uncommitted changes" if changed else "")
 
 
 def baseline_worktree(path, ref):

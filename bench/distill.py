@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, emotion, machine, median, require_shared, table, write_tsv
+from common import ROOT, emotion, git_commit, machine, median, require_shared, save_result, table, write_tsv
 
 N_LABELLED = 4000
 STUDENT_LAYERS = 3
@@ -42,20 +42,17 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     require_shared()
-    import accuracy
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp), args.quick, env)
     print(render(result))
     if not args.quick:
-        results = json.loads(accuracy.RESULTS.read_text()) if accuracy.RESULTS.exists() else {}
-        results["distillation"] = result
-        accuracy.RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        accuracy.write_report(results, ROOT / "docs" / "accuracy.md")
+        save_result("distillation", result)
+        # docs/accuracy.md is bench/accuracy.py's to write: it renders this study with render() below
+        subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy.py"), "--render_only"], check=True)
 
 
 def run(directory, quick, env):
-    from accuracy import git_commit
     rows = emotion("train")
     order = random.Random(0).sample(range(len(rows)), len(rows))
     n_labelled, n_unlabelled, n_eval = (200, 400, 100) if quick else (N_LABELLED, len(rows) - N_LABELLED, None)

@@ -1,12 +1,12 @@
 """A classifier as every command that classifies sees it (classify_plm.py, serve_plm.py): the flags that
-choose and tune it, defined once, and the loader that picks the backend.
+choose and tune it, defined once, and the base class both backends share (inference/load.py picks the
+backend).
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
 from data_load.long_text import pool
 from options.parser import add_batch_flags, add_runtime_flags, int_at_least
 from scoring.decision import choose_labels
 from scoring.scores import probabilities_of
-from utils.errors import UserError, require
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
                 "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
@@ -28,28 +28,6 @@ def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
                             "in smaller passes, short ones in larger" + ("" if max_batch_tokens else "; default: no limit"))
     add_runtime_flags(group, only="torch backend only")
     return group
-
-
-def check_backend_installed(args):
-    """The packages the chosen backend needs, before any work (file mode loads the classifier in workers)."""
-    if args.backend == "onnx":
-        require(["onnxruntime", "tokenizers"], "--backend onnx",
-                "pip install -r requirements/onnx.txt (or just onnxruntime and tokenizers to classify)")
-
-
-def load_classifier(args):
-    """The chosen backend; torch and transformers are imported only when it is the torch one."""
-    if args.backend == "onnx":
-        if args.device == "cuda" or args.precision in ("fp16", "bf16"):
-            flag = "--device cuda" if args.device == "cuda" else f"--precision {args.precision}"
-            raise UserError(f"{flag}: --backend onnx runs on the CPU in fp32 (or --quantize int8); "
-                            "use --backend torch for CUDA and half precision")
-        check_backend_installed(args)
-        from inference.onnx_classifier import OnnxClassifier
-        return OnnxClassifier(args.model_fn, args.quantize, args.max_length, args.batch_size, args.max_batch_tokens,
-                              args)
-    from inference.torch_classifier import TorchClassifier
-    return TorchClassifier(args)
 
 
 def length_batches(lengths, batch_size, max_tokens=None):

@@ -37,7 +37,7 @@ def classifier_in_process(model_fn, *flags):
     """The classifier classify_plm.py builds from these flags (its own parser and defaults), built in this
     process: one model load and no interpreter start, 3-4 s less of the suite than a script run."""
     import classify_plm
-    from inference.classifier import load_classifier
+    from inference.load import load_classifier
     argv, sys.argv = sys.argv, ["classify_plm.py", "--model_fn", str(model_fn), *map(str, flags)]
     try:
         return load_classifier(classify_plm.parse_args())

@@ -43,7 +43,7 @@ def client_for(model_fn, **limits):
     from argparse import Namespace
 
     from fastapi.testclient import TestClient
-    from inference.classifier import load_classifier
+    from inference.load import load_classifier
     from serving.app import create_app
     classifier = load_classifier(Namespace(model_fn=model_fn, backend="torch", quantize="none", batch_size=128,
                                            max_batch_tokens=None,
@@ -134,7 +134,8 @@ def test_forward_passes_by_token_budget(models):
     same logits as one without."""
     from argparse import Namespace
 
-    from inference.classifier import length_batches, load_classifier
+    from inference.classifier import length_batches
+    from inference.load import load_classifier
     lengths = [5, 40, 7, 12, 40, 3, 90, 8]
     passes = list(length_batches(lengths, batch_size=3, max_tokens=80))
     assert sorted(i for batch in passes for i in batch) == list(range(len(lengths)))

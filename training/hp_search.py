@@ -7,7 +7,7 @@ read), then runs each trial as a subprocess of the same script: the trial's valu
 --model_fn inside the partial directory, no --test_fn. Subprocesses keep trials apart: each has its own
 locks, clean-ups, signal handlers and memory, and a trial that fails takes nothing else with it. A trial
 finds its Optuna trial in the environment (TRIAL_ENV): training.recorder reports each evaluation's
---best_metric to it (open_trial), and a trial the pruner calls hopeless exits with PRUNED_EXIT.
+--best_metric to it (training/trial.py), and a trial the pruner calls hopeless exits with PRUNED_EXIT.
 
 The study is an Optuna RDB storage: SQLite in the partial directory, or the database --hp_storage names,
 which several machines share. The partial directory of a search holds
@@ -34,12 +34,10 @@ from pathlib import Path
 
 from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
 from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
+from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
-from utils.processes import die_with_parent
 
-TRIAL_ENV = "FINETUNE_PLM_HP_TRIAL"  # in a trial's environment: where its Optuna trial is (JSON)
-PRUNED_EXIT = 3  # a trial's exit status when the pruner stopped it (2 is a user error, 1 a bug)
 STUDY_FILE = "hp_study.db"
 TRIALS_TABLE = "hp_trials.tsv"
 TRIALS_DIR = "trials"
@@ -117,15 +115,6 @@ def open_study(args, trainer_name, run, space):
     if not shared:
         fail_interrupted(study)
     return study, plan
-
-
-def median_pruner(n_trials):
-    """MedianPruner, not Hyperband: a search here is a handful of trials (8 in docs/accuracy.md), which
-    Hyperband would split into brackets of two or three; the median of the finished trials at the same
-    epoch judges a trial after its first epoch, once a quarter of the trials have finished (Optuna's
-    default of 5 would leave 3 of 8 trials to prune)."""
-    import optuna
-    return optuna.pruners.MedianPruner(n_startup_trials=max(1, n_trials // 4), n_warmup_steps=0)
 
 
 def random_trials(n_trials):
@@ -504,32 +493,3 @@ def print_plan(args, trainer_name, study, plan):
     ]
     log.info("\n".join(lines))
 
-
-# In a trial (the subprocess)
-
-def open_trial():
-    """This run's Optuna trial when a --hp_search runs it (TRIAL_ENV), else None."""
-    where = os.environ.get(TRIAL_ENV)
-    return TrialReporter(json.loads(where)) if where else None
-
-
-class TrialReporter:
-    """The trial a subprocess of --hp_search runs: each evaluation's score goes to the study, and a trial
-    the pruner calls hopeless ends at once with PRUNED_EXIT (its model is not wanted)."""
-
-    def __init__(self, where):
-        import optuna
-        die_with_parent(where["parent"])  # a trial without its search would train for nothing
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        study = optuna.load_study(study_name=where["study"], storage=where["storage"],
-                                  pruner=median_pruner(where["n_trials"]))
-        self.trial = optuna.trial.Trial(study, where["trial_id"])
-
-    def report(self, score, step, epoch, by_steps):
-        """One evaluation: `step` is where trials are compared (the epoch, or the step with --eval_steps)."""
-        self.trial.report(float(score), step)
-        self.trial.set_user_attr("epochs", epoch)
-        if self.trial.should_prune():
-            log.info(f"pruned: the finished trials' median at {'step' if by_steps else 'epoch'} {step} is better; "
-                     "the search goes on")
-            sys.exit(PRUNED_EXIT)

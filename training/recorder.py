@@ -8,7 +8,7 @@ from pathlib import Path
 from checkpoint.run_dir import partial_dir
 from scoring.metrics import selection_score, summary_line
 from scoring.report import TensorBoardLogger, history_row, row_metrics
-from training.hp_search import open_trial
+from training.trial import open_trial
 from utils.log import log
 
 BEST_WEIGHTS = "best_model.safetensors"
