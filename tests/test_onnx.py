@@ -137,8 +137,10 @@ def test_onnx_backend_imports_neither_torch_nor_transformers(minilm):
     assert run.stdout.split("\t")[0] in EMOTIONS
     modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
     assert "onnxruntime" in modules and "tokenizers" in modules  # the check sees the real imports
-    # data_load's readers (file mode reads with them) are torch-free; its datasets, collator and samplers are not
-    light = {"data_load", "data_load.readers", "data_load.shards"}
+    # data_load's readers (file mode reads with them), lengths, long-text windows and FastTokenizer are torch-free;
+    # its datasets, collator and samplers are not
+    light = {"data_load", "data_load.readers", "data_load.shards", "data_load.lengths", "data_load.long_text",
+             "data_load.tokens"}
     heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "transformers", "data_load") and m not in light)
     assert heavy == []
 
