@@ -24,9 +24,9 @@ from utils.log import log, route
 
 def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # A gathered batch runs in length-sorted passes of at most 512 padded tokens: on emotion (MiniLM, 2 CPU
-    # cores) 32 random texts padded into one pass ran at 347 sentences/s (onnx int8), in passes of 8 at
-    # 465, of 512 tokens at 641 (classify_plm.py --chunk_size 32). On a GPU raise it (TEI's default: 16384).
+    # A gathered batch runs in length-sorted passes of at most 512 padded tokens: random texts padded into one
+    # pass waste most of it on padding, and passes capped by tokens beat passes capped by count
+    # (docs/benchmarks.md, "Figures behind the code"). On a GPU raise it (TEI's default: 16384).
     add_classifier_flags(p, batch_size=64, max_batch_tokens=512)
     server = p.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1",

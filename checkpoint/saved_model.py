@@ -189,8 +189,8 @@ def json_object(path):
 
 
 def weights_digest(model_fn):
-    """The identity of a checkpoint's weights: the SHA-256 of its safetensors files (50 ms for MiniLM's
-    90 MB). An ONNX export records it, and the ONNX classifier refuses an export whose weights are gone."""
+    """The identity of a checkpoint's weights: the SHA-256 of its safetensors files (cheap next to loading
+    them). An ONNX export records it, and the ONNX classifier refuses an export whose weights are gone."""
     files = sorted(Path(model_fn).glob(WEIGHTS))
     return ",".join(f"{path.name}:{file_digest(path)}" for path in files)
 

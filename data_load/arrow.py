@@ -6,7 +6,8 @@ import numpy as np
 
 def select_rows(dataset, indices):
     """dataset.select(indices) for a table without a selection of its own, without the Python list of
-    every index that Dataset.select builds (datasets 5.2: 20 s and 350 MB for 9 million rows)."""
+    every index that Dataset.select builds (seconds and hundreds of MB on millions of rows: docs/benchmarks.md,
+    "Figures behind the code")."""
     import datasets
     import pyarrow as pa
     from datasets.table import InMemoryTable

@@ -101,8 +101,8 @@ def selected_column(dataset, name):
 
 
 def column_numpy(dataset, name):
-    """A column of a datasets.Dataset as a NumPy array, through Arrow (Dataset's own formatting
-    took 5.5 s for 900,000 selected rows; this takes milliseconds)."""
+    """A column of a datasets.Dataset as a NumPy array, through Arrow (Dataset's own formatting takes
+    seconds on a large selection; this takes milliseconds: docs/benchmarks.md, "Figures behind the code")."""
     return selected_column(dataset, name).to_numpy(zero_copy_only=False)
 
 

@@ -13,8 +13,8 @@ class LengthGroupedBatchSampler:
     every world_size-th batch; batches are split until their count divides evenly, so every process
     takes the same number of steps and every sample is seen exactly once per epoch.
 
-    Lengths are a NumPy array and batches NumPy slices: 10 million rows cost ~160 MB an epoch,
-    where lists of Python ints cost over a gigabyte."""
+    Lengths are a NumPy array and batches NumPy slices, several times less memory than lists of Python
+    ints on millions of rows (docs/benchmarks.md, "Figures behind the code")."""
 
     def __init__(self, lengths, batch_size, seed=0, group_by_length=True, shuffle=True,
                  chunk_batches=50, world_size=1, rank=0):

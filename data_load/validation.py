@@ -33,7 +33,8 @@ def split_indices(label_codes, ratio, seed, n_rows=None):
 def stratified_split(codes, ratio, seed):
     """train_test_split(positions, test_size=ratio, random_state=seed, stratify=codes), the same split
     drawn with the same random numbers, on NumPy arrays: scikit-learn collects the positions in Python
-    lists (on 10 million rows, 660 MB more peak memory). Raises ValueError where scikit-learn would."""
+    lists (hundreds of MB more peak memory on millions of rows: docs/benchmarks.md, "Figures behind the code").
+    Raises ValueError where scikit-learn would."""
     from sklearn.utils import check_random_state
     from sklearn.utils.extmath import _approximate_mode
     n = len(codes)

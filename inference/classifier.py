@@ -10,8 +10,8 @@ from scoring.scores import probabilities_of
 
 BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. onnx: the model written by "
                 "`export_plm.py --model_fn M` (M/model.onnx, or M/model.int8.onnx with --quantize int8), run by "
-                "onnxruntime on the CPU without importing torch or transformers: a 1-line input takes 0.3-0.5 s "
-                "instead of 5-6 s (docs/benchmarks.md)")
+                "onnxruntime on the CPU without importing torch or transformers: a short input starts an order of "
+                "magnitude faster (docs/benchmarks.md)")
 
 
 def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):

@@ -13,8 +13,8 @@ from scoring.scores import at_threshold, log_softmax, sigmoid
 
 
 def sk():
-    """sklearn.metrics, imported when first used: importing it takes 1.1 s (scipy, pandas), which --help
-    and a run stopped by a bad flag or file need not pay (finetune_plm_native.py --help: 3.7 s -> 2.2 s)."""
+    """sklearn.metrics, imported when first used: importing it (scipy, pandas) costs about a second, which
+    --help and a run stopped by a bad flag or file need not pay (docs/benchmarks.md, "Figures behind the code")."""
     import sklearn.metrics
     return sklearn.metrics
 

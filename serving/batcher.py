@@ -117,8 +117,8 @@ class Batcher:
             await self.arrived.wait()
         jobs = [self.waiting.popleft()]
         size = len(jobs[0].items)
-        # Waiting for the expected texts only: with a fixed 5 ms wait a lone client's p50 was 8.7 ms (onnx
-        # int8; 3.1 ms without), and 8 clients idled the model 5 ms a round (255 sentences/s, unbatched 400).
+        # Waiting for the expected texts only: a fixed wait delayed a lone client by the whole wait and idled
+        # the model once a round with several clients (docs/benchmarks.md, "Figures behind the code").
         deadline = time.perf_counter() + self.max_wait
         while size < min(self.max_batch_size, self.expected):
             if not self.waiting:

@@ -34,7 +34,8 @@ REQUEST_SCHEMA = {
         ], "example": "I love this kettle, it boils in a minute."},
         "raw_scores": {"type": "boolean", "default": False, "description": "logits instead of probabilities"},
         "truncate": {"type": "boolean", "default": True,
-                     "description": "accepted for TEI clients; inputs are always cut at the model's max length"},
+                     "description": "accepted for TEI clients; a text longer than the model's max length is "
+                                    "handled as the model was trained (--long_text)"},
     },
 }
 PREDICTION_SCHEMA = {"type": "object", "properties": {

@@ -173,9 +173,9 @@ class LengthGroupedTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         """The one private override, for a measured reason: Trainer's own length grouping reads the
-        lengths one row at a time through datasets' Column and holds every index as a Python int: 6.8 s
-        an epoch for 200,000 rows (transformers 5.23, datasets 5.2), against 0.04 s for this sampler,
-        which takes the Arrow column as one NumPy array."""
+        lengths one row at a time through datasets' Column and holds every index as a Python int, seconds
+        an epoch on large data where this sampler, which takes the Arrow column as one NumPy array, takes
+        milliseconds (docs/benchmarks.md, "Figures behind the code")."""
         if self.lengths is None:
             return super()._get_train_sampler(train_dataset)
         return LengthGroupedSampler(self.lengths, self.args.train_batch_size)

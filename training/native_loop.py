@@ -52,7 +52,7 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     optimizer = torch.optim.AdamW([
         {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": args.weight_decay},
         {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
-    ], lr=run.lr, fused=True)  # one kernel for all parameters: AdamW's step went from 100 to 18 ms a batch
+    ], lr=run.lr, fused=True)  # one kernel for all parameters, not a pass per tensor (docs/benchmarks.md: the step's share)
     scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup_steps, schedule.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
