@@ -59,7 +59,7 @@ def main():
         from checkpoint.saved_model import SavedModel
         saved = SavedModel.read(args.model_fn, ("config.json", "training_args.json"))
         check_threshold(args, saved.multi_label)
-        batch_job.run(args, saved)  # the classifier is loaded where shards are classified
+        batch_job.classify_files(args, saved)  # the classifier is loaded where shards are classified
         return
     classifier = load_classifier(args)
     labels = classifier.labels

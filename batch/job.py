@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from batch.local_engine import LOCAL_DEFAULT_HELP, default_workers, run_local
+from batch.local_engine import LOCAL_DEFAULT_HELP, default_workers, classify_locally
 from batch.shard_work import ShardJob, part_path
 from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, stat_input
 from inference.load import check_backend_installed
@@ -90,7 +90,7 @@ def check_file_flags(args):
                                          "--engine local")
 
 
-def run(args, saved):
+def classify_files(args, saved):
     """Classify args.input_fn into args.output_fn; saved: the model's record (checkpoint.saved_model.SavedModel)."""
     started = time.time()
     output = Path(args.output_fn)
@@ -163,10 +163,10 @@ def run(args, saved):
         if not pending:
             pass
         elif args.engine == "ray":
-            from batch.ray_engine import run_ray
-            run_ray(job, pending, args.num_workers, args.ray_address, finished)
+            from batch.ray_engine import classify_on_ray
+            classify_on_ray(job, pending, args.num_workers, args.ray_address, finished)
         else:
-            run_local(job, pending, args.num_workers or default_workers(), finished)
+            classify_locally(job, pending, args.num_workers or default_workers(), finished)
         progress.close()
         for stale in output.glob(".part-*.tmp"):  # a retried Ray task's leftovers
             stale.unlink()

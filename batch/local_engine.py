@@ -27,7 +27,7 @@ def threads_per_worker(num_workers):
     return int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpu_count() // num_workers)
 
 
-def run_local(job, pending, num_workers, finished):
+def classify_locally(job, pending, num_workers, finished):
     """Shards classified here (one worker), or in num_workers processes, each loading the model once."""
     if not pending:
         return

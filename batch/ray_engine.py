@@ -110,7 +110,7 @@ class ShardClassifier:
         return {key: np.array([result[key] for result in results]) for key in ("shard", "rows", "empty")}
 
 
-def run_ray(job, pending, num_workers, address, finished):
+def classify_on_ray(job, pending, num_workers, address, finished):
     if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_found():
         # `ray start --head` (Ray 2.60) turns on token authentication and writes the token to
         # ~/.ray/auth_token, but a driver's ray.init leaves it off and is refused ("InvalidAuthToken");

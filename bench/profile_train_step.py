@@ -21,13 +21,13 @@ def main():
     p.add_argument("--fused", action="store_true", help="fused AdamW kernel (what both trainers use)")
     args = p.parse_args()
     require_shared()
-    from checkpoint.pretrained import load_classifier, load_tokenizer
+    from checkpoint.pretrained import load_pretrained_model, load_tokenizer
     from data_load import Example, LengthGroupedBatchSampler, TextClassificationCollator, TextClassificationDataset
     from utils.hub import default_model_path
     rows = DATASETS[args.dataset]("train", args.batch_size * (args.steps + 2), seed=5)
     labels = sorted({label for label, _ in rows})
     tokenizer = load_tokenizer(default_model_path())
-    model = load_classifier(default_model_path(), labels).train()
+    model = load_pretrained_model(default_model_path(), labels).train()
     dataset = TextClassificationDataset([Example(text, label) for label, text in rows], tokenizer, 128,
                                         {label: i for i, label in enumerate(labels)})
     collate = TextClassificationCollator(tokenizer)

@@ -24,7 +24,7 @@ def load_tokenizer(name):
     return tokenizer
 
 
-def load_classifier(name, labels, freeze_encoder=False, multi_label=False, label_odds=None, regression=False):
+def load_pretrained_model(name, labels, freeze_encoder=False, multi_label=False, label_odds=None, regression=False):
     """A sequence classifier whose config carries the real label names. From a pretrained encoder the
     head is new; from an already fine-tuned classifier its head is kept if the label count matches and
     replaced (with a notice) if not, so a checkpoint can be fine-tuned further on a new task.

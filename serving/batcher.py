@@ -20,7 +20,7 @@ class Overloaded(Exception):
 
 
 @dataclass
-class Job:
+class QueuedRequest:
     items: list  # (text, pair) pairs
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
@@ -64,7 +64,7 @@ class Batcher:
         shared batch; Overloaded when the queue is full."""
         if self.queued_texts + len(items) > self.max_queue:
             raise Overloaded(f"{self.queued_texts} texts are waiting (--max_queue {self.max_queue})")
-        job = Job(items, asyncio.get_running_loop().create_future())
+        job = QueuedRequest(items, asyncio.get_running_loop().create_future())
         self.queued_texts += len(items)
         self.metrics.queue_length.set(self.queued_texts)
         self.waiting.append(job)

@@ -130,7 +130,7 @@ def test_multi_label_loss_and_pos_weight():
 
 
 def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_model):
-    from checkpoint.pretrained import load_classifier
+    from checkpoint.pretrained import load_pretrained_model
     from training.loss import label_log_odds
     (tmp_path / "t.tsv").write_text("".join(f"{labels}\tsentence number {i}\n" for i, labels in
                                             enumerate(["a", "a,b", "", "a", "c"] * 4)))
@@ -140,7 +140,7 @@ def test_a_new_multi_label_head_starts_at_the_label_frequencies(tmp_path, tiny_m
     rows = splits.train.column("label").to_pylist()
     frequency = np.array([[label in row for label in splits.labels] for row in rows], dtype=float).mean(0)
     assert np.allclose(1 / (1 + np.exp(-odds)), frequency, atol=1e-3)
-    model = load_classifier(tiny_model, splits.labels, multi_label=True, label_odds=odds).eval()
+    model = load_pretrained_model(tiny_model, splits.labels, multi_label=True, label_odds=odds).eval()
     with torch.no_grad():
         first = torch.sigmoid(model(input_ids=torch.tensor([[101, 2023, 102], [101, 7592, 102]])).logits)
     assert np.allclose(first.numpy(), frequency, atol=0.03)  # not 0.5 for every label

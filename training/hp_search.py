@@ -69,7 +69,7 @@ def search(args, trainer_name, script):
     run.model = None  # each trial loads its own
     space = space or default_space(run.lr, given)
     study, plan = open_study(args, trainer_name, run, space)
-    print_plan(args, trainer_name, study, plan)
+    print_search_plan(args, trainer_name, study, plan)
     best = run_trials(args, script, study, plan)
     if best is None:
         raise UserError(f"--hp_search: no trial this machine ran completed ({len(study.trials)} in the study), so there "
@@ -475,7 +475,7 @@ def without_password(url):
         return url
 
 
-def print_plan(args, trainer_name, study, plan):
+def print_search_plan(args, trainer_name, study, plan):
     from optuna.trial import TrialState
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     fixed = [describe(name, spec) for name, spec in plan["space"].items() if "value" in spec]

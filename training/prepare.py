@@ -9,7 +9,7 @@ import torch
 
 import dataclasses
 
-from checkpoint.pretrained import load_classifier, load_tokenizer
+from checkpoint.pretrained import load_pretrained_model, load_tokenizer
 from checkpoint.resume import check_resume_matches, run_fingerprint
 from checkpoint.run_dir import check_output, lock_output
 from data_load import DataOptions, Splits, encode_splits, load_splits
@@ -121,7 +121,7 @@ def prepare(args, trainer_name, **data):
         check_resume_matches(args.model_fn, fingerprint)
     model_name = resolve_model_name(args.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
-    model = load_classifier(model_name, splits.labels, args.freeze_encoder, splits.multi_label,
+    model = load_pretrained_model(model_name, splits.labels, args.freeze_encoder, splits.multi_label,
                             label_log_odds(splits.train_label_ids(), len(splits.labels), len(splits.train), weights)
                             if splits.multi_label else None, regression=splits.regression)
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
