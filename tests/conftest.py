@@ -23,14 +23,87 @@ SCRIPT_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED
               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")}
 
 
-def run_script(script, *args, stdin=None, check=True, timeout=600, env=None):
-    """Run one of the entry points with this interpreter; returns the CompletedProcess (text mode)."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
-                            input=stdin, capture_output=True, text=True, timeout=timeout,
-                            env={**SCRIPT_ENV, **(env or {})})
+# Entry points a test may run inside its own process: what a script run adds is an interpreter start and
+# the imports of torch, transformers and datasets (4-5 s of CPU each time on this machine), which the
+# suite paid about sixty times. What needs a process of its own still gets one: a different environment
+# (`env=`), worker processes or a Ray cluster (file mode's --num_workers, --engine), the search's trials,
+# and the tests that send signals, start torchrun or read `-X importtime` (they call subprocess themselves).
+IN_PROCESS = {"finetune_plm_native.py", "finetune_plm_hf.py", "distill_plm.py", "classify_plm.py", "evaluate_plm.py",
+              "export_plm.py"}
+NEEDS_A_PROCESS = {"--num_workers", "--engine", "--ray_address", "--hp_search"}
+
+
+def run_script(script, *args, stdin=None, check=True, timeout=600, env=None, in_process=None):
+    """Run one of the entry points as a user would, with this interpreter; returns a CompletedProcess (text
+    mode). in_process (default: where nothing above needs a process of its own) calls the script's main()
+    here instead, with the same argv, stdin, stdout, stderr and exit status."""
+    args = list(map(str, args))
+    if in_process is None:
+        in_process = script in IN_PROCESS and not env and not NEEDS_A_PROCESS.intersection(args)
+    if in_process:
+        result = run_in_process(script, args, stdin)
+    else:
+        result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+                                input=stdin, capture_output=True, text=True, timeout=timeout,
+                                env={**SCRIPT_ENV, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}\n--- stderr\n{result.stderr[-4000:]}")
     return result
+
+
+_entry_points = {}
+
+
+def run_in_process(script, args, stdin=None):
+    """`python script args < stdin` as a call of its main() in this process: what the process would print,
+    its exit status (2 for a user error, 1 with the traceback for a bug), and this process's argv, standard
+    streams, working directory, environment, signal handlers and torch threads as they were afterwards."""
+    import contextlib
+    import importlib.util
+    import io
+    import signal
+    import traceback
+
+    import torch
+    from utils.errors import exit_on_user_error
+    if script not in _entry_points:
+        spec = importlib.util.spec_from_file_location(f"entry_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _entry_points[script] = module
+    stdout, stderr = io.BytesIO(), io.BytesIO()
+    streams = (io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8"),
+               io.TextIOWrapper(stdout, encoding="utf-8", write_through=True),
+               io.TextIOWrapper(stderr, encoding="utf-8", write_through=True))
+    saved = (sys.argv, (sys.stdin, sys.stdout, sys.stderr), os.getcwd(), dict(os.environ),
+             {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}, torch.get_num_threads())
+    sys.argv = [str(ROOT / script), *args]
+    sys.stdin, sys.stdout, sys.stderr = streams
+    os.chdir(ROOT)
+    os.environ.update({key: SCRIPT_ENV[key] for key in ("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")})
+    torch.set_num_threads(int(SCRIPT_ENV["OMP_NUM_THREADS"]))
+    code = 0
+    try:
+        exit_on_user_error(_entry_points[script].main)
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    except BaseException:  # a bug: the process would print its traceback and exit 1
+        traceback.print_exc(file=sys.stderr)
+        code = 1
+    finally:
+        for stream in streams[1:]:
+            with contextlib.suppress(ValueError):
+                stream.flush()
+        sys.argv = saved[0]
+        sys.stdin, sys.stdout, sys.stderr = saved[1]
+        os.chdir(saved[2])
+        os.environ.clear()
+        os.environ.update(saved[3])
+        for signum, handler in saved[4].items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(saved[5])
+    text = (lambda data: data.getvalue().decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n"))  # as text=True reads it
+    return subprocess.CompletedProcess([script, *args], code, text(stdout), text(stderr))
 
 
 def classifier_in_process(model_fn, *flags):
