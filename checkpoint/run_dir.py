@@ -4,7 +4,6 @@ a run works in, and the commit that moves the finished model into place.
 A run works in a hidden sibling `.<name>.partial/` (TensorBoard logs, resumable states under
 `resume/`), writes the model there at the end and only then renames it to `--model_fn`. A crash
 never leaves a half-written model, and an existing model is replaced only by a complete one."""
-import atexit
 import contextlib
 import json
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from checkpoint.saved_model import TRAINING_ARGS
 from checkpoint.train_state import train_states
-from utils.errors import UserError, interrupts_deferred, on_failure
+from utils.errors import UserError, at_exit, interrupts_deferred, on_failure
 from utils.log import log
 from utils.processes import close_lock, open_lock
 
@@ -75,7 +74,7 @@ def lock_output(model_fn):
             shutil.rmtree(partial, ignore_errors=True)
         return None
 
-    atexit.register(release)
+    at_exit(release)
     on_failure(clean_up_failed_run)
 
 

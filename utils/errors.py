@@ -1,4 +1,5 @@
 """User-facing errors: one line on stderr, exit code 2, no traceback; and what a failed run undoes."""
+import atexit
 import contextlib
 import signal
 import sys
@@ -39,6 +40,7 @@ def first_line(error):
 
 
 _failure_cleanups = []
+_exit_hooks = []
 
 
 def on_failure(cleanup):
@@ -52,31 +54,34 @@ def exit_on_user_error(main):
     bug), Ctrl-C or SIGTERM ends in one line on stderr, after the registered clean-ups: exit code 2,
     or 130 for Ctrl-C and 143 for SIGTERM. Any other exception is a bug: its traceback is shown, but
     the clean-ups run first, so that not even a bug leaves a state that a rerun refuses."""
-    setup_logging(rank=0)  # a trainer lowers it on the other processes (training.prepare)
-    signal.signal(signal.SIGTERM, _terminate)  # a trainer's loop replaces it with a graceful stop (utils.runtime)
     try:
-        return main()
-    except BrokenPipeError:  # the reader went away (`... | head`): the caller decides, it is no error
-        raise
-    except UserError as error:
-        message, prefix, code = str(error), "error: ", 2
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        message, prefix, code = f"{where}{error.strerror or first_line(error)}", "error: ", 2
-    except Terminated:
-        message, prefix, code = "stopped by SIGTERM", "interrupted: ", 143
-    except KeyboardInterrupt:
-        message, prefix, code = "stopped at once", "interrupted: ", 130
-    except SystemExit as exit:
-        if exit.code not in (0, None):
+        setup_logging(rank=0)  # a trainer lowers it on the other processes (training.prepare)
+        signal.signal(signal.SIGTERM, _terminate)  # a trainer's loop replaces it with a graceful stop (utils.runtime)
+        try:
+            return main()
+        except BrokenPipeError:  # the reader went away (`... | head`): the caller decides, it is no error
+            raise
+        except UserError as error:
+            message, prefix, code = str(error), "error: ", 2
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            message, prefix, code = f"{where}{error.strerror or first_line(error)}", "error: ", 2
+        except Terminated:
+            message, prefix, code = "stopped by SIGTERM", "interrupted: ", 143
+        except KeyboardInterrupt:
+            message, prefix, code = "stopped at once", "interrupted: ", 130
+        except SystemExit as exit:
+            if exit.code not in (0, None):
+                run_clean_ups()
+            raise
+        except BaseException:
             run_clean_ups()
-        raise
-    except BaseException:
-        run_clean_ups()
-        raise
-    notes = run_clean_ups()
-    log.error("; ".join([message, *notes]), extra={"prefix": prefix})
-    sys.exit(code)
+            raise
+        notes = run_clean_ups()
+        log.error("; ".join([message, *notes]), extra={"prefix": prefix})
+        sys.exit(code)
+    finally:
+        run_exit_hooks()  # what the command held while it ran (a lock), let go as its process would
 
 
 def run_clean_ups():
@@ -104,3 +109,23 @@ def interrupts_deferred():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def at_exit(hook):
+    """Register `hook()` to run when the command ends, however it ends (after a failure's clean-ups): for
+    what a process holds only while it runs, such as a lock. exit_on_user_error runs them as main returns,
+    so that a command called in process (the tests) lets go of them as its own process would; a caller
+    without it gets them at interpreter exit."""
+    _exit_hooks.append(hook)
+
+
+def run_exit_hooks():
+    while _exit_hooks:
+        hook = _exit_hooks.pop()
+        try:
+            hook()
+        except Exception:  # one hook failing must not keep the others from running
+            pass
+
+
+atexit.register(run_exit_hooks)
