@@ -3,7 +3,7 @@
     classify_plm.py --model_fn M --input_fn corpus/ --output_fn predictions/
 
 The input (data_load.shards) is cut into shards of --shard_size lines or rows. Each shard is read,
-classified through the same Classifier.predict as stdin mode, and written to `.part-NNNNN.*.tmp`, then
+classified through the same Classifier.predict as stdin mode, and written to `.part-NNNNN.parquet.tmp-PID`, then
 renamed to `part-NNNNN.parquet` (or .jsonl): a part file exists only complete. `_manifest.json` records the
 plan (inputs and shards), the model's identity (a digest of its weights, tokenizer and record) and the
 settings that shape the output; a rerun of the same command classifies only the shards without a part
@@ -27,6 +27,7 @@ from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_inpu
 from inference.load import check_backend_installed
 from options.parser import add_column_flags, int_at_least
 from utils.errors import UserError, first_line, on_failure, require
+from utils.files import atomic_write
 from utils.log import log
 
 MANIFEST = "_manifest.json"
@@ -139,7 +140,7 @@ def run(args, saved):
                         "inputs": [asdict(source) for source in sources], "shards": [s.as_list() for s in shards],
                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _write_json(output / MANIFEST, manifest)
-        for stale in output.glob(".part-*.tmp"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
+        for stale in output.glob(".part-*.tmp*"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
             stale.unlink()
         (output / SUCCESS).unlink(missing_ok=True)
 
@@ -168,7 +169,7 @@ def run(args, saved):
         else:
             run_local(job, pending, args.num_workers or default_workers(), finished)
         progress.close()
-        for stale in output.glob(".part-*.tmp"):  # a retried Ray task's leftovers
+        for stale in output.glob(".part-*.tmp*"):  # a retried Ray task's leftovers
             stale.unlink()
         elapsed = time.time() - started
         manifest = _read_manifest(output)
@@ -278,9 +279,8 @@ def _read_manifest(output):
 
 
 def _write_json(path, value):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value, ensure_ascii=False, indent=1))
 
 
 def _clear(output):
