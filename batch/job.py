@@ -15,7 +15,6 @@ reads as one table: `pd.read_parquet("predictions/")`.
 Engines: local (this module; processes on this machine) and ray (batch/ray_engine.py: the same
 shards on a Ray cluster). The local engine never imports ray (a test checks)."""
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from options.parser import add_column_flags, int_at_least
 from utils.errors import UserError, first_line, on_failure, require
 from utils.files import atomic_write
 from utils.log import log
+from utils.processes import close_lock, open_lock
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -182,7 +182,7 @@ def run(args, saved):
                  f"({totals['rows'] / elapsed if elapsed else 0:.1f} sentences/s): {len(shards)} shards in {output}")
 
     finally:
-        lock_release(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
+        close_lock(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
 
 def model_identity(args, saved):
     """What the predictions depend on in the model directory: a digest of each file the chosen backend
@@ -248,23 +248,14 @@ def _progress(total, initial):
 def _lock(output):
     """Hold --output_fn for this run: a second run on it refuses at once (an flock the kernel drops if
     the run is killed)."""
-    import fcntl
     try:
         output.mkdir(parents=True, exist_ok=True)
-        fd = os.open(output / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise UserError(f"--output_fn {output}: cannot write there ({error.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return open_lock(output / ".lock", blocking=False)
     except BlockingIOError:
-        os.close(fd)
         raise UserError(f"--output_fn {output}: another classify_plm.py run is writing there now: wait for it, "
                         "or choose another --output_fn") from None
-    return fd
-
-
-def lock_release(fd):
-    os.close(fd)
+    except OSError as error:
+        raise UserError(f"--output_fn {output}: cannot write there ({error.strerror})") from None
 
 
 def _read_manifest(output):

@@ -158,6 +158,14 @@ def test_rerun_refuses_what_changed(model, tmp_path, monkeypatch):
         f.write("one more line\n")
     with pytest.raises(UserError, match=r"another version of .*lines\.txt"):
         classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100)
+
+    from utils.processes import close_lock, open_lock
+    fd = open_lock(out / ".lock")  # what a run writing there holds (utils.processes, as every lock)
+    try:
+        with pytest.raises(UserError, match="another classify_plm.py run is writing there now"):
+            classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100)
+    finally:
+        close_lock(fd)
     rows = classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100, "--overwrite")
     assert len(rows) == len(first) + 1 and [(r["line"], r["label"]) for r in rows[:-1]] == [
         (r["line"], r["label"]) for r in first]  # scores may move by 1e-6: the last shard is batched with one more line
