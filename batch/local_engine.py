@@ -5,26 +5,17 @@ from itertools import islice
 
 from batch.shard_work import classify_shard, load_worker_classifier
 from utils.errors import UserError
+from utils.runtime import usable_cpus, worker_threads
 
 LOCAL_DEFAULT_HELP = ("one process per core, each with one onnxruntime/torch thread (OMP_NUM_THREADS sets "
                       "them), measured faster than one process with a thread per core")
-
-
-def cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_workers():
     """One process per core. bench/classify_scale.py, MiniLM int8 on 2 cores (docs/benchmarks.md): two
     one-thread processes 235 lines/s and 243 lines per CPU-second, one process with two onnxruntime
     threads 151 and 189 (its threads wait on each other at every small matmul of a batch)."""
-    return cpu_count()
-
-
-def threads_per_worker(num_workers):
-    """Intra-op threads of each worker: OMP_NUM_THREADS when set, else the cores shared out."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpu_count() // num_workers)
+    return usable_cpus()
 
 
 def run_local(job, pending, num_workers, finished):
@@ -32,14 +23,14 @@ def run_local(job, pending, num_workers, finished):
     if not pending:
         return
     if num_workers == 1 or len(pending) == 1:
-        _init_worker(threads_per_worker(1))
+        _init_worker(worker_threads(1))
         classifier = load_worker_classifier(job)
         for shard in pending:
             finished(classify_shard(job, shard, classifier), shard)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    threads = threads_per_worker(num_workers)
+    threads = worker_threads(num_workers)
     # spawn, not fork: a fork of a process with onnxruntime's or torch's thread pools can deadlock
     with ProcessPoolExecutor(min(num_workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(threads,)) as pool:

@@ -350,7 +350,8 @@ def test_class_weight_duplicates_and_overflow(spec, message, recwarn):
 
 def test_too_many_tokenizing_workers_are_capped(caplog):
     from data_load.encoding import capped_workers
-    assert capped_workers(1000, 100_000) == os.cpu_count()
+    from utils.runtime import usable_cpus
+    assert capped_workers(1000, 100_000) == usable_cpus()
     assert "--preprocessing_num_workers 1000: using" in caplog.text
     assert capped_workers(None, 10) == 1
 
