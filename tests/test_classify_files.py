@@ -207,6 +207,46 @@ def test_resume_after_sigkill(model, tmp_path, monkeypatch):
     assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in whole], abs=1e-5)
 
 
+@pytest.mark.slow  # runs the real script and kills it
+def test_a_killed_driver_takes_its_workers_with_it(model, tmp_path):
+    """issue 33: the driver alone SIGKILLed (the OOM killer, `kill -9 PID`) while its two workers classify:
+    they end at once, instead of living on as orphans that keep renaming part files into --output_fn."""
+    from test_hostile_cases import alive, children
+
+    from utils.processes import close_lock, open_lock
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS * 6) + "\n")  # 2,880 lines, 48 shards: seconds of work left at the kill
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model), "--input_fn", str(corpus),
+               "--output_fn", str(out), "--shard_size", "60", "--num_workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while not (len(workers) >= 2 and list(out.glob("part-*"))) and time.time() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            workers = children(process.pid)
+            time.sleep(0.02)
+        assert len(workers) >= 2 and list(out.glob("part-*")), "the workers never classified a shard"
+        process.kill()  # the driver only: its workers are not sent anything
+        process.wait()
+        written = sorted(out.glob("part-*"))
+        deadline = time.time() + 3
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), "orphaned worker processes"
+        time.sleep(1)
+        assert sorted(out.glob("part-*")) == written, "part files written after the driver died"
+        assert len(written) < 48 and not (out / "_SUCCESS").exists()
+        close_lock(open_lock(out / ".lock", blocking=False))  # a rerun may start at once
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the session (a failed test's orphans)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.slow  # runs the real script
 def test_bad_row_keeps_finished_shards_and_local_engine_imports_no_ray(model, tmp_path):
     good = tmp_path / "good.jsonl"
