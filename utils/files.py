@@ -8,6 +8,8 @@ import shutil
 import zlib
 from pathlib import Path
 
+from utils.errors import interrupts_deferred
+
 BLOCK = 1 << 23
 
 
@@ -74,12 +76,13 @@ def atomic_directory(path, per_process=False):
             os.replace(temporary, path)
             return
         old = _temporary(path, True, "old")
-        os.replace(path, old)
-        try:
-            os.replace(temporary, path)
-        except BaseException:
-            os.replace(old, path)
-            raise
+        with interrupts_deferred():  # Ctrl-C or SIGTERM between the two renames would leave nothing at `path`
+            os.replace(path, old)
+            try:
+                os.replace(temporary, path)
+            except OSError:
+                os.replace(old, path)
+                raise
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
