@@ -7,13 +7,12 @@ highest-loss examples) into --output_dir, which appears only when all are writte
 A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
 largest errors; long texts are handled as the model was trained unless --long_text says otherwise."""
 import argparse
-import os
-import shutil
 from pathlib import Path
 
 from options.parser import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
                        add_runtime_flags, float_range, int_at_least)
-from utils.errors import UserError, exit_on_user_error, first_line, on_failure
+from utils.errors import UserError, exit_on_user_error, first_line
+from utils.files import atomic_directory
 from utils.log import log
 
 
@@ -82,23 +81,21 @@ def main():
     result = evaluate_saved(model, tokenizer, saved, dataset, args.batch_size, device, precision, args.threshold, pooling)
     metrics = result["metrics"]
 
-    tmp = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
-    on_failure(lambda: shutil.rmtree(tmp, ignore_errors=True))
     try:
-        tmp.mkdir(parents=True)
-        (tmp / "metrics.json").write_text(json_text({
-            "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
-            "long_text": long_text, "stride": stride, "window_pooling": pooling, "test": metrics}))
-        if "confusion_matrix" in metrics:  # single-label models
-            plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
-        if saved.regression:
-            plot_scatter(result, tmp / "prediction_scatter.png")
-        else:
-            plot_reliability(result, tmp / RELIABILITY_DIAGRAM)
-        write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
-        replace_dir(tmp, output_dir)
+        # an earlier evaluation there is replaced only by a complete one; per process: no lock keeps two
+        # evaluations from writing the same --output_dir at once
+        with atomic_directory(output_dir, per_process=True) as tmp:
+            (tmp / "metrics.json").write_text(json_text({
+                "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
+                "long_text": long_text, "stride": stride, "window_pooling": pooling, "test": metrics}))
+            if "confusion_matrix" in metrics:  # single-label models
+                plot_confusion_matrix(metrics["confusion_matrix"], labels, tmp / "confusion_matrix.png")
+            if saved.regression:
+                plot_scatter(result, tmp / "prediction_scatter.png")
+            else:
+                plot_reliability(result, tmp / RELIABILITY_DIAGRAM)
+            write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
     except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"--output_dir {output_dir}: cannot write the reports ({first_line(error)})") from None
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
@@ -118,19 +115,6 @@ def check_output_dir(output_dir, model_fn):
     if output_dir.exists() and (not output_dir.is_dir() or not {p.name for p in output_dir.iterdir()} <= REPORTS):
         raise UserError(f"--output_dir {output_dir}: exists and holds more than an earlier evaluation; choose a new "
                         "directory (an earlier evaluation there would be replaced)")
-
-
-def replace_dir(new, target):
-    """Move `new` to `target`; an earlier evaluation there is removed only once the new one is in place."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    if not target.is_dir():
-        raise UserError(f"--output_dir {target}: is a file: choose a directory")
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     classify_plm.py --model_fn M --input_fn corpus/ --output_fn predictions/
 
 The input (data_load.shards) is cut into shards of --shard_size lines or rows. Each shard is read,
-classified through the same Classifier.predict as stdin mode, and written to `.part-NNNNN.*.tmp`, then
+classified through the same Classifier.predict as stdin mode, and written to `.part-NNNNN.parquet.tmp-PID`, then
 renamed to `part-NNNNN.parquet` (or .jsonl): a part file exists only complete. `_manifest.json` records the
 plan (inputs and shards), the model's identity (a digest of its weights, tokenizer and record) and the
 settings that shape the output; a rerun of the same command classifies only the shards without a part
@@ -15,7 +15,6 @@ reads as one table: `pd.read_parquet("predictions/")`.
 Engines: local (this module; processes on this machine) and ray (batch/ray_engine.py: the same
 shards on a Ray cluster). The local engine never imports ray (a test checks)."""
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -27,7 +26,9 @@ from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_inpu
 from inference.load import check_backend_installed
 from options.parser import add_column_flags, int_at_least
 from utils.errors import UserError, first_line, on_failure, require
+from utils.files import atomic_write
 from utils.log import log
+from utils.processes import close_lock, open_lock
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -139,7 +140,7 @@ def classify_files(args, saved):
                         "inputs": [asdict(source) for source in sources], "shards": [s.as_list() for s in shards],
                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _write_json(output / MANIFEST, manifest)
-        for stale in output.glob(".part-*.tmp"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
+        for stale in output.glob(".part-*.tmp*"):  # a killed run's unfinished shard (we hold the lock: nobody writes it)
             stale.unlink()
         (output / SUCCESS).unlink(missing_ok=True)
 
@@ -168,7 +169,7 @@ def classify_files(args, saved):
         else:
             classify_locally(job, pending, args.num_workers or default_workers(), finished)
         progress.close()
-        for stale in output.glob(".part-*.tmp"):  # a retried Ray task's leftovers
+        for stale in output.glob(".part-*.tmp*"):  # a retried Ray task's leftovers
             stale.unlink()
         elapsed = time.time() - started
         manifest = _read_manifest(output)
@@ -181,7 +182,7 @@ def classify_files(args, saved):
                  f"({totals['rows'] / elapsed if elapsed else 0:.1f} sentences/s): {len(shards)} shards in {output}")
 
     finally:
-        lock_release(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
+        close_lock(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
 
 def model_identity(args, saved):
     """What the predictions depend on in the model directory: a digest of each file the chosen backend
@@ -247,23 +248,14 @@ def _progress(total, initial):
 def _lock(output):
     """Hold --output_fn for this run: a second run on it refuses at once (an flock the kernel drops if
     the run is killed)."""
-    import fcntl
     try:
         output.mkdir(parents=True, exist_ok=True)
-        fd = os.open(output / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise UserError(f"--output_fn {output}: cannot write there ({error.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return open_lock(output / ".lock", blocking=False)
     except BlockingIOError:
-        os.close(fd)
         raise UserError(f"--output_fn {output}: another classify_plm.py run is writing there now: wait for it, "
                         "or choose another --output_fn") from None
-    return fd
-
-
-def lock_release(fd):
-    os.close(fd)
+    except OSError as error:
+        raise UserError(f"--output_fn {output}: cannot write there ({error.strerror})") from None
 
 
 def _read_manifest(output):
@@ -278,9 +270,8 @@ def _read_manifest(output):
 
 
 def _write_json(path, value):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value, ensure_ascii=False, indent=1))
 
 
 def _clear(output):

@@ -1,83 +1,40 @@
 """The local engine: shards classified in this process, or in a pool of worker processes on this machine,
 each loading the model once."""
 import os
-from itertools import islice
 
 from batch.shard_work import classify_shard, load_worker_classifier
-from utils.errors import UserError
+from utils.processes import run_tasks
+from utils.runtime import usable_cpus, worker_threads
 
 LOCAL_DEFAULT_HELP = ("one process per core, each with one onnxruntime/torch thread (OMP_NUM_THREADS sets "
                       "them), measured faster than one process with a thread per core")
 
 
-def cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers():
-    """One process per core. bench/classify_scale.py, MiniLM int8 on 2 cores (docs/benchmarks.md): two
-    one-thread processes 235 lines/s and 243 lines per CPU-second, one process with two onnxruntime
-    threads 151 and 189 (its threads wait on each other at every small matmul of a batch)."""
-    return cpu_count()
-
-
-def threads_per_worker(num_workers):
-    """Intra-op threads of each worker: OMP_NUM_THREADS when set, else the cores shared out."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else max(1, cpu_count() // num_workers)
+    """One process per core, each with one thread: one-thread processes classified more lines per second
+    and per CPU-second than one process with a thread per core, whose threads wait on each other at every
+    small matmul of a batch (bench/classify_scale.py; docs/benchmarks.md, "Figures behind the code")."""
+    return usable_cpus()
 
 
 def classify_locally(job, pending, num_workers, finished):
-    """Shards classified here (one worker), or in num_workers processes, each loading the model once."""
+    """Shards classified here (one worker), or in num_workers processes (batch/local_worker.py), each
+    loading the model once and dying with this one (utils.processes.run_tasks)."""
     if not pending:
         return
     if num_workers == 1 or len(pending) == 1:
-        _init_worker(threads_per_worker(1))
+        _init_worker(worker_threads(1))
         classifier = load_worker_classifier(job)
         for shard in pending:
             finished(classify_shard(job, shard, classifier), shard)
         return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    threads = threads_per_worker(num_workers)
-    # spawn, not fork: a fork of a process with onnxruntime's or torch's thread pools can deadlock
-    with ProcessPoolExecutor(min(num_workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
-        running = {}
-        queue = iter(pending)
-        try:
-            for shard in islice(queue, 2 * num_workers):  # a few queued: the driver never holds every shard's task
-                running[pool.submit(_classify_in_worker, job, shard)] = shard
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    shard = running.pop(future)
-                    finished(_result(future), shard)
-                    for more in islice(queue, 1):
-                        running[pool.submit(_classify_in_worker, job, more)] = more
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _result(future):
-    from concurrent.futures.process import BrokenProcessPool
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise UserError("a worker process died (killed, or out of memory: try fewer --num_workers)") from None
-
-
-_worker_classifier = None
+    # OMP_NUM_THREADS is read by onnxruntime's session (load_session) and by torch
+    env = {"OMP_NUM_THREADS": str(worker_threads(num_workers)),
+           "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+    run_tasks("batch.local_worker", job, pending, num_workers, finished,
+              "a worker process died (killed, or out of memory: try fewer --num_workers)", env=env)
 
 
 def _init_worker(threads):
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by onnxruntime's session (load_session) and by torch
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _classify_in_worker(job, shard):
-    global _worker_classifier
-    if _worker_classifier is None:
-        _worker_classifier = load_worker_classifier(job)
-    return classify_shard(job, shard, _worker_classifier)

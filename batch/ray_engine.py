@@ -23,6 +23,7 @@ from batch.shard_work import classify_shard, load_worker_classifier
 from data_load.shards import Shard
 from utils.errors import UserError, first_line
 from utils.log import log
+from utils.runtime import usable_cpus, worker_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECT_TIMEOUT_S = 5  # an unreachable --ray_address fails within this, not after ray.init's minutes of retries
@@ -65,7 +66,7 @@ def connect(ray, address):
             with _quiet_stderr():  # Ray's C++ client prints a line a second while it retries
                 ray.init(address=address, **options)
             return False
-        ray.init(num_cpus=_cores(), include_dashboard=False, **options)
+        ray.init(num_cpus=usable_cpus(), include_dashboard=False, **options)
         return True
     except (ConnectionError, RuntimeError, TimeoutError) as error:
         raise UserError(f"--ray_address {address}: cannot join the Ray cluster ({first_line(error)}): is a Ray "
@@ -89,10 +90,6 @@ def _quiet_stderr():
 def _auth_token_found():
     return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
                 or (Path.home() / ".ray" / "auth_token").is_file())
-
-
-def _cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class ShardClassifier:
@@ -133,8 +130,7 @@ def classify_on_ray(job, pending, num_workers, address, finished):
         # intra-op threads unless OMP_NUM_THREADS says otherwise
         per_actor = max(1, cpus // num_workers) if num_workers else 1
         num_workers = num_workers or cpus
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(threads) if threads.isdigit() and int(threads) > 0 else per_actor
+        threads = worker_threads(num_workers, cpus)
         log.info(f"Ray: {cpus} CPUs in the cluster, {num_workers} actors of {threads} thread(s), "
                  f"{len(pending)} shards")
         if not pending:

@@ -2,12 +2,12 @@
 actors): the job every worker gets, the classifier loaded once a worker, and a shard read, classified and
 written to its part file whole or not at all."""
 import json
-import os
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 from data_load.shards import Columns, shard_examples
+from utils.files import atomic_write
 
 OUTPUT_COLUMNS = ("source", "line", "label", "score", "probabilities")
 
@@ -43,14 +43,13 @@ def classify_shard(job, shard, classifier):
     either whole or absent and a retry (a rerun, a Ray task retried) rewrites it from scratch.
     Returns {"shard", "rows", "empty"}."""
     source = job.inputs[shard.source]
-    final = part_path(job, shard.index)
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     stats = {}
     examples = shard_examples(source, shard, job.columns, job.pairs, stats)
     settings = job.settings
-    writer = (ParquetPart if job.output_format == "parquet" else JsonlPart)(temporary, job, source)
     rows = 0
-    try:
+    # per process: a Ray task retried elsewhere may write the same shard while the first attempt still runs
+    with atomic_write(part_path(job, shard.index), per_process=True) as temporary:
+        writer = (ParquetPart if job.output_format == "parquet" else JsonlPart)(temporary, job, source)
         while chunk := list(islice(examples, settings["chunk_size"])):
             # a pair model reads the pair (empty when the row has none); a single-sentence model never does
             items = [(example.text, (example.text_pair or "") if job.pairs else None) for example in chunk]
@@ -58,9 +57,6 @@ def classify_shard(job, shard, classifier):
             writer.write(chunk, probabilities, scores, ids)
             rows += len(chunk)
         writer.close()
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
     return {"shard": shard.index, "rows": rows, "empty": stats.get("n_empty", 0)}
 
 

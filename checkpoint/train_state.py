@@ -5,7 +5,6 @@ random number generators, progress).
 
 torch is imported only by the functions that need it."""
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import UserError, first_line
+from utils.files import atomic_directory
 from utils.log import log
 
 STATE_FILE = "train_state.pt"
@@ -22,12 +22,8 @@ def save_train_state(directory, step, state, keep):
     """A resumable state `checkpoint-<step>/train_state.pt`; keep only the newest `keep`."""
     import torch
     directory = Path(directory)
-    target = directory / f"checkpoint-{step}"
-    tmp = directory / f".checkpoint-{step}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp / STATE_FILE)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)  # a state is either complete or absent, even after SIGKILL
+    with atomic_directory(directory / f"checkpoint-{step}") as tmp:  # complete or absent, even after SIGKILL
+        torch.save(state, tmp / STATE_FILE)
     for old in train_states(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

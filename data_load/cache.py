@@ -10,12 +10,11 @@ failing every run that reads it."""
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.files import file_checksum
+from utils.files import atomic_directory, file_checksum
 from utils.log import log
 from utils.processes import close_lock, open_lock
 
@@ -59,14 +58,8 @@ def build_entry(directory, build):
     """Run `build(tmp)` into a temporary sibling directory, then rename it to `directory`."""
     for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(directory, per_process=True) as tmp:
         build(tmp)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(directory, quiet=False, verify=True):

@@ -2,7 +2,6 @@
 it, Dataset.map for an Arrow table, in parallel and cached on disk."""
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from data_load.cache import build_entry, build_lock, cache_root, content_key, no
 from data_load.long_text import cap_characters, windows
 from data_load.tokens import CHARS_PER_TOKEN_CAP
 from utils.processes import run_workers
+from utils.runtime import usable_cpus
 
 MAP_BATCH = 1000  # sentences per tokenizer call inside Dataset.map
 PARALLEL_FROM = 50_000  # rows; below this, starting worker processes costs more than it saves
@@ -57,7 +57,7 @@ def encode_texts(tokenizer, texts, pairs, max_length, long_text="truncate", stri
 
 def default_workers(n_rows):
     """--preprocessing_num_workers when not given: one process for small data, else one per core (at most 8)."""
-    return 1 if n_rows < PARALLEL_FROM else max(1, min(os.cpu_count() or 1, 8))
+    return 1 if n_rows < PARALLEL_FROM else max(1, min(usable_cpus(), 8))
 
 
 def capped_workers(asked, n_rows):
@@ -65,10 +65,10 @@ def capped_workers(asked, n_rows):
     add start-up and memory, each worker being a process of its own."""
     if asked is None:
         return default_workers(n_rows)
-    cap = max(1, min(os.cpu_count() or 1, n_rows))
+    cap = max(1, min(usable_cpus(), n_rows))
     if asked > cap:
         note(f"note: --preprocessing_num_workers {asked}: using {cap}, the most that can help here "
-             f"({os.cpu_count()} cores, {n_rows:,} examples)")
+             f"({usable_cpus()} cores, {n_rows:,} examples)")
     return min(asked, cap)
 
 

@@ -4,7 +4,6 @@ Imports onnxruntime, tokenizers and numpy only, never torch or transformers (a t
 one-line input is classified in well under a second and a container needs none of torch's 1 GB.
 Reads from the checkpoint: the ONNX file written by export_plm.py, tokenizer.json (+
 tokenizer_config.json) and the saved model's record (checkpoint/saved_model.py)."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from checkpoint.saved_model import TRAINING_ARGS, SavedModel, weights_digest
 from data_load.tokens import FastTokenizer
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError, first_line
+from utils.runtime import threads_setting
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
 WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: checkpoint.saved_model.weights_digest of the exported weights
@@ -26,9 +26,9 @@ def load_session(path):
     import onnxruntime
     path = Path(path)
     options = onnxruntime.SessionOptions()
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        options.intra_op_num_threads = int(threads)
+    threads = threads_setting()
+    if threads:
+        options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -20,6 +20,7 @@ from data_load import Example, TextClassificationCollator, TextClassificationDat
 from data_load.tokens import FastTokenizer
 from inference.onnx_classifier import ONNX_FILES, TEMPERATURE_KEY, WEIGHTS_KEY, load_session
 from utils.errors import UserError, first_line
+from utils.files import atomic_write
 
 # Different lengths (so batches are padded), non-Latin text and an emoji (unknown and split tokens),
 # and one review longer than any max_length (truncation).
@@ -57,10 +58,16 @@ def export(model_fn, log=print):
 
 
 def _export(model_fn, log):
-    for name in ONNX_FILES.values():  # what a killed export left (SIGKILL cannot be cleaned up after)
-        stale = os.path.join(model_fn, f".{name}.tmp")
-        if os.path.exists(stale):
-            os.remove(stale)
+    """Both files written under temporary names and put in place only once both are verified. Entered
+    first, so that a killed export's temporaries (SIGKILL cannot be cleaned up after), which these reuse,
+    go even when this export fails early."""
+    targets = {quantize: os.path.join(model_fn, name) for quantize, name in ONNX_FILES.items()}
+    with atomic_write(targets["none"]) as fp32, atomic_write(targets["int8"]) as int8:
+        _write_verified(model_fn, {"none": os.fspath(fp32), "int8": os.fspath(int8)}, targets, log)
+    return targets
+
+
+def _write_verified(model_fn, temporary, targets, log):
     weights = weights_digest(model_fn)
     tokenizer, model, saved = load_checkpoint(model_fn)
     if saved.calibration:  # --calibrate: the graph gives the logits the torch classifier gives
@@ -81,35 +88,25 @@ def _export(model_fn, log):
         # against the spread of the numbers it was trained on (their standard deviation) where that is wider
         spread = max(spread, float(saved.target_scale[1]))
 
-    targets = {quantize: os.path.join(model_fn, name) for quantize, name in ONNX_FILES.items()}
-    temporary = {quantize: os.path.join(model_fn, f".{name}.tmp") for quantize, name in ONNX_FILES.items()}
-    try:
-        started = time.time()
-        export_fp32(model, inputs[0], temporary["none"])
-        difference = max_difference(temporary["none"], inputs, reference)
-        log(f"{targets['none']}: {size_mb(temporary['none'])} MB in {time.time() - started:.1f} s; max abs logit "
-            f"difference to PyTorch {difference:.2e} on {len(items)} sentences (tolerance {FP32_TOLERANCE:g})")
-        if not difference <= FP32_TOLERANCE:
-            raise UserError(f"{model_fn}: the ONNX export disagrees with the PyTorch model (max abs logit difference "
-                            f"{difference:.3g} > {FP32_TOLERANCE:g}); refusing to write it")
-        quantize_int8(temporary["none"], temporary["int8"])
-        for path in temporary.values():
-            record_metadata(path, {WEIGHTS_KEY: weights, TEMPERATURE_KEY: repr(saved.temperature)})
-        difference = max_difference(temporary["int8"], inputs, reference)
-        log(f"{targets['int8']}: {size_mb(temporary['int8'])} MB; max abs logit difference to PyTorch fp32 "
-            f"{difference:.3f} ({difference / spread:.1%} of the logits' spread {spread:.2f}; tolerance "
-            f"{INT8_TOLERANCE:.0%})")
-        if not difference <= INT8_TOLERANCE * spread:
-            raise UserError(f"{model_fn}: the int8 ONNX model disagrees with the PyTorch model (max abs logit "
-                            f"difference {difference:.3g}, {difference / spread:.0%} of the spread); "
-                            "refusing to write it")
-        for quantize in ONNX_FILES:  # both verified: only now do they replace what was there
-            os.replace(temporary[quantize], targets[quantize])
-    finally:
-        for path in temporary.values():
-            if os.path.exists(path):
-                os.remove(path)
-    return targets
+    started = time.time()
+    export_fp32(model, inputs[0], temporary["none"])
+    difference = max_difference(temporary["none"], inputs, reference)
+    log(f"{targets['none']}: {size_mb(temporary['none'])} MB in {time.time() - started:.1f} s; max abs logit "
+        f"difference to PyTorch {difference:.2e} on {len(items)} sentences (tolerance {FP32_TOLERANCE:g})")
+    if not difference <= FP32_TOLERANCE:
+        raise UserError(f"{model_fn}: the ONNX export disagrees with the PyTorch model (max abs logit difference "
+                        f"{difference:.3g} > {FP32_TOLERANCE:g}); refusing to write it")
+    quantize_int8(temporary["none"], temporary["int8"])
+    for path in temporary.values():
+        record_metadata(path, {WEIGHTS_KEY: weights, TEMPERATURE_KEY: repr(saved.temperature)})
+    difference = max_difference(temporary["int8"], inputs, reference)
+    log(f"{targets['int8']}: {size_mb(temporary['int8'])} MB; max abs logit difference to PyTorch fp32 "
+        f"{difference:.3f} ({difference / spread:.1%} of the logits' spread {spread:.2f}; tolerance "
+        f"{INT8_TOLERANCE:.0%})")
+    if not difference <= INT8_TOLERANCE * spread:
+        raise UserError(f"{model_fn}: the int8 ONNX model disagrees with the PyTorch model (max abs logit "
+                        f"difference {difference:.3g}, {difference / spread:.0%} of the spread); "
+                        "refusing to write it")
 
 
 def same_inputs(model_fn, tokenizer, items, max_length):

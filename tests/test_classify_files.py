@@ -158,6 +158,14 @@ def test_rerun_refuses_what_changed(model, tmp_path, monkeypatch):
         f.write("one more line\n")
     with pytest.raises(UserError, match=r"another version of .*lines\.txt"):
         classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100)
+
+    from utils.processes import close_lock, open_lock
+    fd = open_lock(out / ".lock")  # what a run writing there holds (utils.processes, as every lock)
+    try:
+        with pytest.raises(UserError, match="another classify_plm.py run is writing there now"):
+            classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100)
+    finally:
+        close_lock(fd)
     rows = classify_files(monkeypatch, model, inputs / "lines.txt", out, "--shard_size", 100, "--overwrite")
     assert len(rows) == len(first) + 1 and [(r["line"], r["label"]) for r in rows[:-1]] == [
         (r["line"], r["label"]) for r in first]  # scores may move by 1e-6: the last shard is batched with one more line
@@ -197,6 +205,46 @@ def test_resume_after_sigkill(model, tmp_path, monkeypatch):
     assert [row["line"] for row in rows] == list(range(1, 3_841))
     assert [row["label"] for row in rows] == [row["label"] for row in whole]
     assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in whole], abs=1e-5)
+
+
+@pytest.mark.slow  # runs the real script and kills it
+def test_a_killed_driver_takes_its_workers_with_it(model, tmp_path):
+    """issue 33: the driver alone SIGKILLed (the OOM killer, `kill -9 PID`) while its two workers classify:
+    they end at once, instead of living on as orphans that keep renaming part files into --output_fn."""
+    from test_hostile_cases import alive, children
+
+    from utils.processes import close_lock, open_lock
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS * 6) + "\n")  # 2,880 lines, 48 shards: seconds of work left at the kill
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model), "--input_fn", str(corpus),
+               "--output_fn", str(out), "--shard_size", "60", "--num_workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while not (len(workers) >= 2 and list(out.glob("part-*"))) and time.time() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            workers = children(process.pid)
+            time.sleep(0.02)
+        assert len(workers) >= 2 and list(out.glob("part-*")), "the workers never classified a shard"
+        process.kill()  # the driver only: its workers are not sent anything
+        process.wait()
+        written = sorted(out.glob("part-*"))
+        deadline = time.time() + 3
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), "orphaned worker processes"
+        time.sleep(1)
+        assert sorted(out.glob("part-*")) == written, "part files written after the driver died"
+        assert len(written) < 48 and not (out / "_SUCCESS").exists()
+        close_lock(open_lock(out / ".lock", blocking=False))  # a rerun may start at once
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the session (a failed test's orphans)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.mark.slow  # runs the real script

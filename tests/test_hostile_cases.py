@@ -350,7 +350,8 @@ def test_class_weight_duplicates_and_overflow(spec, message, recwarn):
 
 def test_too_many_tokenizing_workers_are_capped(caplog):
     from data_load.encoding import capped_workers
-    assert capped_workers(1000, 100_000) == os.cpu_count()
+    from utils.runtime import usable_cpus
+    assert capped_workers(1000, 100_000) == usable_cpus()
     assert "--preprocessing_num_workers 1000: using" in caplog.text
     assert capped_workers(None, 10) == 1
 
@@ -416,3 +417,25 @@ def test_delimiter_leaves_jsonl_files_alone(tmp_path):
     path = tmp_path / "v.jsonl"
     path.write_text('{"text": "fine", "label": "pos"}\n{"text": "a; b", "label": "neg"}\n')
     assert [e.text for e in read_examples(path, delimiter=";")] == ["fine", "a; b"]
+
+
+def test_a_failed_atomic_write_leaves_what_was_there(tmp_path):
+    """utils.files: every file or directory written whole is in place complete, or the old one stays."""
+    from utils.files import atomic_directory, atomic_write
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as f:
+        f.write("half")
+        raise RuntimeError
+    with atomic_write(target, per_process=True) as temporary:
+        temporary.write_text("new")
+    directory = tmp_path / "entry"
+    for content in ("first", "second"):  # an earlier directory is replaced only by a complete one
+        with atomic_directory(directory) as building:
+            (building / "data").write_text(content)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(directory) as building:
+        (building / "data").write_text("third")
+        raise KeyboardInterrupt
+    assert target.read_text() == "new" and (directory / "data").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry", "report.json"]
+    assert [p.name for p in directory.iterdir()] == ["data"]

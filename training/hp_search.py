@@ -37,6 +37,7 @@ from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
+from utils.processes import start_worker
 
 STUDY_FILE = "hp_study.db"
 TRIALS_TABLE = "hp_trials.tsv"
@@ -147,12 +148,10 @@ def run_trial(trial, args, script, plan, position):
     trial.set_user_attr("host", socket.gethostname())
     model_fn = partial_dir(args.model_fn) / TRIALS_DIR / f"trial-{trial.number}"
     log.info(f"\n***** trial {trial.number} ({position} of {args.hp_search}): {describe_values(values)} *****")
-    where = {"storage": plan["url"], "study": plan["study"], "trial_id": trial._trial_id, "n_trials": args.hp_search,
-             "parent": os.getpid()}
+    where = {"storage": plan["url"], "study": plan["study"], "trial_id": trial._trial_id, "n_trials": args.hp_search}
     # the trial's report on stdout would come before the search's own: it goes to stderr with its log
-    child = subprocess.Popen([sys.executable, str(script), *trial_argv(args, values, model_fn)],
-                             env={**os.environ, TRIAL_ENV: json.dumps(where)}, stdin=subprocess.DEVNULL,
-                             stdout=sys.stderr)
+    child = start_worker([str(script), *trial_argv(args, values, model_fn)], env={TRIAL_ENV: json.dumps(where)},
+                         stdin=subprocess.DEVNULL, stdout=sys.stderr)
     try:
         status = child.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (utils.errors): the trial runs again from its start

@@ -2,13 +2,13 @@
 TensorBoard scalars, the weights of the best evaluation so far kept on disk, and, in a trial of a
 hyperparameter search, the score reported to its Optuna trial, which may stop a hopeless one."""
 import math
-import os
 from pathlib import Path
 
 from checkpoint.run_dir import partial_dir
 from scoring.metrics import selection_score, summary_line
 from scoring.report import TensorBoardLogger, history_row, row_metrics
 from training.trial import open_trial
+from utils.files import atomic_write
 from utils.log import log
 
 BEST_WEIGHTS = "best_model.safetensors"
@@ -90,9 +90,8 @@ class EvaluationRecorder:
 
 def save_best_weights(model, directory):
     from safetensors.torch import save_model as save_safetensors
-    tmp = Path(directory) / f".{BEST_WEIGHTS}.tmp"
-    save_safetensors(getattr(model, "module", model), str(tmp))
-    os.replace(tmp, Path(directory) / BEST_WEIGHTS)
+    with atomic_write(Path(directory) / BEST_WEIGHTS) as tmp:
+        save_safetensors(getattr(model, "module", model), str(tmp))
 
 
 def load_best_weights(model, directory, context):

@@ -34,7 +34,7 @@ class TrialReporter:
 
     def __init__(self, where):
         import optuna
-        die_with_parent(where["parent"])  # a trial without its search would train for nothing
+        die_with_parent()  # a trial without its search would train for nothing (it started us: start_worker)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.load_study(study_name=where["study"], storage=where["storage"],
                                   pruner=median_pruner(where["n_trials"]))

@@ -1,24 +1,49 @@
-"""Seeds, device and precision, and the process group under torchrun/accelerate launch."""
+"""The cores a process may use and the threads each worker gets; seeds, device and precision, and the
+process group under torchrun/accelerate launch.
+
+torch and numpy are imported only by the functions that need them: the file mode's torch-free classifier
+counts its cores here."""
 import contextlib
 import os
 import random
 import signal
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
 from utils.errors import UserError
 from utils.log import log
 
 
+def usable_cpus():
+    """The cores this process may run on: its affinity (taskset, a container's or a batch scheduler's
+    cpuset), which can be fewer than the machine has (os.cpu_count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_setting():
+    """OMP_NUM_THREADS when set to a positive number, else None. torch reads it; onnxruntime does not,
+    so its sessions are given it (inference.onnx_classifier.load_session)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+
+
+def worker_threads(n_workers, cores=None):
+    """Intra-op threads each of n_workers processes gets: OMP_NUM_THREADS when set, else the cores (this
+    machine's usable ones unless given, e.g. a Ray cluster's) shared out, at least one each."""
+    return threads_setting() or max(1, (cores or usable_cpus()) // n_workers)
+
+
 def set_seed(seed):
+    import numpy as np
+    import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def choose_device(name="auto", local_rank=0):
+    import torch
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     if name == "cpu" or not torch.cuda.is_available():
@@ -29,6 +54,7 @@ def choose_device(name="auto", local_rank=0):
 def choose_precision(precision, device):
     """auto: bf16 on CUDA that supports it, else fp16 on CUDA, else fp32. Half precision needs CUDA:
     on the CPU it would silently train in fp32 (Trainer) or crawl (bf16 autocast), so refuse."""
+    import torch
     on_cuda = device.type == "cuda"
     if precision == "auto":
         if not on_cuda:
@@ -46,6 +72,7 @@ def autocast_context(device, precision):
     fp16/bf16 autocast on CUDA, nothing at all in fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    import torch
     return torch.autocast(device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
 
 
@@ -70,12 +97,14 @@ class DistributedContext:
 
     def barrier(self):
         if self.enabled:
+            import torch
             torch.distributed.barrier()
 
     def gather(self, obj):
         """Every process's object, in rank order, on every process."""
         if not self.enabled:
             return [obj]
+        import torch
         gathered = [None] * self.world_size
         torch.distributed.all_gather_object(gathered, obj)
         return gathered
@@ -89,6 +118,7 @@ def distributed_context():
 
 
 def init_process_group(context, device):
+    import torch
     if context.enabled and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -117,6 +147,7 @@ class StopRequest:
     def agreed(self):
         if not self.context.enabled:
             return self.requested
+        import torch
         on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL reduces only GPU tensors
         flag = torch.tensor([1.0 if self.requested else 0.0], device="cuda" if on_gpu else "cpu")
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
