@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 
 from options.parser import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
-                       add_runtime_flags, float_range, int_at_least)
+                            add_model_flag, add_runtime_flags, float_range, int_at_least)
 from utils.errors import UserError, exit_on_user_error, first_line, on_failure
 from utils.log import log
 
 
 def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    add_model_flag(p)
     p.add_argument("--test_fn", required=True,
                    help="labelled data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet or a "
                         "Dataset.save_to_disk directory")

@@ -4,7 +4,7 @@ backend).
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
 from data_load.long_text import pool
-from options.parser import add_batch_flags, add_runtime_flags, int_at_least
+from options.parser import add_batch_flags, add_model_flag, add_runtime_flags, int_at_least
 from scoring.decision import choose_labels
 from scoring.scores import probabilities_of
 
@@ -17,7 +17,7 @@ BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. 
 def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
     """--model_fn and the backend, precision and batching flags, as one group."""
     group = parser.add_argument_group("model and backend")
-    group.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    add_model_flag(group)
     group.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     group.add_argument("--quantize", choices=["none", "int8"], default="none",
                        help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "

@@ -62,6 +62,15 @@ def float_range(low, high, low_open=False, high_open=False):
     return _number(float, low, high, low_open, high_open)
 
 
+SAVED_MODEL_HELP = "model directory written by finetune_plm_hf.py/_native.py"
+
+
+def add_model_flag(group, help=SAVED_MODEL_HELP):
+    """--model_fn, the model directory every command names: a saved model to read (the default help), or
+    the trainers' output directory (their own help)."""
+    group.add_argument("--model_fn", required=True, help=help)
+
+
 CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: the 🤗 datasets cache, "
               "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
               "the data's content, the tokenizer and --max_length; delete the directory to clear it")

@@ -1,11 +1,11 @@
 """Command-line flags both trainers share, defined once so names and defaults cannot drift."""
 import argparse
 
-from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
-                       add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
 from data_load.long_text import check_stride
 from data_load.tokens import MIN_LENGTH
-from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, REGRESSION_SCORES
+from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
+                            add_model_flag, add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
+from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, best_metric_problem
 from utils.hub import DEFAULT_MODEL_HELP
 
 
@@ -46,9 +46,11 @@ class TrainingArgumentParser(ArgumentParser):
                                 ("--class_weight", parsed.class_weight not in (None, "", "none"))):
                 if given:
                     self.error(f"{flag} is for classes; --regression predicts one number a row: drop one of them")
-            if parsed.best_metric is not None and parsed.best_metric not in REGRESSION_SCORES:
-                self.error(f"--best_metric {parsed.best_metric}: not a regression score; choose one of "
-                           f"{', '.join(REGRESSION_SCORES)}")
+            # a regression run's metric is known wrong from the flags; a classifier's only once the data says
+            # whether it is multi-label (training.prepare): the same check, each part where it can be made
+            problem = parsed.best_metric is not None and best_metric_problem(parsed.best_metric, regression=True)
+            if problem:
+                self.error(problem)
         if parsed.calibrate is None:
             parsed.calibrate = CALIBRATE_BY_DEFAULT and not parsed.regression
         elif parsed.calibrate and parsed.regression:
@@ -71,8 +73,7 @@ def training_parser(description):
     p = TrainingArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     io = p.add_argument_group("data and output")
-    io.add_argument("--model_fn", required=True,
-                    help="output directory for the fine-tuned model (replaced only by a complete new one)")
+    add_model_flag(io, "output directory for the fine-tuned model (replaced only by a complete new one)")
     io.add_argument("--train_fn",
                     help="training data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet, or a "
                          "directory written by Dataset(Dict).save_to_disk (its validation/test splits are used "

@@ -18,7 +18,7 @@ from data_load.lengths import clamp_max_length, model_max_length
 from data_load.long_text import check_stride, default_stride
 from data_load.readers import Labeling
 from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
-from scoring.metrics import MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES
+from scoring.metrics import best_metric_problem
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
@@ -107,15 +107,11 @@ def prepare(args, trainer_name, **data):
                              splits.multi_label) if args.class_weight not in (None, "", "none") else None)
     if splits.has_pairs and args.long_text == "sliding":  # head_tail is the default: pairs truncate without a word
         log.info("note: --long_text sliding is for single texts; sentence pairs are truncated (longest first)")
-    if splits.regression:
-        if args.best_metric not in REGRESSION_SCORES:
-            raise UserError(f"--best_metric {args.best_metric}: not a regression score; choose one of "
-                            f"{', '.join(REGRESSION_SCORES)}")
-    elif splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
-        raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
-                        f"{', '.join(MULTI_LABEL_SCORES)}")
-    elif not splits.multi_label and args.best_metric not in SCORES:
-        raise UserError(f"--best_metric {args.best_metric}: a multi-label score; choose one of {', '.join(SCORES)}")
+    # a regression run's --best_metric was checked with the flags (options.training_flags); whether a
+    # classifier is multi-label only the data says
+    problem = not splits.regression and best_metric_problem(args.best_metric, multi_label=splits.multi_label)
+    if problem:
+        raise UserError(problem)
     fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
     if args.resume:
         check_resume_matches(args.model_fn, fingerprint)
