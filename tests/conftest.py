@@ -47,13 +47,18 @@ def classifier_in_process(model_fn, *flags):
 
 def data_options(**flags):
     """DataOptions from trainer flag values (the parser's defaults for the rest), through the trainers' own
-    conversion, training.prepare.data_options."""
-    from types import SimpleNamespace
+    conversion, options.training_flags.data_options."""
+    return training_options(**flags).data
 
-    from options.training_flags import training_parser
-    from training.prepare import data_options as from_flags
-    defaults = vars(training_parser("tests").parse_args(["--model_fn", "unused", "--train_fn", "unused"]))
-    return from_flags(SimpleNamespace(**{**defaults, **flags}))
+
+def training_options(*argv, **flags):
+    """The TrainingOptions a trainer builds from this command line (--model_fn and --train_fn given unless
+    argv gives them), with `flags` ({flag: value}) over the parsed values."""
+    from options.training_flags import options_from_flags, training_parser
+    required = [flag for flag in ("--model_fn", "--train_fn") if flag not in argv]
+    parsed = training_parser("tests").parse_args([arg for flag in required for arg in (flag, "unused")]
+                                                 + list(map(str, argv)))
+    return options_from_flags({**vars(parsed), **flags})
 
 
 def shared(*parts):
