@@ -232,7 +232,7 @@ def test_evaluate_reproduces_the_test_scores(trained, tmp_path):
     model_fn = trained[CALIBRATED]["dir"]
     out = tmp_path / "eval"
     result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", model_fn.parent / "test.tsv",
-                        "--output_dir", out, "--n_errors", 10)
+                        "--output_fn", out, "--n_errors", 10)
     saved = json.loads((model_fn / "metrics.json").read_text())["test"]
     scored = json.loads((out / "metrics.json").read_text())["test"]
     assert scored["n_examples"] == saved["n_examples"] == 300
@@ -252,7 +252,7 @@ def test_evaluate_refuses_labels_the_model_does_not_know(trained, tmp_path):
     model_fn = trained["finetune_plm_native.py"]["dir"]
     test_fn = tmp_path / "new.tsv"
     test_fn.write_text("joy\tI am glad\nsurprise_party\tWhat a day\n")
-    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", test_fn, "--output_dir",
+    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", test_fn, "--output_fn",
                         tmp_path / "eval", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

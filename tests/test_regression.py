@@ -133,7 +133,7 @@ def test_regression_end_to_end(stsb, tiny_model, tmp_path, script, monkeypatch, 
 
     import evaluate_plm
     monkeypatch.setattr(sys, "argv", ["evaluate_plm.py", "--model_fn", str(model_fn), "--test_fn", str(stsb["dev"]),
-                                      *STSB_FLAGS, "--output_dir", str(tmp_path / "eval")])
+                                      *STSB_FLAGS, "--output_fn", str(tmp_path / "eval")])
     evaluate_plm.main()
     assert "Spearman" in capsys.readouterr().out
     scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
