@@ -36,11 +36,17 @@ def run_script(script, *args, stdin=None, check=True, timeout=600, env=None):
 def classifier_in_process(model_fn, *flags):
     """The classifier classify_plm.py builds from these flags (its own parser and defaults), built in this
     process: one model load and no interpreter start, 3-4 s less of the suite than a script run."""
-    import classify_plm
     from inference.load import load_classifier
+    return load_classifier(classifier_options(model_fn, *flags))
+
+
+def classifier_options(model_fn, *flags):
+    """The ClassifierOptions classify_plm.py builds from these flags (its own parser and defaults)."""
+    import classify_plm
+    from inference.classifier import ClassifierOptions
     argv, sys.argv = sys.argv, ["classify_plm.py", "--model_fn", str(model_fn), *map(str, flags)]
     try:
-        return load_classifier(classify_plm.parse_args())
+        return ClassifierOptions.from_flags(vars(classify_plm.parse_args()))
     finally:
         sys.argv = argv
 

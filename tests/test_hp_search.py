@@ -87,7 +87,8 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
     # an ordinary checkpoint: the classifier classify_plm.py builds loads it (in this process: a script run
     # costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn)
-    assert classifier.labels[classifier.predict([("Great value. Very happy with it.", None)])[3][0][0]] == "positive"
+    prediction = classifier.predict([("Great value. Very happy with it.", None)])
+    assert classifier.labels[prediction.label_ids[0][0]] == "positive"
 
 
 @pytest.mark.slow  # the search and 1 trial (~12 s)

@@ -187,8 +187,8 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
     # builds, in this process: two script runs cost 7 s more)
     classifier = classifier_in_process(model_fn)
     items = [(line, None) for line in text.splitlines()]
-    assert [len(ids) for ids in classifier.predict(items, threshold=0)[3]] == [28, 28]
-    assert [len(ids) for ids in classifier.predict(items, threshold=1)[3]] == [1, 1]
+    assert [len(ids) for ids in classifier.predict(items, threshold=0).label_ids] == [28, 28]
+    assert [len(ids) for ids in classifier.predict(items, threshold=1).label_ids] == [1, 1]
 
     from transformers import pipeline
     scores = pipeline("text-classification", model=str(model_fn), top_k=None)(["thank you so much"])[0]
@@ -220,7 +220,7 @@ def test_native_threshold_per_label_reaches_classify(tmp_path, tiny_model):
     # every label's probability, from the classifier classify_plm.py builds (in this process: a second script
     # run costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn)
-    all_probabilities = classifier.predict([(line, None) for line in text.splitlines()])[1]
+    all_probabilities = classifier.predict([(line, None) for line in text.splitlines()]).probabilities
     for row, chosen in zip(all_probabilities, printed):
         probability = dict(zip(classifier.labels, map(float, row)))
         passing = {name for name, p in probability.items() if p >= thresholds[name]}

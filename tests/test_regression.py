@@ -81,9 +81,9 @@ def test_non_numeric_label_is_file_and_line(tmp_path):
 def numbers_of(model_fn, pairs, backend="torch"):
     """The classifier's numbers for (sentence, pair) items, in process (as classify_plm.py and the server get them)."""
     classifier = classifier_in_process(model_fn, "--backend", backend, "--batch_size", 16)
-    _, _, scores, ids = classifier.predict([tuple(pair) for pair in pairs])
-    assert all(row == [0] for row in ids)
-    return [row[0] for row in scores]
+    prediction = classifier.predict([tuple(pair) for pair in pairs])
+    assert all(row == [0] for row in prediction.label_ids)
+    return [row[0] for row in prediction.scores]
 
 
 @pytest.mark.slow  # trains with both trainers
