@@ -39,13 +39,8 @@ DEFAULT_SPACE = {"lr": {"low": 0.25, "high": 2.0, "log": True}, "n_epochs": {"lo
 class TrainingArgumentParser(ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
-        if not parsed.train_fn and not parsed.dataset_name:
-            self.error("the training data is missing: pass --train_fn FILE (or a save_to_disk directory) "
-                       "or --dataset_name NAME")
-        if parsed.train_fn and parsed.dataset_name:
-            self.error("--train_fn and --dataset_name both name the training data: give one of them")
-        if parsed.dataset_config_name and not parsed.dataset_name:
-            self.error("--dataset_config_name needs --dataset_name")
+        # which training data (--train_fn, --dataset_name, --dataset_config_name): DataOptions checks it once,
+        # when training_options builds it from these flags
         if parsed.regression:
             for flag, given in (("--multi_label", parsed.multi_label), ("--label_columns", parsed.label_columns),
                                 ("--label_names_fn", parsed.label_names_fn),

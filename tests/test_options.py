@@ -154,3 +154,19 @@ def test_predict_returns_named_fields(tmp_path):
     assert rows.label_ids == prediction.label_ids[1:] and rows.logits.tolist() == prediction.logits[1:].tolist()
     with pytest.raises(TypeError):  # not a tuple: read by name, not by position
         _, _, scores, ids = prediction
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"train_fn": None}, "the training data is missing"),
+    ({"dataset_name": "someone/reviews"}, "--train_fn and --dataset_name both name the training data"),
+    ({"dataset_config_name": "sst2"}, "--dataset_config_name needs --dataset_name"),
+])
+def test_the_training_data_is_checked_once_where_data_options_are_made(flags, message):
+    """The trainers' flags and DataOptions made in code meet the same check, in DataOptions alone."""
+    from conftest import training_options
+    from data_load.splits import DataOptions
+    from utils.errors import UserError
+    with pytest.raises(UserError, match=message):
+        training_options(**flags)
+    with pytest.raises(UserError, match=message):
+        DataOptions(**{"train_fn": "t.tsv", **flags})
