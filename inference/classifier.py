@@ -1,6 +1,6 @@
 """A classifier as every command that classifies sees it (classify_plm.py, serve_plm.py): the flags that
-choose and tune it, defined once, and the base class both backends share (inference/load.py picks the
-backend).
+choose and tune it, defined once, and their typed values (ClassifierOptions); the base class both backends
+share (inference/load.py picks the backend) and what it predicts (Prediction).
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
 import dataclasses

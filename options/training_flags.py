@@ -193,8 +193,9 @@ def training_parser(description):
 
 # The options: the trainers' flags as typed, frozen values, grouped by what reads them. An entry point
 # builds them once (training_options) and hands them down; nothing below it sees the parsed namespace, and
-# nothing changes them in place: a changed setting is a new object (dataclasses.replace, with_flags). No
-# defaults here: the parser's are the only ones, so the two cannot drift.
+# nothing changes them in place. A flag the entry point settles itself goes in through training_options, so
+# that training_args.json records it; what is not a flag (DataOptions.classes) through dataclasses.replace.
+# No defaults here: the parser's are the only ones, so the two cannot drift.
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -270,18 +271,12 @@ class TrainingOptions:
     evaluation: EvalOptions
     run: RunOptions
     search: SearchOptions
-    flags: tuple = ()
+    flags: tuple
 
     @property
     def record(self):
         """The flags as a new dict, {name: value}, in the parser's order."""
         return dict(self.flags)
-
-    def with_flags(self, **changes):
-        """These options rebuilt with some flags changed, so that the groups and the record agree (a
-        dataclasses.replace of a group would leave the record as it was). Data settings that are not flags
-        (DataOptions.classes) are not carried over."""
-        return options_from_flags({**self.record, **changes})
 
 
 def training_options(args, **resolved):
