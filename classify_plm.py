@@ -23,7 +23,7 @@ from itertools import islice
 
 from batch.job import add_file_flags, check_file_flags
 from data_load.readers import split_pair
-from inference.classifier import add_classifier_flags
+from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.load import load_classifier
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
@@ -61,7 +61,7 @@ def main():
         check_threshold(args, saved.multi_label)
         batch_job.classify_files(args, saved)  # the classifier is loaded where shards are classified
         return
-    classifier = load_classifier(args)
+    classifier = load_classifier(ClassifierOptions.from_flags(vars(args)))
     labels = classifier.labels
     check_threshold(args, classifier.multi_label)
     if classifier.regression and (args.top_k or args.with_prob):
@@ -75,9 +75,9 @@ def main():
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        _, _, scores, best = classifier.predict([split_pair(line, classifier.pairs) for line in chunk], args.top_k,
-                                                args.threshold)  # None: the model's own threshold
-        for line, row, ids in zip(chunk, scores, best):
+        prediction = classifier.predict([split_pair(line, classifier.pairs) for line in chunk], args.top_k,
+                                        args.threshold)  # None: the model's own threshold
+        for line, row, ids in zip(chunk, prediction.scores, prediction.label_ids):
             if classifier.regression:  # the predicted number (the score of the one output)
                 out.write(f"{row[0]:.4f}\t{line}\n")
                 continue

@@ -14,6 +14,7 @@ as an ordinary checkpoint: classify_plm.py, evaluate_plm.py, export_plm.py and s
 as they load any other."""
 import dataclasses
 import json
+from dataclasses import dataclass
 
 import datasets
 
@@ -22,11 +23,11 @@ from data_load.dataset import encode_split, training_rows, window_rows
 from data_load.sources import unlabelled_file
 from data_load.splits import load_unlabelled
 from options.parser import float_above, float_range, int_at_least
-from options.training_flags import training_parser
+from options.training_flags import training_options, training_parser
 from training.distillation import SOFT_WEIGHT, TEMPERATURE, Teacher, check_student_layers, distillation_loss, keep_layers
 from training.loss import loss_function
 from training.native_loop import train
-from training.prepare import data_options, prepare, training_schedule
+from training.prepare import prepare, training_schedule
 from utils.errors import UserError, exit_on_user_error
 from utils.runtime import init_process_group
 
@@ -59,45 +60,59 @@ def parse_args():
     return p.parse_args()
 
 
+@dataclass(frozen=True)
+class DistillOptions:
+    """The distillation's own flags, as settled by student_flags (the student's layers)."""
+    teacher_fn: str
+    unlabeled_fn: str | None
+    unlabeled_text_column: str | None
+    student_layers: int | None  # None: the student keeps every layer of --pretrained_model_name
+    temperature: float
+    soft_weight: float
+
+
 def main():
     args = parse_args()
     teacher = SavedModel.read(args.teacher_fn)  # a missing or damaged teacher: one line, before any data is read
     check_flags(args, teacher)
     teacher_layers = teacher_layer_count(teacher)
     from_teacher = args.pretrained_model_name is None
-    if from_teacher:
-        args.student_layers = args.student_layers or max(1, teacher_layers // 2)
-        check_student_layers(args.student_layers, teacher_layers, f"the teacher {args.teacher_fn}")
-        args.pretrained_model_name = str(teacher.path)
+    # the settled flags are recorded (training_args.json, --resume) as if they had been given
+    options = training_options(args, **student_flags(args, teacher, teacher_layers))
+    flags = options.record
+    distill = DistillOptions(**{field.name: flags[field.name] for field in dataclasses.fields(DistillOptions)})
     # the student's labels are the teacher's, in its order: a training label the teacher lacks is refused here
-    run = prepare(args, "distill", classes=teacher.labels, classes_of=f"the teacher {args.teacher_fn}")
-    student_name = f"the teacher {args.teacher_fn}" if from_teacher else run.model_name
-    kept = keep_layers(run.model, args.student_layers, student_name) if args.student_layers else None
-    unlabelled = read_unlabelled(args, run) if args.unlabeled_fn else None
+    options = dataclasses.replace(options, data=dataclasses.replace(
+        options.data, classes=teacher.labels, classes_of=f"the teacher {distill.teacher_fn}"))
+    run = prepare(options, "distill")
+    student_name = f"the teacher {distill.teacher_fn}" if from_teacher else run.model_name
+    kept = keep_layers(run.model, distill.student_layers, student_name) if distill.student_layers else None
+    unlabelled = read_unlabelled(distill, options, run) if distill.unlabeled_fn else None
     init_process_group(run.context, run.device)  # the teacher's predictions are sharded across processes
-    train_set, teacher_valid = teacher_targets(args, run, unlabelled)
+    train_set, teacher_valid = teacher_targets(distill, options, run, unlabelled)
     n_unlabelled = len(unlabelled) if unlabelled else 0
     run = dataclasses.replace(run, train_set=train_set, n_train_texts=run.n_train_texts + n_unlabelled,
-                              schedule=training_schedule(len(train_set), args, run.context.world_size))
+                              schedule=training_schedule(len(train_set), options.schedule, run.context.world_size))
 
-    hard = f"{1 - args.soft_weight:g} x the labels' {'binary ' if run.splits.multi_label else ''}cross-entropy"
+    soft_weight, temperature = distill.soft_weight, distill.temperature
+    hard = f"{1 - soft_weight:g} x the labels' {'binary ' if run.splits.multi_label else ''}cross-entropy"
     notes = [
-        f"  distillation: teacher = {args.teacher_fn} ({teacher_layers} layers); on validation {teacher_valid}",
+        f"  distillation: teacher = {distill.teacher_fn} ({teacher_layers} layers); on validation {teacher_valid}",
         "  student = " + (f"layers {', '.join(map(str, kept))} of " if kept else "")
         + (f"the teacher's {teacher_layers}" if from_teacher else run.model_name),
         f"  training texts = {len(run.splits.train)} labelled + {n_unlabelled} unlabelled"
-        + (f" ({args.unlabeled_fn}, labelled by the teacher)" if unlabelled else ""),
-        f"  loss = {args.soft_weight:g} x T^2 x {'BCE to sigmoid' if run.splits.multi_label else 'KL to softmax'}"
-        f"(teacher / T), T = {args.temperature:g}, + {hard} (labelled rows)",
+        + (f" ({distill.unlabeled_fn}, labelled by the teacher)" if unlabelled else ""),
+        f"  loss = {soft_weight:g} x T^2 x {'BCE to sigmoid' if run.splits.multi_label else 'KL to softmax'}"
+        f"(teacher / T), T = {temperature:g}, + {hard} (labelled rows)",
     ]
-    record = {"distillation": {"teacher_fn": str(args.teacher_fn), "temperature": args.temperature,
-                               "soft_weight": args.soft_weight, "teacher_layers": teacher_layers,
+    record = {"distillation": {"teacher_fn": str(distill.teacher_fn), "temperature": temperature,
+                               "soft_weight": soft_weight, "teacher_layers": teacher_layers,
                                "student_layers": run.model.config.num_hidden_layers, "layers_kept": kept,
                                "student_from": str(teacher.path) if from_teacher else run.model_name,
                                "n_unlabeled": n_unlabelled}}
     hard_loss = loss_function(run.class_weights, run.splits.multi_label)
-    train(args, run, "distill", distillation_loss(hard_loss, run.splits.multi_label, args.temperature,
-                                                  args.soft_weight), notes, record)
+    train(options, run, "distill", distillation_loss(hard_loss, run.splits.multi_label, temperature, soft_weight),
+          notes, record)
 
 
 def check_flags(args, teacher):
@@ -110,8 +125,6 @@ def check_flags(args, teacher):
                         "distillation here is for classifiers (single- or multi-label)")
     if args.multi_label and not teacher.multi_label:
         raise UserError(f"--multi_label: the teacher {args.teacher_fn} is a single-label classifier; drop the flag")
-    # a multi-label teacher's student is multi-label: its data is read as the teacher's was
-    args.multi_label = args.multi_label or (teacher.multi_label and not args.label_columns)
     if args.soft_weight == 0 and args.unlabeled_fn:
         raise UserError("--soft_weight 0 trains on the labels alone, so --unlabeled_fn would teach nothing: "
                         "raise --soft_weight or drop --unlabeled_fn")
@@ -121,9 +134,22 @@ def check_flags(args, teacher):
         raise UserError("--unlabeled_text_column: there is no --unlabeled_fn to read it from")
 
 
-def read_unlabelled(args, run):
+def student_flags(args, teacher, teacher_layers):
+    """The flags this script settles from the teacher, {flag: value} (the parsed ones stay as they are): a
+    multi-label teacher's student is multi-label, its data read as the teacher's was; the student cut from the
+    teacher (no --pretrained_model_name) keeps --student_layers of its layers, by default half."""
+    settled = {"multi_label": args.multi_label or (teacher.multi_label and not args.label_columns)}
+    if args.pretrained_model_name is None:
+        settled["student_layers"] = args.student_layers or max(1, teacher_layers // 2)
+        check_student_layers(settled["student_layers"], teacher_layers, f"the teacher {args.teacher_fn}")
+        settled["pretrained_model_name"] = str(teacher.path)
+    return settled
+
+
+def read_unlabelled(distill, options, run):
     try:
-        return load_unlabelled(args.unlabeled_fn, data_options(args), run.splits.has_pairs, args.unlabeled_text_column)
+        return load_unlabelled(distill.unlabeled_fn, options.data, run.splits.has_pairs,
+                               distill.unlabeled_text_column)
     except UserError as error:  # the readers' messages name the training data's flag
         raise UserError(str(error).replace("--text_column", "--unlabeled_text_column")) from None
 
@@ -133,15 +159,15 @@ def teacher_layer_count(teacher):
     return config.get("num_hidden_layers") or config.get("n_layers") or 0
 
 
-def teacher_targets(args, run, unlabelled):
+def teacher_targets(distill, options, run, unlabelled):
     """(the student's training rows, each with its text's teacher logits: the labelled rows, then the
     unlabelled ones; the teacher's validation scores as a line)."""
-    teacher = Teacher(load_checkpoint(args.teacher_fn, run.device), run, args)
+    teacher = Teacher(load_checkpoint(distill.teacher_fn, run.device), run, options)
     parts = [with_logits(run.train_set, run.text_of_window, teacher.logits(run.splits.train))]
     if unlabelled is not None:
         encoded = encode_split(unlabelled, run.splits.labels, run.tokenizer, run.max_length,
-                               args.preprocessing_num_workers, args.cache_dir, long_text=run.long_text,
-                               stride=run.stride)
+                               options.run.preprocessing_num_workers, options.data.cache_dir,
+                               long_text=run.long_text, stride=run.stride)
         parts.append(with_logits(*window_rows(encoded), teacher.logits(unlabelled)))
     return datasets.concatenate_datasets(parts), teacher.validation_line(run.splits.valid)
 

@@ -3,14 +3,14 @@
 Reads --test_fn in any input format the trainers read (same column flags), checks that its labels
 are the model's, and prints the scores (the expected calibration error among them) and the per-class
 table. Writes metrics.json, confusion_matrix.png, reliability_diagram.png and errors.tsv (the
-highest-loss examples) into --output_dir, which appears only when all are written (a finished evaluation there is replaced only by a complete one).
+highest-loss examples) into --output_fn, which appears only when all are written (a finished evaluation there is replaced only by a complete one).
 A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
 largest errors; long texts are handled as the model was trained unless --long_text says otherwise."""
 import argparse
 from pathlib import Path
 
 from options.parser import (ArgumentParser, add_batch_flags, add_cache_flag, add_column_flags, add_delimiter_flag,
-                       add_runtime_flags, float_range, int_at_least)
+                             add_deprecated_name, add_model_flag, add_runtime_flags, float_range, int_at_least)
 from utils.errors import UserError, exit_on_user_error, first_line
 from utils.files import atomic_directory
 from utils.log import log
@@ -18,11 +18,13 @@ from utils.log import log
 
 def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    add_model_flag(p)
     p.add_argument("--test_fn", required=True,
                    help="labelled data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet or a "
                         "Dataset.save_to_disk directory")
-    p.add_argument("--output_dir", help="where the reports go (default: <model_fn>/evaluation/<test file name>)")
+    # _fn as every path flag of the project (classify_plm.py's --output_fn is a directory too)
+    p.add_argument("--output_fn", help="directory the reports go to (default: <model_fn>/evaluation/<test file name>)")
+    add_deprecated_name(p, "--output_dir", "--output_fn")
     data = p.add_argument_group("data")
     add_column_flags(data, trained=True)
     add_delimiter_flag(data)
@@ -51,7 +53,7 @@ def main():
     from scoring.metrics import summary_line
     from utils.runtime import choose_device, choose_precision
 
-    output_dir = Path(args.output_dir or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
+    output_dir = Path(args.output_fn or Path(args.model_fn) / "evaluation" / Path(args.test_fn).name)
     check_output_dir(output_dir, args.model_fn)
     device = choose_device(args.device)
     precision = choose_precision(args.precision, device)
@@ -63,13 +65,14 @@ def main():
     for flag in ("threshold", "label_columns"):
         if getattr(args, flag) is not None and not multi_label:
             raise UserError(f"--{flag}: {args.model_fn} is a single-label model; --{flag} applies to multi-label ones")
-    if multi_label:  # read the file as the training data was read, unless told otherwise
-        for flag in ("label_columns", "label_names_fn"):
-            if getattr(args, flag) is None and not args.label_column:
-                setattr(args, flag, getattr(saved, flag))
-        args.label_separator = args.label_separator or saved.label_separator
-    labeling = dataclasses.replace(Labeling.from_flags(multi_label, args.label_separator, args.label_columns,
-                                                       args.label_names_fn, args.label_column),
+    label_columns, label_names_fn, label_separator = args.label_columns, args.label_names_fn, args.label_separator
+    if multi_label:  # read the file as the training data was read, unless told otherwise (the flags stay as parsed)
+        if not args.label_column:
+            label_columns = saved.label_columns if label_columns is None else label_columns
+            label_names_fn = saved.label_names_fn if label_names_fn is None else label_names_fn
+        label_separator = label_separator or saved.label_separator
+    labeling = dataclasses.replace(Labeling.from_flags(multi_label, label_separator, label_columns, label_names_fn,
+                                                       args.label_column),
                                    numbers=saved.regression)
     split = load_labelled(args.test_fn, (args.text_column, args.text_pair_column, args.label_column), labels,
                           args.cache_dir, labeling, saved.regression, args.delimiter)
@@ -83,7 +86,7 @@ def main():
 
     try:
         # an earlier evaluation there is replaced only by a complete one; per process: no lock keeps two
-        # evaluations from writing the same --output_dir at once
+        # evaluations from writing the same --output_fn at once
         with atomic_directory(output_dir, per_process=True) as tmp:
             (tmp / "metrics.json").write_text(json_text({
                 "model": str(args.model_fn), "test_fn": str(args.test_fn), "max_length": max_length,
@@ -96,7 +99,7 @@ def main():
                 plot_reliability(result, tmp / RELIABILITY_DIAGRAM)
             write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
     except OSError as error:
-        raise UserError(f"--output_dir {output_dir}: cannot write the reports ({first_line(error)})") from None
+        raise UserError(f"--output_fn {output_dir}: cannot write the reports ({first_line(error)})") from None
 
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "") + (
@@ -111,9 +114,9 @@ def check_output_dir(output_dir, model_fn):
     """Only an earlier evaluation is ever replaced: never the model, nor a directory holding anything else."""
     output_dir, model_fn = output_dir.resolve(), Path(model_fn).resolve()
     if output_dir == model_fn or model_fn.is_relative_to(output_dir):
-        raise UserError(f"--output_dir {output_dir}: holds the model {model_fn}; choose a directory of its own")
+        raise UserError(f"--output_fn {output_dir}: holds the model {model_fn}; choose a directory of its own")
     if output_dir.exists() and (not output_dir.is_dir() or not {p.name for p in output_dir.iterdir()} <= REPORTS):
-        raise UserError(f"--output_dir {output_dir}: exists and holds more than an earlier evaluation; choose a new "
+        raise UserError(f"--output_fn {output_dir}: exists and holds more than an earlier evaluation; choose a new "
                         "directory (an earlier evaluation there would be replaced)")
 
 

@@ -10,13 +10,13 @@ directory as before. Needs requirements/onnx.txt (`make setup` installs it)."""
 import argparse
 import sys
 
-from options.parser import ArgumentParser
+from options.parser import ArgumentParser, add_model_flag
 from utils.errors import exit_on_user_error, require
 
 
 def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    add_model_flag(p)
     return p.parse_args()
 
 

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained language model for sentence classification with transformers.Trainer.
 
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
-from options.training_flags import training_parser
+from options.training_flags import training_options, training_parser
 from training.hf_loop import train
 from training.hp_search import search
 from training.loss import loss_function
@@ -10,12 +10,13 @@ from utils.errors import exit_on_user_error
 
 
 def main():
-    args = training_parser(__doc__).parse_args()
-    if args.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
-        return search(args, "hf", __file__)
-    run = prepare(args, "hf")  # device, data, model; bad input fails here, before anything is written
+    # the flags, parsed and checked, as the typed options every layer below reads (options/training_flags.py)
+    options = training_options(training_parser(__doc__).parse_args())
+    if options.search.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
+        return search(options, "hf", __file__)
+    run = prepare(options, "hf")  # device, data, model; bad input fails here, before anything is written
     # the loop (training/hf_loop.py) evaluates, keeps the best weights and saves the run
-    train(args, run, "hf", loss_function(run.class_weights, run.splits.multi_label, run.regression_scale))
+    train(options, run, "hf", loss_function(run.class_weights, run.splits.multi_label, run.regression_scale))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import signal
 import socket
 
-from inference.classifier import add_classifier_flags
+from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.load import load_classifier
 from options.parser import ArgumentParser, float_at_least, int_at_least
 from utils.errors import UserError, exit_on_user_error, require
@@ -60,7 +60,7 @@ def main():
     import uvicorn
 
     from serving.app import create_app
-    classifier = load_classifier(args)
+    classifier = load_classifier(ClassifierOptions.from_flags(vars(args)))
     sock = listen(args.host, args.port)
     app = create_app(classifier, args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_inputs,
                      args.max_chars)

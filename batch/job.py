@@ -85,7 +85,7 @@ def check_file_flags(args):
             raise UserError("--engine, --ray_address and --num_workers apply to file mode (--input_fn/--output_fn)")
     if args.ray_address and args.engine != "ray":
         raise UserError("--ray_address: only with --engine ray")
-    check_backend_installed(args)
+    check_backend_installed(args.backend)
     if args.engine == "ray":
         require(["ray"], "--engine ray", "pip install -r requirements/ray.txt (ray[data]==2.60.0), or use the default "
                                          "--engine local")

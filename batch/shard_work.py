@@ -19,19 +19,19 @@ class ShardJob:
     columns: Columns
     output_dir: str
     output_format: str
-    settings: dict  # the classify flags (load_classifier reads them)
+    settings: dict  # the classify flags, {flag: value} (the classifier's become its ClassifierOptions)
     labels: list
     pairs: bool
     single: bool  # one label a row: `label` a string and `score` a number (else lists)
 
-    def classifier_args(self):
-        from argparse import Namespace
-        return Namespace(**self.settings)
+    def classifier_options(self):
+        from inference.classifier import ClassifierOptions
+        return ClassifierOptions.from_flags(self.settings)
 
 
 def load_worker_classifier(job):
     from inference.load import load_classifier
-    return load_classifier(job.classifier_args())
+    return load_classifier(job.classifier_options())
 
 
 def part_path(job, index):
@@ -53,8 +53,8 @@ def classify_shard(job, shard, classifier):
         while chunk := list(islice(examples, settings["chunk_size"])):
             # a pair model reads the pair (empty when the row has none); a single-sentence model never does
             items = [(example.text, (example.text_pair or "") if job.pairs else None) for example in chunk]
-            _, probabilities, scores, ids = classifier.predict(items, settings["top_k"], settings["threshold"])
-            writer.write(chunk, probabilities, scores, ids)
+            prediction = classifier.predict(items, settings["top_k"], settings["threshold"])
+            writer.write(chunk, prediction.probabilities, prediction.scores, prediction.label_ids)
             rows += len(chunk)
         writer.close()
     return {"shard": shard.index, "rows": rows, "empty": stats.get("n_empty", 0)}

@@ -8,15 +8,15 @@ from utils.errors import UserError
 TRAINER_SCRIPTS = {"native": "finetune_plm_native.py", "hf": "finetune_plm_hf.py", "distill": "distill_plm.py"}
 
 
-def run_fingerprint(args, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
-                                                                      "save_total_limit", "n_errors", "log_dir",
-                                                                      "test_fn", "device", "cache_dir",
-                                                                      "preprocessing_num_workers", "calibrate",
-                                                                      "hp_storage")):
-    """What a resumed run must share with the interrupted one: the flags that shape training, the
-    data (`data`: the training and validation sources by content, not name), the labels, the trainer
-    and the process count."""
-    flags = {key: value for key, value in vars(args).items() if key not in ignore}
+def run_fingerprint(flags, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
+                                                                       "save_total_limit", "n_errors", "log_dir",
+                                                                       "test_fn", "device", "cache_dir",
+                                                                       "preprocessing_num_workers", "calibrate",
+                                                                       "hp_storage")):
+    """What a resumed run must share with the interrupted one: the flags that shape training (`flags`:
+    {flag: value}, every flag of the run as the command line gave it), the data (`data`: the training and
+    validation sources by content, not name), the labels, the trainer and the process count."""
+    flags = {key: value for key, value in flags.items() if key not in ignore}
     # a search or not, but not its trial count: a search resumed with a larger --hp_search runs more trials
     # (--hp_storage: hp_search.json holds it without a password; training/hp_search.py checks it)
     flags["hp_search"] = bool(flags.get("hp_search"))

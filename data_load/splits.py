@@ -44,6 +44,17 @@ class DataOptions:
     classes: tuple | None = None
     classes_of: str = "the model"  # whose classes, for messages
 
+    def __post_init__(self):
+        """One training data set, named once: checked here, where every DataOptions is made (the trainers'
+        from their flags, tests and code from values), and nowhere else."""
+        if not self.train_fn and not self.dataset_name:
+            raise UserError("the training data is missing: pass --train_fn FILE (or a save_to_disk directory) "
+                            "or --dataset_name NAME")
+        if self.train_fn and self.dataset_name:
+            raise UserError("--train_fn and --dataset_name both name the training data: give one of them")
+        if self.dataset_config_name and not self.dataset_name:
+            raise UserError("--dataset_config_name needs --dataset_name")
+
     @property
     def columns(self):
         return self.text_column, self.text_pair_column, self.label_column
@@ -235,11 +246,7 @@ def _regression_splits(options, train, valid, test):
 
 def _sources(options):
     """train, valid and test Sources; a given file wins over a split of the dataset."""
-    train_fn, dataset_name = options.train_fn, options.dataset_name
-    if dataset_name and train_fn:
-        raise UserError(f"--train_fn {train_fn} and --dataset_name {dataset_name}: give one of them")
-    if not dataset_name and not train_fn:
-        raise UserError("no training data: pass --train_fn FILE (or a save_to_disk directory) or --dataset_name NAME")
+    train_fn, dataset_name = options.train_fn, options.dataset_name  # one of them (DataOptions checks)
     for flag, other in (("valid_fn", options.valid_fn), ("test_fn", options.test_fn)):
         if (other and train_fn and Path(other).exists() and Path(train_fn).exists()
                 and Path(other).samefile(train_fn)):

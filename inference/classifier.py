@@ -1,10 +1,13 @@
 """A classifier as every command that classifies sees it (classify_plm.py, serve_plm.py): the flags that
-choose and tune it, defined once, and the base class both backends share (inference/load.py picks the
-backend).
+choose and tune it, defined once, and their typed values (ClassifierOptions); the base class both backends
+share (inference/load.py picks the backend) and what it predicts (Prediction).
 
 Importing this imports nothing heavy: torch and transformers come only with the torch backend."""
+import dataclasses
+from dataclasses import dataclass
+
 from data_load.long_text import pool
-from options.parser import add_batch_flags, add_runtime_flags, int_at_least
+from options.parser import add_batch_flags, add_model_flag, add_runtime_flags, int_at_least
 from scoring.decision import choose_labels
 from scoring.scores import probabilities_of
 
@@ -17,7 +20,7 @@ BACKEND_HELP = ("torch (default): PyTorch and transformers, on the CPU or CUDA. 
 def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
     """--model_fn and the backend, precision and batching flags, as one group."""
     group = parser.add_argument_group("model and backend")
-    group.add_argument("--model_fn", required=True, help="model directory written by finetune_plm_hf.py/_native.py")
+    add_model_flag(group)
     group.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     group.add_argument("--quantize", choices=["none", "int8"], default="none",
                        help="int8 (CPU only; faster, tiny accuracy cost): with --backend torch, dynamic int8 "
@@ -28,6 +31,44 @@ def add_classifier_flags(parser, batch_size=128, max_batch_tokens=None):
                             "in smaller passes, short ones in larger" + ("" if max_batch_tokens else "; default: no limit"))
     add_runtime_flags(group, only="torch backend only")
     return group
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """The classifier flags (add_classifier_flags) as typed values: what load_classifier and both backends
+    read. Built once by the command from its parsed flags (from_flags); no defaults here, the parser's are
+    the only ones."""
+    model_fn: str
+    backend: str  # torch or onnx
+    quantize: str  # none or int8
+    batch_size: int
+    max_length: int | None  # None: as trained
+    long_text: str | None  # None: as trained
+    stride: int | None
+    window_pooling: str | None
+    max_batch_tokens: int | None
+    device: str  # torch backend only
+    precision: str
+
+    @classmethod
+    def from_flags(cls, flags):
+        """From {flag: value}: the parsed flags (vars(args)) or file mode's job settings; other flags are not
+        the classifier's and stay out."""
+        return cls(**{field.name: flags[field.name] for field in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """Classifier.predict's result, one row per item, in input order."""
+    logits: object  # float32 NumPy array (items, labels), divided by the model's temperature (--calibrate)
+    probabilities: object  # a sigmoid per label (multi-label), a softmax (single-label); regression: the number
+    scores: list  # per item, the probabilities of its chosen labels (regression: [the number])
+    label_ids: list  # per item, its chosen label ids, as classify_plm.py prints them (regression: [0])
+
+    def rows(self, start, end):
+        """Items start..end-1 alone (the server answers each request of a shared batch with its own rows)."""
+        return Prediction(self.logits[start:end], self.probabilities[start:end], self.scores[start:end],
+                          self.label_ids[start:end])
 
 
 def length_batches(lengths, batch_size, max_tokens=None):
@@ -46,16 +87,15 @@ def length_batches(lengths, batch_size, max_tokens=None):
 class Classifier:
     """What both backends share: the saved model's record, and scores from logits. A backend sets
     `saved` (checkpoint.saved_model.SavedModel), `max_length`, `batch_size` and the long-text settings
-    (set_long_text), and implements `logits`."""
+    (set_long_text), and implements `logits`. Both are built from ClassifierOptions."""
     saved = None
     backend = None
     long_text, stride, window_pooling = "truncate", None, "mean"
 
-    def set_long_text(self, args):
-        """--long_text, --stride, --window_pooling, each as trained unless given."""
+    def set_long_text(self, options):
+        """--long_text, --stride, --window_pooling (options: ClassifierOptions), each as trained unless given."""
         self.long_text, self.stride, self.window_pooling = self.saved.long_text_settings(
-            getattr(args, "long_text", None), getattr(args, "stride", None), getattr(args, "window_pooling", None),
-            self.max_length)
+            options.long_text, options.stride, options.window_pooling, self.max_length)
 
     def pooled(self, window_logits, text_of_window, n_texts):
         """One row of logits per text: sliding windows' logits pooled (--window_pooling); else as they are."""
@@ -93,14 +133,14 @@ class Classifier:
         raise NotImplementedError
 
     def predict(self, items, top_k=None, threshold=None):
-        """(logits, probabilities, scores, label ids) of (text, pair) items: the probabilities a sigmoid per
-        label for a multi-label model, else a softmax; the chosen labels as classify_plm.py prints them
-        (scoring.decision.choose_labels; threshold None: the model's own). A regression model's one
-        output is its prediction: the number stands for the probabilities and is the score of label 0."""
+        """The Prediction of (text, pair) items: the probabilities a sigmoid per label for a multi-label model,
+        else a softmax; the chosen labels as classify_plm.py prints them (scoring.decision.choose_labels;
+        threshold None: the model's own). A regression model's one output is its prediction: the number
+        stands for the probabilities and is the score of label 0."""
         logits = self.logits(items)
         if self.regression:
-            return logits, logits, logits[:, :1].tolist(), [[0] for _ in range(len(logits))]
+            return Prediction(logits, logits, logits[:, :1].tolist(), [[0] for _ in range(len(logits))])
         probabilities = probabilities_of(logits, self.multi_label)
         scores, ids = choose_labels(probabilities, self.multi_label, top_k,
                                     self.threshold if threshold is None else threshold)
-        return logits, probabilities, scores, ids
+        return Prediction(logits, probabilities, scores, ids)

@@ -62,27 +62,27 @@ class OnnxClassifier(Classifier):
     """Logits of (text, pair) items, batched by length like the torch classifier."""
     backend = "onnx"
 
-    def __init__(self, model_fn, quantize="none", max_length=None, batch_size=128, max_batch_tokens=None,
-                 long_text_flags=None):
-        """long_text_flags: an object with --long_text, --stride, --window_pooling (None: as trained)."""
-        self.saved = SavedModel.read(model_fn, ("config.json", TRAINING_ARGS, "tokenizer.json"))
+    def __init__(self, options):
+        """options: inference.classifier.ClassifierOptions (--device and --precision are the torch backend's)."""
+        quantize = options.quantize
+        self.saved = SavedModel.read(options.model_fn, ("config.json", TRAINING_ARGS, "tokenizer.json"))
         model_fn = self.saved.path
         path = model_fn / ONNX_FILES[quantize]
         if not path.exists():
             raise UserError(f"{model_fn}: no {path.name} (--backend onnx{' --quantize int8' * (quantize == 'int8')} "
                             f"runs an exported model): export it with python export_plm.py --model_fn {model_fn}")
-        self.max_length = self.saved.input_length(max_length)
+        self.max_length = self.saved.input_length(options.max_length)
         try:
             self.tokenizer = FastTokenizer(model_fn, self.max_length)
         except Exception as error:  # json and tokenizers each raise their own kinds
             raise UserError(f"{model_fn}: cannot load the checkpoint (truncated or corrupt file?): "
                             f"{first_line(error)}") from None
         self.quantize = quantize
-        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.batch_size, self.max_batch_tokens = options.batch_size, options.max_batch_tokens
         self.session = load_session(path)
         check_export_is_current(self.session, path, self.saved)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.set_long_text(long_text_flags)
+        self.set_long_text(options)
 
     def run(self, arrays):
         """Logits of one padded batch (the arrays FastTokenizer.batch makes); only the inputs the graph has."""

@@ -13,18 +13,19 @@ from utils.runtime import autocast_context, choose_device, choose_precision, pad
 class TorchClassifier(Classifier):
     backend = "torch"
 
-    def __init__(self, args):
-        self.device = choose_device(args.device)
-        self.precision = choose_precision(args.precision, self.device)
-        self.tokenizer, self.model, self.saved = load_checkpoint(args.model_fn, self.device)
-        self.quantize = args.quantize
-        if args.quantize == "int8":
+    def __init__(self, options):
+        """options: inference.classifier.ClassifierOptions."""
+        self.device = choose_device(options.device)
+        self.precision = choose_precision(options.precision, self.device)
+        self.tokenizer, self.model, self.saved = load_checkpoint(options.model_fn, self.device)
+        self.quantize = options.quantize
+        if options.quantize == "int8":
             if self.device.type != "cpu":
                 raise UserError("--quantize int8 runs on the CPU; use --precision fp16/bf16 on CUDA instead")
             self.model = quantize_int8(self.model)
-        self.max_length = self.saved.input_length(args.max_length, model_max_length(self.model, self.tokenizer))
-        self.set_long_text(args)
-        self.batch_size, self.max_batch_tokens = args.batch_size, args.max_batch_tokens
+        self.max_length = self.saved.input_length(options.max_length, model_max_length(self.model, self.tokenizer))
+        self.set_long_text(options)
+        self.batch_size, self.max_batch_tokens = options.batch_size, options.max_batch_tokens
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(self.precision))
         self.autocast = autocast_context(self.device, self.precision)
 

@@ -62,6 +62,36 @@ def float_range(low, high, low_open=False, high_open=False):
     return _number(float, low, high, low_open, high_open)
 
 
+SAVED_MODEL_HELP = "model directory written by finetune_plm_hf.py/_native.py"
+
+
+def add_model_flag(group, help=SAVED_MODEL_HELP):
+    """--model_fn, the model directory every command names: a saved model to read (the default help), or
+    the trainers' output directory (their own help)."""
+    group.add_argument("--model_fn", required=True, help=help)
+
+
+class _DeprecatedName(argparse.Action):
+    """An old name of a flag: sets the flag's value as the flag does, and says the name is going."""
+
+    def __init__(self, option_strings, dest, new_name=None, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        log.warning(f"{option_string} is deprecated: it is now {self.new_name} (same meaning); the old name will go")
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_name(group, old_name, new_name):
+    """Keep `old_name` working for the flag `new_name` (defined before it), with a warning when it is used and a
+    note in --help. A renamed flag (evaluate_plm.py's --output_dir, now --output_fn as in classify_plm.py)
+    must not break the commands people already run."""
+    new = next(action for action in group._actions if new_name in action.option_strings)
+    group.add_argument(old_name, dest=new.dest, action=_DeprecatedName, new_name=new_name, metavar=new.metavar,
+                       default=argparse.SUPPRESS, help=f"deprecated: the old name of {new_name}")
+
+
 CACHE_HELP = ("where parsed and tokenized data is kept between runs (default: the 🤗 datasets cache, "
               "$HF_DATASETS_CACHE or ~/.cache/huggingface/datasets, under finetune_plm/). Entries are keyed by "
               "the data's content, the tokenizer and --max_length; delete the directory to clear it")

@@ -1,11 +1,17 @@
-"""Command-line flags both trainers share, defined once so names and defaults cannot drift."""
+"""Command-line flags both trainers share, defined once so names and defaults cannot drift; and the typed,
+frozen options an entry point builds from them once (training_options), which are what the layers below
+read instead of the parsed namespace."""
 import argparse
+import dataclasses
+from dataclasses import dataclass
 
-from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
-                       add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
 from data_load.long_text import check_stride
+from data_load.readers import Labeling
+from data_load.splits import DataOptions
 from data_load.tokens import MIN_LENGTH
-from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, REGRESSION_SCORES
+from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
+                            add_model_flag, add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
+from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, best_metric_problem
 from utils.hub import DEFAULT_MODEL_HELP
 
 
@@ -33,22 +39,19 @@ DEFAULT_SPACE = {"lr": {"low": 0.25, "high": 2.0, "log": True}, "n_epochs": {"lo
 class TrainingArgumentParser(ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         parsed = super().parse_args(args, namespace)
-        if not parsed.train_fn and not parsed.dataset_name:
-            self.error("the training data is missing: pass --train_fn FILE (or a save_to_disk directory) "
-                       "or --dataset_name NAME")
-        if parsed.train_fn and parsed.dataset_name:
-            self.error("--train_fn and --dataset_name both name the training data: give one of them")
-        if parsed.dataset_config_name and not parsed.dataset_name:
-            self.error("--dataset_config_name needs --dataset_name")
+        # which training data (--train_fn, --dataset_name, --dataset_config_name): DataOptions checks it once,
+        # when training_options builds it from these flags
         if parsed.regression:
             for flag, given in (("--multi_label", parsed.multi_label), ("--label_columns", parsed.label_columns),
                                 ("--label_names_fn", parsed.label_names_fn),
                                 ("--class_weight", parsed.class_weight not in (None, "", "none"))):
                 if given:
                     self.error(f"{flag} is for classes; --regression predicts one number a row: drop one of them")
-            if parsed.best_metric is not None and parsed.best_metric not in REGRESSION_SCORES:
-                self.error(f"--best_metric {parsed.best_metric}: not a regression score; choose one of "
-                           f"{', '.join(REGRESSION_SCORES)}")
+            # a regression run's metric is known wrong from the flags; a classifier's only once the data says
+            # whether it is multi-label (training.prepare): the same check, each part where it can be made
+            problem = parsed.best_metric is not None and best_metric_problem(parsed.best_metric, regression=True)
+            if problem:
+                self.error(problem)
         if parsed.calibrate is None:
             parsed.calibrate = CALIBRATE_BY_DEFAULT and not parsed.regression
         elif parsed.calibrate and parsed.regression:
@@ -71,8 +74,7 @@ def training_parser(description):
     p = TrainingArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     io = p.add_argument_group("data and output")
-    io.add_argument("--model_fn", required=True,
-                    help="output directory for the fine-tuned model (replaced only by a complete new one)")
+    add_model_flag(io, "output directory for the fine-tuned model (replaced only by a complete new one)")
     io.add_argument("--train_fn",
                     help="training data: `label<TAB>sentence` lines, CSV/TSV with a header, JSONL, Parquet, or a "
                          "directory written by Dataset(Dict).save_to_disk (its validation/test splits are used "
@@ -187,3 +189,126 @@ def training_parser(description):
                              "in the model directory: machines that run the same command share its trials, about N "
                              "in all, and each saves the best trial it ran itself")
     return p
+
+
+# The options: the trainers' flags as typed, frozen values, grouped by what reads them. An entry point
+# builds them once (training_options) and hands them down; nothing below it sees the parsed namespace, and
+# nothing changes them in place. A flag the entry point settles itself goes in through training_options, so
+# that training_args.json records it; what is not a flag (DataOptions.classes) through dataclasses.replace.
+# No defaults here: the parser's are the only ones, so the two cannot drift.
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the run starts from and how a text becomes the model's input (training.prepare)."""
+    pretrained_model_name: str | None  # None: the default model (utils.hub)
+    max_length: int
+    long_text: str
+    stride: int | None
+    window_pooling: str
+    freeze_encoder: bool
+    extend_vocab: str
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """The optimizer, its schedule and the batches (training.prepare.training_schedule, both loops)."""
+    n_epochs: int
+    max_steps: int | None  # replaces n_epochs
+    batch_size: int
+    gradient_accumulation_steps: int
+    lr: float | None  # None: by model width (training.prepare.default_learning_rate)
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    class_weight: str | None
+    group_by_length: bool  # not --no_group_by_length
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """When the run evaluates, which evaluation's weights it keeps, and what its final evaluation fits and
+    reports (both loops, training.recorder, training.finish)."""
+    best_metric: str
+    eval_steps: int | None  # None: after each epoch
+    early_stopping_patience: int | None
+    threshold_per_label: bool
+    calibrate: bool
+    n_errors: int
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the run writes, what it continues, and how this process runs it."""
+    model_fn: str
+    resume: bool
+    log_dir: str | None
+    save_every: int
+    save_total_limit: int
+    device: str
+    precision: str
+    preprocessing_num_workers: int | None
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """--hp_search (training.hp_search)."""
+    hp_search: int | None  # the number of trials; None: no search
+    hp_space: str | None
+    hp_storage: str | None
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Everything a training run is told, as the groups above. `flags` is every flag as the command line gave
+    it (resolved by the entry point, e.g. distill_plm.py's student), as (name, value) pairs in the parser's
+    order: not for reading settings (the groups are), but for what must keep the flags' own names and
+    order, training_args.json (record) and --resume's fingerprint, and the command line of a search's
+    trials."""
+    data: DataOptions
+    model: ModelOptions
+    schedule: ScheduleOptions
+    evaluation: EvalOptions
+    run: RunOptions
+    search: SearchOptions
+    flags: tuple
+
+    @property
+    def record(self):
+        """The flags as a new dict, {name: value}, in the parser's order."""
+        return dict(self.flags)
+
+
+def training_options(args, **resolved):
+    """The options of the parsed flags, built once by the entry point; `resolved`: flag values the entry
+    point settles itself (distill_plm.py: the student's layers), recorded as if they had been given. The
+    parsed namespace is read, never changed."""
+    return options_from_flags({**vars(args), **resolved})
+
+
+def options_from_flags(flags):
+    """TrainingOptions from {flag: value} (every trainer flag; extra ones, such as distill_plm.py's, are
+    kept in the record only)."""
+    def pick(group, **renamed):
+        names = [field.name for field in dataclasses.fields(group) if field.name not in renamed]
+        return group(**{name: flags[name] for name in names}, **renamed)
+    return TrainingOptions(
+        data=data_options(flags), model=pick(ModelOptions),
+        schedule=pick(ScheduleOptions, group_by_length=not flags["no_group_by_length"]),
+        evaluation=pick(EvalOptions), run=pick(RunOptions), search=pick(SearchOptions),
+        flags=tuple(flags.items()))
+
+
+def data_options(flags):
+    """The trainers' data flags ({flag: value}) as the typed values data_load takes."""
+    labeling = Labeling.from_flags(flags["multi_label"], flags["label_separator"], flags["label_columns"],
+                                   flags["label_names_fn"], flags["label_column"])
+    return DataOptions(
+        train_fn=flags["train_fn"], valid_fn=flags["valid_fn"], test_fn=flags["test_fn"],
+        dataset_name=flags["dataset_name"], dataset_config_name=flags["dataset_config_name"],
+        text_column=flags["text_column"], text_pair_column=flags["text_pair_column"],
+        label_column=flags["label_column"],
+        labeling=dataclasses.replace(labeling, numbers=bool(flags["regression"])),
+        valid_ratio=flags["valid_ratio"], seed=flags["seed"], max_train_samples=flags["max_train_samples"],
+        max_eval_samples=flags["max_eval_samples"], cache_dir=flags["cache_dir"],
+        regression=bool(flags["regression"]), delimiter=flags["delimiter"])

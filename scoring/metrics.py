@@ -189,6 +189,20 @@ def scalar_metrics(metrics):
     return {name: metrics[name] for name in ALL_SCORES if name in metrics}
 
 
+def best_metric_problem(best_metric, regression=False, multi_label=False):
+    """Why --best_metric cannot choose among this kind of model's evaluations (a regression model's, a
+    multi-label or a single-label classifier's), or None when it can."""
+    if regression:
+        wanted, kind = REGRESSION_SCORES, "not a regression score"
+    elif multi_label:
+        wanted, kind = MULTI_LABEL_SCORES, "not a multi-label score"
+    else:
+        wanted, kind = SCORES, "a multi-label score"
+    if best_metric in wanted:
+        return None
+    return f"--best_metric {best_metric}: {kind}; choose one of {', '.join(wanted)}"
+
+
 def selection_score(metrics, name):
     """The number the best evaluation is chosen by, higher is better."""
     return metrics[name] if ALL_SCORES[name].higher_is_better else -metrics[name]

@@ -74,7 +74,7 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
         try:
             body = await read_body(request, max_body)
             parsed = parse_predict(body, classifier.pairs, max_inputs, max_chars)
-            logits, probabilities, _, chosen = await batcher.predict(parsed.items)
+            prediction = await batcher.predict(parsed.items)
         except BadRequest as error:
             return refuse(error.status, error.error_type, str(error))
         except Overloaded as error:
@@ -88,8 +88,8 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
             metrics.requests.labels("500").inc()
             metrics.errors.labels("backend").inc()
             return json_response({"error": f"the model failed on this batch: {error}", "error_type": "backend"}, 500)
-        values = logits if parsed.raw_scores else probabilities
-        results = [predictions(classifier.labels, values[i], probabilities[i], chosen[i])
+        values = prediction.logits if parsed.raw_scores else prediction.probabilities
+        results = [predictions(classifier.labels, values[i], prediction.probabilities[i], prediction.label_ids[i])
                    for i in range(len(parsed.items))]
         metrics.inputs.inc(len(parsed.items))
         metrics.requests.labels("200").inc()

@@ -60,8 +60,8 @@ class Batcher:
         return self.task is not None and not self.task.done()
 
     async def predict(self, items):
-        """The classifier's (logits, probabilities, scores, label ids) for these items, computed in a
-        shared batch; Overloaded when the queue is full."""
+        """The classifier's Prediction (inference.classifier) of these items, computed in a shared batch;
+        Overloaded when the queue is full."""
         if self.queued_texts + len(items) > self.max_queue:
             raise Overloaded(f"{self.queued_texts} texts are waiting (--max_queue {self.max_queue})")
         job = QueuedRequest(items, asyncio.get_running_loop().create_future())
@@ -79,8 +79,7 @@ class Batcher:
             self.metrics.batch_size.observe(len(items))
             started = time.perf_counter()
             try:
-                logits, probabilities, scores, ids = await loop.run_in_executor(
-                    self.executor, self.classifier.predict, items)
+                prediction = await loop.run_in_executor(self.executor, self.classifier.predict, items)
             except Exception as error:  # a failed batch fails its requests, not the server
                 await self.one_by_one(jobs, error)
                 continue
@@ -90,8 +89,7 @@ class Batcher:
             for job in jobs:
                 end = start + len(job.items)
                 if not job.future.done():  # the client may have gone
-                    job.future.set_result((logits[start:end], probabilities[start:end], scores[start:end],
-                                           ids[start:end]))
+                    job.future.set_result(prediction.rows(start, end))
                 start = end
 
     async def one_by_one(self, jobs, error):

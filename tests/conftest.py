@@ -109,24 +109,35 @@ def run_in_process(script, args, stdin=None):
 def classifier_in_process(model_fn, *flags):
     """The classifier classify_plm.py builds from these flags (its own parser and defaults), built in this
     process: one model load and no interpreter start, 3-4 s less of the suite than a script run."""
-    import classify_plm
     from inference.load import load_classifier
+    return load_classifier(classifier_options(model_fn, *flags))
+
+
+def classifier_options(model_fn, *flags):
+    """The ClassifierOptions classify_plm.py builds from these flags (its own parser and defaults)."""
+    import classify_plm
+    from inference.classifier import ClassifierOptions
     argv, sys.argv = sys.argv, ["classify_plm.py", "--model_fn", str(model_fn), *map(str, flags)]
     try:
-        return load_classifier(classify_plm.parse_args())
+        return ClassifierOptions.from_flags(vars(classify_plm.parse_args()))
     finally:
         sys.argv = argv
 
 
 def data_options(**flags):
     """DataOptions from trainer flag values (the parser's defaults for the rest), through the trainers' own
-    conversion, training.prepare.data_options."""
-    from types import SimpleNamespace
+    conversion, options.training_flags.data_options."""
+    return training_options(**flags).data
 
-    from options.training_flags import training_parser
-    from training.prepare import data_options as from_flags
-    defaults = vars(training_parser("tests").parse_args(["--model_fn", "unused", "--train_fn", "unused"]))
-    return from_flags(SimpleNamespace(**{**defaults, **flags}))
+
+def training_options(*argv, **flags):
+    """The TrainingOptions a trainer builds from this command line (--model_fn and --train_fn given unless
+    argv gives them), with `flags` ({flag: value}) over the parsed values."""
+    from options.training_flags import options_from_flags, training_parser
+    required = [flag for flag in ("--model_fn", "--train_fn") if flag not in argv]
+    parsed = training_parser("tests").parse_args([arg for flag in required for arg in (flag, "unused")]
+                                                 + list(map(str, argv)))
+    return options_from_flags({**vars(parsed), **flags})
 
 
 def shared(*parts):

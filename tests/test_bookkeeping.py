@@ -1,14 +1,15 @@
 """In-process checks of what both trainers share: the one metric definition, the evaluation recorder
 and its best weights, the optimizer-step schedule, resumable states, precision helpers."""
 import contextlib
+import dataclasses
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from checkpoint.train_state import latest_train_state, save_train_state, train_states
+from conftest import training_options
 from data_load import LengthGroupedBatchSampler
 from options.training_flags import training_parser
 from training.prepare import training_schedule
@@ -85,13 +86,13 @@ def test_early_stopping_counts_evaluations_without_improvement(tmp_path):
 
 
 def test_max_steps_replaces_epochs_in_the_schedule():
-    args = SimpleNamespace(batch_size=8, gradient_accumulation_steps=1, n_epochs=3, warmup_ratio=0.1, max_steps=30)
-    schedule = training_schedule(100, args, 1)  # 13 steps an epoch
+    options = training_options("--batch_size", 8, "--n_epochs", 3, "--warmup_ratio", 0.1, "--max_steps", 30).schedule
+    schedule = training_schedule(100, options, 1)  # 13 steps an epoch
     assert (schedule.total_steps, schedule.warmup_steps, schedule.n_epochs) == (30, 3, 3)
-    args.max_steps = 5
-    assert (training_schedule(100, args, 1).total_steps, training_schedule(100, args, 1).n_epochs) == (5, 1)
-    args.max_steps = None
-    assert (training_schedule(100, args, 1).total_steps, training_schedule(100, args, 1).n_epochs) == (39, 3)
+    options = dataclasses.replace(options, max_steps=5)
+    assert (training_schedule(100, options, 1).total_steps, training_schedule(100, options, 1).n_epochs) == (5, 1)
+    options = dataclasses.replace(options, max_steps=None)
+    assert (training_schedule(100, options, 1).total_steps, training_schedule(100, options, 1).n_epochs) == (39, 3)
 
 
 def test_class_weights():
@@ -125,9 +126,9 @@ def test_weighted_loss_weighs_each_example_by_its_class():
 @pytest.mark.parametrize("n, batch_size, accumulation, world_size", [
     (432, 32, 1, 1), (433, 32, 3, 1), (100, 8, 2, 2), (1001, 16, 4, 3), (7, 32, 1, 1)])
 def test_schedule_matches_the_sampler(n, batch_size, accumulation, world_size):
-    args = SimpleNamespace(batch_size=batch_size, gradient_accumulation_steps=accumulation, n_epochs=3,
-                           warmup_ratio=0.1, max_steps=None)
-    schedule = training_schedule(n, args, world_size)
+    options = training_options("--batch_size", batch_size, "--gradient_accumulation_steps", accumulation,
+                               "--n_epochs", 3).schedule
+    schedule = training_schedule(n, options, world_size)
     for rank in range(world_size):
         sampler = LengthGroupedBatchSampler(list(range(n)), batch_size, world_size=world_size, rank=rank)
         assert len(list(sampler)) == len(sampler) == schedule.batches_per_epoch

@@ -163,8 +163,8 @@ def test_classifier_output_format_and_order(trained, emotion_data):
     # --top_k 2: the two most probable, the first the label printed above (the classifier classify_plm.py
     # builds, in this process: a second script run costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn, "--top_k", "2")
-    _, _, scores, ids = classifier.predict([(sentence, None) for sentence in sentences[:5]], top_k=2)
-    for (p1, p2), top, single in zip(scores, ids, lines):
+    prediction = classifier.predict([(sentence, None) for sentence in sentences[:5]], top_k=2)
+    for (p1, p2), top, single in zip(prediction.scores, prediction.label_ids, lines):
         assert len(top) == 2 and classifier.labels[top[0]] == single.split("\t")[0]
         assert 1 >= p1 >= p2 >= 0
 
@@ -177,20 +177,20 @@ def test_classifier_empty_input(trained):
 def test_sorted_batches_match_one_at_a_time(trained):
     classifier = classifier_in_process(trained["finetune_plm_hf.py"]["dir"], "--batch_size", "16")
     items = [(text, None) for _, text in emotion_rows("val", 60)]
-    sorted_batches = classifier.predict(items)[1]  # probabilities, texts batched by length
+    sorted_batches = classifier.predict(items).probabilities  # texts batched by length
     classifier.batch_size = 1
-    one_by_one = classifier.predict(items)[1]
+    one_by_one = classifier.predict(items).probabilities
     assert sorted_batches == pytest.approx(one_by_one, abs=1e-5)
 
 
 def test_int8_quantized_classifier(trained):
     model_fn = trained["finetune_plm_native.py"]["dir"]
     items = [(text, None) for _, text in emotion_rows("val", 200)]
-    fp32 = classifier_in_process(model_fn).predict(items)[3]
+    fp32 = classifier_in_process(model_fn).predict(items).label_ids
     import warnings
     with warnings.catch_warnings(record=True) as caught:  # torch.ao's deprecation notices are not the user's
         warnings.simplefilter("always")
-        int8 = classifier_in_process(model_fn, "--quantize", "int8").predict(items)[3]
+        int8 = classifier_in_process(model_fn, "--quantize", "int8").predict(items).label_ids
     assert len(int8) == 200 and not [w for w in caught if "deprecat" in str(w.message).lower()], caught
     assert sum(a == b for a, b in zip(fp32, int8)) / 200 >= 0.9
 
@@ -232,7 +232,7 @@ def test_evaluate_reproduces_the_test_scores(trained, tmp_path):
     model_fn = trained[CALIBRATED]["dir"]
     out = tmp_path / "eval"
     result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", model_fn.parent / "test.tsv",
-                        "--output_dir", out, "--n_errors", 10)
+                        "--output_fn", out, "--n_errors", 10)
     saved = json.loads((model_fn / "metrics.json").read_text())["test"]
     scored = json.loads((out / "metrics.json").read_text())["test"]
     assert scored["n_examples"] == saved["n_examples"] == 300
@@ -252,7 +252,7 @@ def test_evaluate_refuses_labels_the_model_does_not_know(trained, tmp_path):
     model_fn = trained["finetune_plm_native.py"]["dir"]
     test_fn = tmp_path / "new.tsv"
     test_fn.write_text("joy\tI am glad\nsurprise_party\tWhat a day\n")
-    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", test_fn, "--output_dir",
+    result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", test_fn, "--output_fn",
                         tmp_path / "eval", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

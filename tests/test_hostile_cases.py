@@ -398,10 +398,12 @@ def test_onnx_classifier_without_the_weights_classifies(exported, tmp_path):
     """The torch-free copy the README describes has no model.safetensors: nothing to compare the export with."""
     import shutil
 
+    from conftest import classifier_options
     from inference.onnx_classifier import OnnxClassifier
     copy = tmp_path / "model"
     shutil.copytree(exported, copy, ignore=shutil.ignore_patterns("*.safetensors"))
-    assert OnnxClassifier(copy).predict([("Works perfectly.", None)])[3][0][0] in (0, 1)
+    prediction = OnnxClassifier(classifier_options(copy, "--backend", "onnx")).predict([("Works perfectly.", None)])
+    assert prediction.label_ids[0][0] in (0, 1)
 
 
 def test_a_headed_row_with_more_fields_than_the_header_is_refused(tmp_path):

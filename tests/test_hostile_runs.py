@@ -118,14 +118,12 @@ def test_resume_refuses_a_changed_run(tmp_path):
     train.write_text(GOOD)
     args = training_parser("x").parse_args(["--model_fn", str(tmp_path / "m"), "--train_fn", str(train)])
 
-    def fingerprint(labels, trainer="native"):
-        return run_fingerprint(args, trainer, labels, 1, {"train_fn": file_digest(train)})
+    def fingerprint(labels, trainer="native", **changed):
+        return run_fingerprint({**vars(args), **changed}, trainer, labels, 1, {"train_fn": file_digest(train)})
     start_run(args.model_fn, fingerprint(["negative", "positive"]))
     check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))  # same: fine
-    args.batch_size = 16
     with pytest.raises(UserError, match=r"--batch_size \(32 then, 16 now\)"):
-        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
-    args.batch_size = 32
+        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"], batch_size=16))
     train.write_text(GOOD + "neutral\tmeh\n")
     with pytest.raises(UserError, match="the contents of --train_fn, the labels"):
         check_resume_matches(args.model_fn, fingerprint(["negative", "neutral", "positive"]))
@@ -140,9 +138,8 @@ def test_resume_refuses_a_changed_run(tmp_path):
         del old["flags"][added]
     start_run(args.model_fn, old)
     check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
-    args.hp_space = "space.json"
     with pytest.raises(UserError, match=r"--hp_space \(None then, 'space.json' now\)"):
-        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"]))
+        check_resume_matches(args.model_fn, fingerprint(["negative", "positive"], hp_space="space.json"))
     shutil.rmtree(partial_dir(args.model_fn))
 
 

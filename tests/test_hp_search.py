@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, SCRIPT_ENV, classifier_in_process, run_script
 
 from checkpoint.run_dir import check_output
-from options.training_flags import training_parser
+from options.training_flags import training_options, training_parser
 from utils.errors import UserError
 
 TRAIN = ROOT / "data" / "review.sample.en.tsv"
@@ -87,7 +87,8 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
     # an ordinary checkpoint: the classifier classify_plm.py builds loads it (in this process: a script run
     # costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn)
-    assert classifier.labels[classifier.predict([("Great value. Very happy with it.", None)])[3][0][0]] == "positive"
+    prediction = classifier.predict([("Great value. Very happy with it.", None)])
+    assert classifier.labels[prediction.label_ids[0][0]] == "positive"
 
 
 @pytest.mark.slow  # the search and 1 trial (~12 s)
@@ -154,7 +155,8 @@ def test_space_and_trial_flags():
     assert space["n_epochs"] == {"low": 2, "high": 5, "log": False}
     assert "n_epochs" not in default_space(2e-4, {"max_steps"})  # which replaces it
     # a trial gets every flag of the search (none lost) with its values, but no test set, resume or search flags
-    trial = vars(training_parser("").parse_args(trial_argv(args, {"lr": 1e-4, "n_epochs": 4}, "trials/trial-3")))
+    flags = training_options(args).record
+    trial = vars(training_parser("").parse_args(trial_argv(flags, {"lr": 1e-4, "n_epochs": 4}, "trials/trial-3")))
     expected = {**vars(args), "lr": 1e-4, "n_epochs": 4, "model_fn": "trials/trial-3", "test_fn": None,
                 "resume": False, "hp_search": None}
     assert trial == expected
@@ -168,4 +170,4 @@ def test_search_refused_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = training_parser("").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--hp_search", "2"])
     with pytest.raises(UserError, match="--hp_search runs each trial as a process of its own.*--hp_storage URL"):
-        search(args, "native", "finetune_plm_native.py")
+        search(training_options(args), "native", "finetune_plm_native.py")

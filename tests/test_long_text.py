@@ -1,10 +1,11 @@
 """Texts longer than --max_length (data_load/long_text.py): sliding windows and head+tail, the same in training
 (data_load.encoding with transformers' tokenizer), in the torch classifier and in the torch-free one
 (FastTokenizer), pooled into one prediction per text, in order."""
-import types
+import dataclasses
 
 import numpy as np
 import pytest
+from conftest import classifier_options
 from test_onnx import REVIEWS, tiny_checkpoint
 
 LONG_REVIEW = " ".join(REVIEWS[:30])  # ~340 WordPiece tokens: several windows at max_length 64
@@ -88,9 +89,9 @@ def test_pool_mean_and_max():
 
 
 def classifier_args(model_fn, **flags):
-    return types.SimpleNamespace(**{"model_fn": model_fn, "backend": "torch", "quantize": "none", "max_length": None,
-                                    "batch_size": 8, "max_batch_tokens": None, "device": "cpu", "precision": "fp32",
-                                    "long_text": None, "stride": None, "window_pooling": None, **flags})
+    """The classifier options classify_plm.py builds (8 texts a pass, on the CPU in fp32), with `flags` over them."""
+    options = classifier_options(model_fn, "--batch_size", 8, "--device", "cpu", "--precision", "fp32")
+    return dataclasses.replace(options, **flags)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ def test_onnx_backend_pools_windows_as_torch(checkpoint):
     items = [(LONG_REVIEW, None), (REVIEWS[0], None), (LONG_REVIEW[::-1], None), (REVIEWS[3], None)]
     for flags in ({"long_text": "sliding", "window_pooling": "max"}, {"long_text": "head_tail"}):
         expected = TorchClassifier(classifier_args(checkpoint, **flags)).logits(items)
-        onnx = OnnxClassifier(checkpoint, long_text_flags=classifier_args(checkpoint, **flags))
+        onnx = OnnxClassifier(classifier_args(checkpoint, backend="onnx", **flags))
         np.testing.assert_allclose(onnx.logits(items), expected, atol=1e-4)
 
 

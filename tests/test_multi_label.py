@@ -187,8 +187,8 @@ def test_goemotions_native_classify_and_pipeline(tmp_path, tiny_model):
     # builds, in this process: two script runs cost 7 s more)
     classifier = classifier_in_process(model_fn)
     items = [(line, None) for line in text.splitlines()]
-    assert [len(ids) for ids in classifier.predict(items, threshold=0)[3]] == [28, 28]
-    assert [len(ids) for ids in classifier.predict(items, threshold=1)[3]] == [1, 1]
+    assert [len(ids) for ids in classifier.predict(items, threshold=0).label_ids] == [28, 28]
+    assert [len(ids) for ids in classifier.predict(items, threshold=1).label_ids] == [1, 1]
 
     from transformers import pipeline
     scores = pipeline("text-classification", model=str(model_fn), top_k=None)(["thank you so much"])[0]
@@ -220,7 +220,7 @@ def test_native_threshold_per_label_reaches_classify(tmp_path, tiny_model):
     # every label's probability, from the classifier classify_plm.py builds (in this process: a second script
     # run costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn)
-    all_probabilities = classifier.predict([(line, None) for line in text.splitlines()])[1]
+    all_probabilities = classifier.predict([(line, None) for line in text.splitlines()]).probabilities
     for row, chosen in zip(all_probabilities, printed):
         probability = dict(zip(classifier.labels, map(float, row)))
         passing = {name for name, p in probability.items() if p >= thresholds[name]}
@@ -245,14 +245,14 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
     assert len(record["threshold"]) == 10 and all(0.05 <= t <= 0.95 for t in record["threshold"])
     out = tmp_path / "eval"
     result = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
-                        *flags, "--output_dir", out, "--cache_dir", tmp_path / "cache")
+                        *flags, "--output_fn", out, "--cache_dir", tmp_path / "cache")
     scored = json.loads((out / "metrics.json").read_text())["test"]
     assert scored["n_examples"] == 3737 and scored["threshold"] == record["threshold"]  # one per label, as stored
     assert [scored["per_class"][name]["threshold"] for name in record["labels"]] == record["threshold"]
     assert "macro ROC-AUC" in result.stdout and "악플/욕설" in result.stdout and "thresholds per label" in result.stdout
     # --threshold replaces the stored ones with one for every label
     overridden = run_script("evaluate_plm.py", "--model_fn", model_fn, "--test_fn", unsmile / "unsmile_valid_v1.0.tsv",
-                            *flags, "--threshold", "0.5", "--output_dir", tmp_path / "eval-0.5",
+                            *flags, "--threshold", "0.5", "--output_fn", tmp_path / "eval-0.5",
                             "--cache_dir", tmp_path / "cache")
     assert json.loads((tmp_path / "eval-0.5" / "metrics.json").read_text())["test"]["threshold"] == 0.5
     assert "(threshold 0.50)" in overridden.stdout
@@ -262,6 +262,6 @@ def test_unsmile_hf_and_evaluate(tmp_path, tiny_model):
     import evaluate_plm
     from utils.errors import UserError
     for target in (model_fn, tmp_path):
-        with pytest.raises(UserError, match="--output_dir"):
+        with pytest.raises(UserError, match="--output_fn"):
             evaluate_plm.check_output_dir(target, model_fn)
     assert (model_fn / "model.safetensors").exists()

@@ -81,9 +81,9 @@ def test_non_numeric_label_is_file_and_line(tmp_path):
 def numbers_of(model_fn, pairs, backend="torch"):
     """The classifier's numbers for (sentence, pair) items, in process (as classify_plm.py and the server get them)."""
     classifier = classifier_in_process(model_fn, "--backend", backend, "--batch_size", 16)
-    _, _, scores, ids = classifier.predict([tuple(pair) for pair in pairs])
-    assert all(row == [0] for row in ids)
-    return [row[0] for row in scores]
+    prediction = classifier.predict([tuple(pair) for pair in pairs])
+    assert all(row == [0] for row in prediction.label_ids)
+    return [row[0] for row in prediction.scores]
 
 
 @pytest.mark.slow  # trains with both trainers
@@ -133,7 +133,7 @@ def test_regression_end_to_end(stsb, tiny_model, tmp_path, script, monkeypatch, 
 
     import evaluate_plm
     monkeypatch.setattr(sys, "argv", ["evaluate_plm.py", "--model_fn", str(model_fn), "--test_fn", str(stsb["dev"]),
-                                      *STSB_FLAGS, "--output_dir", str(tmp_path / "eval")])
+                                      *STSB_FLAGS, "--output_fn", str(tmp_path / "eval")])
     evaluate_plm.main()
     assert "Spearman" in capsys.readouterr().out
     scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]

@@ -17,7 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ROOT, SCRIPT_ENV, run_script
+from conftest import ROOT, SCRIPT_ENV, classifier_in_process, run_script
 from test_bad_input import assert_clean_failure
 from test_onnx import REVIEWS, tiny_checkpoint
 
@@ -40,14 +40,9 @@ def models(tmp_path_factory):
 
 
 def client_for(model_fn, **limits):
-    from argparse import Namespace
-
     from fastapi.testclient import TestClient
-    from inference.load import load_classifier
     from serving.app import create_app
-    classifier = load_classifier(Namespace(model_fn=model_fn, backend="torch", quantize="none", batch_size=128,
-                                           max_batch_tokens=None,
-                                           max_length=None, device="cpu", precision="fp32"))
+    classifier = classifier_in_process(model_fn, "--batch_size", 128, "--device", "cpu", "--precision", "fp32")
     return TestClient(create_app(classifier, **limits))
 
 
@@ -132,10 +127,7 @@ def test_multi_label_marks_labels_at_their_thresholds(models):
 def test_forward_passes_by_token_budget(models):
     """length_batches: length-sorted passes within both caps; a classifier with a token budget gives the
     same logits as one without."""
-    from argparse import Namespace
-
     from inference.classifier import length_batches
-    from inference.load import load_classifier
     lengths = [5, 40, 7, 12, 40, 3, 90, 8]
     passes = list(length_batches(lengths, batch_size=3, max_tokens=80))
     assert sorted(i for batch in passes for i in batch) == list(range(len(lengths)))
@@ -143,9 +135,10 @@ def test_forward_passes_by_token_budget(models):
     assert list(length_batches(lengths, batch_size=100)) == [sorted(range(8), key=lengths.__getitem__)]
 
     def logits(max_batch_tokens):
-        return load_classifier(Namespace(model_fn=models["single"], backend="torch", quantize="none", batch_size=64,
-                                         max_batch_tokens=max_batch_tokens, max_length=None, device="cpu",
-                                         precision="fp32")).logits([(text, None) for text in REVIEWS[:40]])
+        flags = ["--batch_size", 64, "--device", "cpu", "--precision", "fp32"]
+        if max_batch_tokens:
+            flags += ["--max_batch_tokens", max_batch_tokens]
+        return classifier_in_process(models["single"], *flags).logits([(text, None) for text in REVIEWS[:40]])
     assert logits(40) == pytest.approx(logits(None), abs=1e-5)
 
 

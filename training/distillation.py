@@ -108,9 +108,11 @@ class Teacher:
     settings): logits of any split of texts. Its raw logits: the distillation's own temperature softens them
     (a --calibrate temperature would compound with it); its validation line is scored as the model prints."""
 
-    def __init__(self, checkpoint, run, args):
-        self.tokenizer, self.model, self.saved = checkpoint  # checkpoint.saved_model.load_checkpoint
-        self.run, self.args = run, args
+    def __init__(self, checkpoint, run, options):
+        """checkpoint: checkpoint.saved_model.load_checkpoint's; options: the student's TrainingOptions (how
+        the data is tokenized and cached, the evaluation batch size)."""
+        self.tokenizer, self.model, self.saved = checkpoint
+        self.run, self.options = run, options
         self.collate = TextClassificationCollator(self.tokenizer, pad_to_multiple_of=pad_to_multiple_of(run.precision),
                                                   num_labels=len(self.saved.labels))
         self.autocast = autocast_context(run.device, run.precision)
@@ -122,11 +124,11 @@ class Teacher:
     def encode(self, split):
         long_text, stride, _ = self.saved.long_text_settings()
         return encode_split(split, list(self.saved.labels), self.tokenizer, self.saved.max_length,
-                            self.args.preprocessing_num_workers, self.args.cache_dir, long_text=long_text,
-                            stride=stride)
+                            self.options.run.preprocessing_num_workers, self.options.data.cache_dir,
+                            long_text=long_text, stride=stride)
 
     def logits_of(self, dataset):
-        return all_logits(self.model, dataset, self.collate, self.args.batch_size * 2, self.run.device,
+        return all_logits(self.model, dataset, self.collate, self.options.schedule.batch_size * 2, self.run.device,
                           self.autocast, self.run.context, self.saved.window_pooling).astype(np.float32)
 
     def validation_line(self, split):

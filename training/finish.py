@@ -13,10 +13,13 @@ from utils.errors import UserError, first_line
 from utils.log import log
 
 
-def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
-    partial = partial_dir(args.model_fn)
+def save_run(options, trainer_name, run, model, history, valid, test, extra=None):
+    """options: the run's TrainingOptions; training_args.json holds every flag as given (options.record), then
+    the settings as resolved (run.resolved_settings) over them, then what the run found."""
+    model_fn = options.run.model_fn
+    partial = partial_dir(model_fn)
     splits = run.splits
-    record = {**vars(args), **run.resolved_settings(), "trainer": trainer_name, "labels": splits.labels,
+    record = {**options.record, **run.resolved_settings(), "trainer": trainer_name, "labels": splits.labels,
               "has_pairs": splits.has_pairs, "n_train": len(splits.train), "n_valid": len(splits.valid),
               "precision": run.precision, "world_size": run.context.world_size, "multi_label": splits.multi_label,
               # multi-label: the decision threshold tuned on validation, which classify_plm.py applies
@@ -28,13 +31,13 @@ def save_run(args, trainer_name, run, model, history, valid, test, extra=None):
         output_in_label_units(model, run.regression_scale)
     try:
         save_model(partial, model, run.tokenizer, record)
-        write_report(partial, history, splits.labels, valid, test, n_errors=args.n_errors)
+        write_report(partial, history, splits.labels, valid, test, n_errors=options.evaluation.n_errors)
     except Exception as error:  # disk full or permissions: OSError, or safetensors' own error type
-        raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {args.model_fn} is unchanged") from None
+        raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     # the best weights go only now: a failed save above keeps them for --resume
     (partial / BEST_WEIGHTS).unlink(missing_ok=True)
-    commit_run(args.model_fn)
-    log.info(f"\nsaved {args.model_fn}")
+    commit_run(model_fn)
+    log.info(f"\nsaved {model_fn}")
 
 
 def _versions():

@@ -25,23 +25,26 @@ from utils.log import log
 from utils.runtime import StopRequest, pad_to_multiple_of
 
 
-def train(args, run, trainer_name, loss_fn):
+def train(options, run, trainer_name, loss_fn):
     """Train run.model on run.train_set with transformers.Trainer and loss_fn (validation is scored
-    unweighted, as in the native loop), then save the run (training.finish.save_run)."""
+    unweighted, as in the native loop), then save the run (training.finish.save_run); options: the run's
+    TrainingOptions (options.training_flags)."""
     context, device, precision = run.context, run.device, run.precision
+    settings, eval_options, run_options = options.schedule, options.evaluation, options.run
+    model_fn = run_options.model_fn
 
     training_args = TrainingArguments(
-        output_dir=str(resume_dir(args.model_fn)),  # resumable states; the model itself is saved below
-        num_train_epochs=args.n_epochs,
-        max_steps=args.max_steps or -1,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size * 2,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        output_dir=str(resume_dir(model_fn)),  # resumable states; the model itself is saved below
+        num_train_epochs=settings.n_epochs,
+        max_steps=settings.max_steps or -1,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size * 2,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=run.lr,
-        weight_decay=args.weight_decay,  # Trainer exempts biases and LayerNorm weights, as the native loop does
+        weight_decay=settings.weight_decay,  # Trainer exempts biases and LayerNorm weights, as the native loop does
         lr_scheduler_type="linear",
-        warmup_steps=args.warmup_ratio,  # a float below 1 is a share of all steps
-        max_grad_norm=args.max_grad_norm,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of all steps
+        max_grad_norm=settings.max_grad_norm,
         # Sequence classifiers return a per-batch mean loss; with this on, Trainer multiplies it by the
         # process count (as if it were a token sum) and trains on and reports N times the loss under DDP.
         average_tokens_across_devices=False,
@@ -51,23 +54,24 @@ def train(args, run, trainer_name, loss_fn):
         # "random": length grouping comes from LengthGroupedTrainer below; Trainer's group_by_length would
         # also shuffle evaluation, whose predictions must stay in dataset order for errors.tsv
         train_sampling_strategy="random",
-        eval_strategy="steps" if args.eval_steps else "epoch",
-        eval_steps=args.eval_steps,
+        eval_strategy="steps" if eval_options.eval_steps else "epoch",
+        eval_steps=eval_options.eval_steps,
         # --eval_steps without --save_every: a state at every evaluation, so a resumed run has its history
-        save_strategy="steps" if args.save_every or args.eval_steps else "epoch",
-        save_steps=args.save_every or args.eval_steps or 500,
-        save_total_limit=args.save_total_limit,
+        save_strategy="steps" if run_options.save_every or eval_options.eval_steps else "epoch",
+        save_steps=run_options.save_every or eval_options.eval_steps or 500,
+        save_total_limit=run_options.save_total_limit,
         logging_strategy="steps",
         logging_steps=LOG_EVERY,
         report_to="none",  # TensorBoard goes through the logger both trainers share
         remove_unused_columns=False,  # model_inputs() already keeps only what a batch needs
         dataloader_pin_memory=device.type == "cuda",
-        seed=args.seed,
-        data_seed=args.seed,
+        seed=settings.seed,
+        data_seed=settings.seed,
     )
-    partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
-    recorder = EvaluationRecorder(log_dir(args, trainer_name), partial, args.best_metric, context.is_main,
-                                  by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
+    partial = start_run(model_fn, run.fingerprint) if context.is_main else partial_dir(model_fn)
+    recorder = EvaluationRecorder(log_dir(run_options, trainer_name), partial, eval_options.best_metric,
+                                  context.is_main, by_steps=bool(eval_options.eval_steps),
+                                  patience=eval_options.early_stopping_patience)
     loss = TrackedLoss(run.model, loss_fn, loss_function(None, run.splits.multi_label, run.regression_scale))
     valid_windows, text_of_window = window_rows(run.valid_set)  # sliding: Trainer evaluates windows, scored per text
     callback = RecorderCallback(recorder, StopRequest(context), loss, run.splits.multi_label,
@@ -82,13 +86,13 @@ def train(args, run, trainer_name, loss_fn):
         processing_class=run.tokenizer,
         compute_loss_func=loss,
         compute_metrics=trainer_compute_metrics(
-            run.splits.labels, run.splits.multi_label, args.threshold_per_label, run.regression_scale,
+            run.splits.labels, run.splits.multi_label, eval_options.threshold_per_label, run.regression_scale,
             None if text_of_window is None else texts_pooled(text_of_window, len(run.valid_set), run.window_pooling)),
         callbacks=[callback],
-        lengths=None if args.no_group_by_length else column_numpy(run.train_set, "length"),
+        lengths=column_numpy(run.train_set, "length") if settings.group_by_length else None,
     )
-    resume_from = str(latest_train_state(resume_dir(args.model_fn))) if args.resume else None
-    print_plan(run, args, trainer_name)
+    resume_from = str(latest_train_state(resume_dir(model_fn))) if run_options.resume else None
+    print_plan(run, options, trainer_name)
     trainer.train(resume_from_checkpoint=resume_from)
     recorder.close()
     if callback.stop.requested:
@@ -98,15 +102,16 @@ def train(args, run, trainer_name, loss_fn):
 
     # The best epoch's weights, evaluated once more on validation and once on test.
     load_best_weights(trainer.model, partial, context)
+    # --calibrate: the temperature is fitted on validation
     valid = evaluation(text_logits(trainer, run.valid_set, run.window_pooling), run.valid_set, run.splits.labels,
-                       threshold_per_label=args.threshold_per_label, regression_scale=run.regression_scale,
-                       temperature=FIT_TEMPERATURE if args.calibrate else None)  # --calibrate: fitted on validation
+                       threshold_per_label=eval_options.threshold_per_label, regression_scale=run.regression_scale,
+                       temperature=FIT_TEMPERATURE if eval_options.calibrate else None)
     test = (evaluation(text_logits(trainer, run.test_set, run.window_pooling), run.test_set, run.splits.labels,
                        valid["metrics"].get("threshold"),  # multi-label: the threshold tuned on validation
                        regression_scale=run.regression_scale, temperature=valid["metrics"].get("temperature"))
             if run.test_set else None)
     if context.is_main:
-        save_run(args, trainer_name, run, trainer.model, recorder.history, valid, test,
+        save_run(options, trainer_name, run, trainer.model, recorder.history, valid, test,
                  extra={"optimizer_steps": trainer.state.global_step})
 
 

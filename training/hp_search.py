@@ -49,9 +49,9 @@ MIN_TRIALS_FOR_IMPORTANCE = 4  # fewer finished trials say nothing about which f
 SPACE_EXAMPLE = '{"lr": {"low": 1e-5, "high": 1e-4, "log": true}, "batch_size": {"choices": [16, 32]}, "n_epochs": 3}'
 
 
-def search(args, trainer_name, script):
-    """The search: trials of `script` until args.hp_search have finished (complete or pruned) in the study,
-    then the best one this machine ran saved as args.model_fn."""
+def search(options, trainer_name, script):
+    """The search: trials of `script` until --hp_search of them have finished (complete or pruned) in the
+    study, then the best one this machine ran saved as --model_fn. options: the run's TrainingOptions."""
     require(["optuna"], "--hp_search", "pip install -r requirements/search.txt")
     from training.prepare import prepare
     from utils.runtime import distributed_context
@@ -61,35 +61,38 @@ def search(args, trainer_name, script):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our lines instead (and no traceback for a failed trial)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, plots
-    space = read_space(args.hp_space) if args.hp_space else None
+    hp_space = options.search.hp_space
+    space = read_space(hp_space) if hp_space else None
     given = flags_given(sys.argv[1:])
     if space is None and not default_space(1.0, given):
         raise UserError(f"--hp_search: the command line gives every flag of the default space "
                         f"({', '.join(DEFAULT_SPACE)}), which leaves nothing to search: give --hp_space FILE.json")
-    run = prepare(args, trainer_name)  # every flag and the data checked once, tokenized into the trials' cache
+    run = prepare(options, trainer_name)  # every flag and the data checked once, tokenized into the trials' cache
     run.model = None  # each trial loads its own
     space = space or default_space(run.lr, given)
-    study, plan = open_study(args, trainer_name, run, space)
-    print_search_plan(args, trainer_name, study, plan)
-    best = run_trials(args, script, study, plan)
+    study, plan = open_study(options, trainer_name, run, space)
+    print_search_plan(options, trainer_name, study, plan)
+    best = run_trials(options, script, study, plan)
     if best is None:
         raise UserError(f"--hp_search: no trial this machine ran completed ({len(study.trials)} in the study), so there "
                         "is no model to save: run it again for more trials")
-    save_best(args, run, study, plan, best)
+    save_best(options, run, study, plan, best)
 
 
-def open_study(args, trainer_name, run, space):
+def open_study(options, trainer_name, run, space):
     """(study, plan): the study created, or reopened (--resume; a shared one that other machines work on)."""
     import optuna
     from scoring.metrics import ALL_SCORES
-    partial = partial_dir(args.model_fn)
-    shared = args.hp_storage is not None
-    url = args.hp_storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
+    model_fn, n_trials, storage = options.run.model_fn, options.search.hp_search, options.search.hp_storage
+    partial = partial_dir(model_fn)
+    shared = storage is not None
+    url = storage or f"sqlite:///{(partial / STUDY_FILE).resolve()}"
     # recorded: a shared storage's URL without its password; our own study by its file name, which moves with
     # the partial directory into the model directory
     plan = {"storage": without_password(url) if shared else STUDY_FILE,
-            "study": study_name(trainer_name, run, space, args.calibrate), "space": space, "url": url, "shared": shared}
-    if args.resume:
+            "study": study_name(trainer_name, run, space, options.evaluation.calibrate), "space": space, "url": url,
+            "shared": shared}
+    if options.run.resume:
         if not (partial / SEARCH_FILE).exists():
             raise UserError(f"--resume: {partial} holds an interrupted training run, not a search: resume it "
                             "without --hp_search, or delete it to start afresh")
@@ -97,22 +100,22 @@ def open_study(args, trainer_name, run, space):
         for key, what in (("space", "search space (--hp_space, or the flags a default space leaves out)"),
                           ("storage", "--hp_storage"), ("study", "--calibrate setting")):
             if before.get(key) != plan[key]:
-                raise UserError(f"--resume: the interrupted search of {args.model_fn} had another {what}: rerun it "
+                raise UserError(f"--resume: the interrupted search of {model_fn} had another {what}: rerun it "
                                 f"as it was, or delete {partial} to start afresh")
     storage = open_storage(url, shared) if shared else None  # a database elsewhere: refused before anything is written
-    start_run(args.model_fn, run.fingerprint)
+    start_run(model_fn, run.fingerprint)
     if not (partial / SEARCH_FILE).exists():
         public = {key: plan[key] for key in ("storage", "study", "space")}
         (partial / SEARCH_FILE).write_text(json.dumps(public, indent=2) + "\n")
     storage = storage or open_storage(url, shared)
-    direction = "maximize" if ALL_SCORES[args.best_metric].higher_is_better else "minimize"
+    direction = "maximize" if ALL_SCORES[options.evaluation.best_metric].higher_is_better else "minimize"
     study = optuna.create_study(storage=storage, study_name=plan["study"], direction=direction, load_if_exists=True,
-                                pruner=median_pruner(args.hp_search))
+                                pruner=median_pruner(n_trials))
     # Seeded by --seed and the trials so far: a resumed search does not draw its first values again. On a
     # shared study each process draws its own (two machines starting together would draw the same).
     salt = int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:8], 16) if shared else 0
-    study.sampler = optuna.samplers.TPESampler(seed=(args.seed + len(study.trials) + salt) % 2**32,
-                                               n_startup_trials=random_trials(args.hp_search))
+    study.sampler = optuna.samplers.TPESampler(seed=(options.schedule.seed + len(study.trials) + salt) % 2**32,
+                                               n_startup_trials=random_trials(n_trials))
     if not shared:
         fail_interrupted(study)
     return study, plan
@@ -123,35 +126,36 @@ def random_trials(n_trials):
     return max(2, min(10, n_trials // 2))
 
 
-def run_trials(args, script, study, plan):
-    """Trials until args.hp_search have finished or are running; the number of the best finished trial
+def run_trials(options, script, study, plan):
+    """Trials until --hp_search of them have finished or are running; the number of the best finished trial
     whose model is here, or None."""
     import optuna
     from optuna.trial import TrialState
-    trials_dir = partial_dir(args.model_fn) / TRIALS_DIR
+    trials_dir = partial_dir(options.run.model_fn) / TRIALS_DIR
     trials_dir.mkdir(exist_ok=True)
     best = keep_best(study, trials_dir)  # --resume: what a killed trial left goes
     while True:
         if plan["shared"]:
             optuna.storages.fail_stale_trials(study)  # a machine that died: its trial runs again (retry)
         counted = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        if len(counted) >= args.hp_search:
+        if len(counted) >= options.search.hp_search:
             return best
-        study.optimize(lambda trial: run_trial(trial, args, script, plan, len(counted) + 1), n_trials=1)
+        study.optimize(lambda trial: run_trial(trial, options, script, plan, len(counted) + 1), n_trials=1)
         best = keep_best(study, trials_dir)
 
 
-def run_trial(trial, args, script, plan, position):
+def run_trial(trial, options, script, plan, position):
     """Optuna's objective: one trial as a subprocess of the trainer script; its validation --best_metric."""
     import optuna
     values = {name: suggest(trial, name, spec) for name, spec in plan["space"].items()}
     trial.set_user_attr("host", socket.gethostname())
-    model_fn = partial_dir(args.model_fn) / TRIALS_DIR / f"trial-{trial.number}"
-    log.info(f"\n***** trial {trial.number} ({position} of {args.hp_search}): {describe_values(values)} *****")
-    where = {"storage": plan["url"], "study": plan["study"], "trial_id": trial._trial_id, "n_trials": args.hp_search}
+    n_trials = options.search.hp_search
+    model_fn = partial_dir(options.run.model_fn) / TRIALS_DIR / f"trial-{trial.number}"
+    log.info(f"\n***** trial {trial.number} ({position} of {n_trials}): {describe_values(values)} *****")
+    where = {"storage": plan["url"], "study": plan["study"], "trial_id": trial._trial_id, "n_trials": n_trials}
     # the trial's report on stdout would come before the search's own: it goes to stderr with its log
-    child = start_worker([str(script), *trial_argv(args, values, model_fn)], env={TRIAL_ENV: json.dumps(where)},
-                         stdin=subprocess.DEVNULL, stdout=sys.stderr)
+    child = start_worker([str(script), *trial_argv(options.record, values, model_fn)],
+                         env={TRIAL_ENV: json.dumps(where)}, stdin=subprocess.DEVNULL, stdout=sys.stderr)
     try:
         status = child.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (utils.errors): the trial runs again from its start
@@ -164,7 +168,7 @@ def run_trial(trial, args, script, plan, position):
     if status != 0:
         how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"failed with exit status {status}"
         raise UserError(f"trial {trial.number} ({describe_values(values)}) {how} (its messages are above)")
-    return json.loads((model_fn / "metrics.json").read_text())["valid"][args.best_metric]
+    return json.loads((model_fn / "metrics.json").read_text())["valid"][options.evaluation.best_metric]
 
 
 def retry(study, trial):
@@ -198,60 +202,64 @@ def keep_best(study, trials_dir):
     return best
 
 
-def save_best(args, run, study, plan, best):
+def save_best(options, run, study, plan, best):
     """The best trial's model scored on validation and, once, on --test_fn; its report, training_args.json,
     the trials table, plots and study copy written; then it becomes --model_fn."""
     from checkpoint.saved_model import TRAINING_ARGS, load_checkpoint
     from scoring.report import format_table, write_report
     from training.evaluation import evaluate_saved
-    winner = partial_dir(args.model_fn) / TRIALS_DIR / f"trial-{best}"
+    model_fn = options.run.model_fn
+    winner = partial_dir(model_fn) / TRIALS_DIR / f"trial-{best}"
     tokenizer, model, saved = load_checkpoint(winner, run.device)
-    valid, test = (evaluate_saved(model, tokenizer, saved, dataset, args.batch_size * 2, run.device, run.precision)
+    batch_size = options.schedule.batch_size * 2
+    valid, test = (evaluate_saved(model, tokenizer, saved, dataset, batch_size, run.device, run.precision)
                    if dataset is not None else None for dataset in (run.valid_set, run.test_set))
-    record = summary(args, study, plan, best)
-    rows = trial_rows(args, study, plan)
+    record = summary(options, study, plan, best)
+    rows = trial_rows(options, study, plan)
     try:
         history = json.loads((winner / "history.json").read_text())
-        write_report(winner, history, list(saved.labels), valid, test, n_errors=args.n_errors)
-        training_args = {**json.loads((winner / TRAINING_ARGS).read_text()), "model_fn": args.model_fn,
-                         "test_fn": args.test_fn, "hp_space": args.hp_space, "hp_storage": record["storage"],
+        write_report(winner, history, list(saved.labels), valid, test, n_errors=options.evaluation.n_errors)
+        training_args = {**json.loads((winner / TRAINING_ARGS).read_text()), "model_fn": model_fn,
+                         "test_fn": options.data.test_fn, "hp_space": options.search.hp_space,
+                         "hp_storage": record["storage"],
                          "hp_search": record, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (winner / TRAINING_ARGS).write_text(json.dumps(training_args, indent=2, ensure_ascii=False) + "\n")
         write_trials_table(winner / TRIALS_TABLE, rows)
         save_plots(study, winner, record["complete"], sum("value" not in spec for spec in plan["space"].values()))
         if not plan["shared"]:
-            copy_sqlite(partial_dir(args.model_fn) / STUDY_FILE, winner / STUDY_FILE)
+            copy_sqlite(partial_dir(model_fn) / STUDY_FILE, winner / STUDY_FILE)
     except OSError as error:
-        raise UserError(f"{winner}: cannot write the model ({first_line(error)}); {args.model_fn} is unchanged") from None
+        raise UserError(f"{winner}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     print(f"\nhyperparameter search ({TRIALS_TABLE}):\n{format_table(rows, list(rows[0]))}")
     saving = (f"; pruning saved {record['epochs_planned'] - record['epochs_run']:g} of {record['epochs_planned']:g} "
               "epochs" if record["epochs_planned"] else "")
-    log.info(f"\nbest trial {best}: validation {args.best_metric} {record['value']:.4f} with "
+    log.info(f"\nbest trial {best}: validation {options.evaluation.best_metric} {record['value']:.4f} with "
              f"{describe_values(record['values'])} ({record['complete']} complete, {record['pruned']} pruned{saving})")
     if "study_best_trial" in record:
         log.info(f"note: the study's best trial, {record['study_best_trial']}, ran in another search (on "
                  f"{study.best_trial.user_attrs.get('host')}), which saved its model")
-    commit_run(args.model_fn, source=winner)
-    log.info(f"\nsaved {args.model_fn}")
+    commit_run(model_fn, source=winner)
+    log.info(f"\nsaved {model_fn}")
 
 
-def summary(args, study, plan, best):
+def summary(options, study, plan, best):
     """training_args.json's "hp_search": which trial won with which values, and what the search did."""
     from optuna.trial import TrialState
+    n_trials, seed = options.search.hp_search, options.schedule.seed
     trials = study.get_trials(deepcopy=False)
     by_number = {trial.number: trial for trial in trials}
     finished = [trial for trial in trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    planned = None if "max_steps" in plan["space"] or args.max_steps else sum(
-        trial_values(trial, plan["space"]).get("n_epochs", args.n_epochs) for trial in finished)
+    planned = None if "max_steps" in plan["space"] or options.schedule.max_steps else sum(
+        trial_values(trial, plan["space"]).get("n_epochs", options.schedule.n_epochs) for trial in finished)
     record = {
-        "trials": args.hp_search, **{key: sum(trial.state == state for trial in trials) for key, state in
+        "trials": n_trials, **{key: sum(trial.state == state for trial in trials) for key, state in
                                      (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
                                       ("failed", TrialState.FAIL))},
         "best_trial": best, "values": trial_values(by_number[best], plan["space"]),
-        "objective": f"validation {args.best_metric}", "direction": study.direction.name.lower(),
+        "objective": f"validation {options.evaluation.best_metric}", "direction": study.direction.name.lower(),
         "value": by_number[best].value, "space": plan["space"],
-        "sampler": f"TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
-        "pruner": f"median, from {max(1, args.hp_search // 4)} finished trials on",
+        "sampler": f"TPE, seed {seed}, the first {random_trials(n_trials)} trials at random",
+        "pruner": f"median, from {max(1, n_trials // 4)} finished trials on",
         "storage": plan["storage"], "study": plan["study"],
         "epochs_run": sum(trial.user_attrs.get("epochs", 0) for trial in finished), "epochs_planned": planned,
         "seconds": round(sum(trial.duration.total_seconds() for trial in finished)),
@@ -266,7 +274,7 @@ def trial_values(trial, space):
     return {name: trial.params.get(name, spec.get("value")) for name, spec in space.items()}
 
 
-def trial_rows(args, study, plan):
+def trial_rows(options, study, plan):
     """The trials table: each trial's state, score (a pruned one's best before it stopped), values, epochs
     trained and seconds."""
     sampled = [name for name, spec in plan["space"].items() if "value" not in spec]
@@ -276,7 +284,7 @@ def trial_rows(args, study, plan):
     rows = []
     for trial in trials:
         score = trial.value if trial.value is not None else pick(trial.intermediate_values.values(), default="")
-        rows.append({"trial": trial.number, "state": trial.state.name.lower(), args.best_metric: score,
+        rows.append({"trial": trial.number, "state": trial.state.name.lower(), options.evaluation.best_metric: score,
                      **{name: trial.params.get(name, "") for name in sampled},
                      "epochs": trial.user_attrs.get("epochs", ""),
                      "seconds": round(trial.duration.total_seconds()) if trial.duration else "",
@@ -424,10 +432,11 @@ def flags_given(argv):
     return {name for name in SEARCHABLE if getattr(parsed, name) is not unset}
 
 
-def trial_argv(args, values, model_fn):
-    """One trial's flags: this run's with the trial's values, its own --model_fn, and no --test_fn, --resume
-    or search flags. Every flag whose value is not its default is passed on, so none is lost."""
-    flags = {**vars(args), **values, "model_fn": str(model_fn), "test_fn": None, "resume": False, "hp_search": None,
+def trial_argv(flags, values, model_fn):
+    """One trial's flags: this run's (`flags`, {flag: value}: TrainingOptions.record) with the trial's values,
+    its own --model_fn, and no --test_fn, --resume or search flags. Every flag whose value is not its default
+    is passed on, so none is lost."""
+    flags = {**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False, "hp_search": None,
              "hp_space": None, "hp_storage": None}
     argv = []
     for action in training_parser("")._actions:
@@ -474,20 +483,21 @@ def without_password(url):
         return url
 
 
-def print_search_plan(args, trainer_name, study, plan):
+def print_search_plan(options, trainer_name, study, plan):
     from optuna.trial import TrialState
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     fixed = [describe(name, spec) for name, spec in plan["space"].items() if "value" in spec]
+    n_trials, test_fn = options.search.hp_search, options.data.test_fn
     lines = [
-        f"***** Hyperparameter search ({trainer_name}): {args.hp_search} trials *****",
+        f"***** Hyperparameter search ({trainer_name}): {n_trials} trials *****",
         "  searched: " + "; ".join(describe(name, spec) for name, spec in plan["space"].items() if "value" not in spec),
         *(["  fixed: " + "; ".join(fixed)] if fixed else []),
-        f"  objective: validation {args.best_metric} ({study.direction.name.lower()}d; --best_metric)",
-        f"  sampler: TPE, seed {args.seed}, the first {random_trials(args.hp_search)} trials at random",
-        f"  pruner: median, at each {'evaluation (--eval_steps)' if args.eval_steps else 'epoch'}, "
-        f"from {max(1, args.hp_search // 4)} finished trials on",
+        f"  objective: validation {options.evaluation.best_metric} ({study.direction.name.lower()}d; --best_metric)",
+        f"  sampler: TPE, seed {options.schedule.seed}, the first {random_trials(n_trials)} trials at random",
+        f"  pruner: median, at each {'evaluation (--eval_steps)' if options.evaluation.eval_steps else 'epoch'}, "
+        f"from {max(1, n_trials // 4)} finished trials on",
         f"  storage: {without_password(plan['url'])}, study {plan['study']}",
-        *([f"  test: {args.test_fn}, scored once, with the best trial"] if args.test_fn else []),
+        *([f"  test: {test_fn}, scored once, with the best trial"] if test_fn else []),
         *([f"  continuing: {len(finished)} trials finished"] if finished else []),
     ]
     log.info("\n".join(lines))

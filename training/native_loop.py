@@ -27,10 +27,13 @@ from utils.log import log
 from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
 
 
-def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
+def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     """Train run.model on run.train_set with loss_fn, then save the run (training.finish.save_run) with
-    `record` added to its training_args.json; plan_notes: lines added to the printed plan."""
+    `record` added to its training_args.json; options: the run's TrainingOptions (options.training_flags);
+    plan_notes: lines added to the printed plan."""
     context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
+    settings, eval_options, run_options = options.schedule, options.evaluation, options.run
+    model_fn, accumulation = run_options.model_fn, settings.gradient_accumulation_steps
 
     init_process_group(context, device)
     model.to(device)
@@ -39,8 +42,8 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     collate = TextClassificationCollator(run.tokenizer, pad_to_multiple_of=pad_to_multiple_of(precision),
                                          num_labels=len(run.splits.labels))
     autocast = autocast_context(device, precision)
-    sampler = LengthGroupedBatchSampler(column_numpy(run.train_set, "length"), args.batch_size, seed=args.seed,
-                                        group_by_length=not args.no_group_by_length,
+    sampler = LengthGroupedBatchSampler(column_numpy(run.train_set, "length"), settings.batch_size,
+                                        seed=settings.seed, group_by_length=settings.group_by_length,
                                         world_size=context.world_size, rank=context.rank)
     train_loader = DataLoader(model_inputs(run.train_set), batch_sampler=sampler, collate_fn=collate,
                               pin_memory=device.type == "cuda")
@@ -50,19 +53,20 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     # linear warm-up, then linear decay.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": settings.weight_decay},
         {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
     ], lr=run.lr, fused=True)  # one kernel for all parameters, not a pass per tensor (docs/benchmarks.md: the step's share)
     scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup_steps, schedule.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
 
     progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
-    if args.resume:
-        progress = restore(load_train_state(resume_dir(args.model_fn)), model, optimizer, scheduler, scaler)
-    partial = start_run(args.model_fn, run.fingerprint) if context.is_main else partial_dir(args.model_fn)
+    if run_options.resume:
+        progress = restore(load_train_state(resume_dir(model_fn)), model, optimizer, scheduler, scaler)
+    partial = start_run(model_fn, run.fingerprint) if context.is_main else partial_dir(model_fn)
     context.barrier()
-    recorder = EvaluationRecorder(log_dir(args, trainer_name), partial, args.best_metric, context.is_main,
-                                  by_steps=bool(args.eval_steps), patience=args.early_stopping_patience)
+    recorder = EvaluationRecorder(log_dir(run_options, trainer_name), partial, eval_options.best_metric,
+                                  context.is_main, by_steps=bool(eval_options.eval_steps),
+                                  patience=eval_options.early_stopping_patience)
     recorder.restore(progress["history"])
     # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
     # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.
@@ -72,8 +76,8 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     def evaluate_and_record(epoch):
         """Validation, the history row and best weights (rank 0); True when early stopping says stop."""
         nonlocal started
-        valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context,
-                         run.splits.labels, threshold_per_label=args.threshold_per_label, run=run)
+        valid = evaluate(model, run.valid_set, collate, settings.batch_size * 2, device, autocast, context,
+                         run.splits.labels, threshold_per_label=eval_options.threshold_per_label, run=run)
         loss_sums = context.gather((loss_sum.item(), progress["loss_count"]))
         train_loss = sum(s for s, _ in loss_sums) / max(sum(n for _, n in loss_sums), 1)
         if context.is_main:
@@ -87,10 +91,10 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     def save_state():
         if context.is_main:
             progress.update(loss_sum=loss_sum.item(), history=recorder.history)
-            save_train_state(resume_dir(args.model_fn), progress["step"],
-                             snapshot(progress, model, optimizer, scheduler, scaler), args.save_total_limit)
+            save_train_state(resume_dir(model_fn), progress["step"],
+                             snapshot(progress, model, optimizer, scheduler, scaler), run_options.save_total_limit)
 
-    print_plan(run, args, trainer_name, plan_notes)
+    print_plan(run, options, trainer_name, plan_notes)
     stop = StopRequest(context)
     stopped_early = recorder.stalled()  # a resumed run that had already stopped early trains no further
     for epoch in range(progress["epoch"], schedule.n_epochs):
@@ -105,21 +109,20 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
                 continue
             if progress["step"] == schedule.total_steps:  # --max_steps reached within this epoch
                 break
-            boundary = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(train_loader)
+            boundary = (i + 1) % accumulation == 0 or i + 1 == len(train_loader)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             targets = {name: batch.pop(name) for name in TARGETS if name in batch}
             with maybe_no_sync(model, not boundary), autocast:
                 loss = loss_fn(model(**batch).logits, **targets)
             # the mean over the accumulation group, also for a short last group of the epoch (as Trainer does)
-            group = min(args.gradient_accumulation_steps,
-                        len(train_loader) - i // args.gradient_accumulation_steps * args.gradient_accumulation_steps)
+            group = min(accumulation, len(train_loader) - i // accumulation * accumulation)
             scaler.scale(loss / group).backward()
             loss_sum += loss.detach()
             progress["loss_count"] += 1
             if not boundary:
                 continue
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -130,13 +133,13 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
                 step_loss = loss.item()  # the one host-device sync of a logging interval
                 batches.set_postfix(loss=f"{step_loss:.4f}")
                 recorder.log_step(progress["step"], step_loss, scheduler.get_last_lr()[0])
-            if args.eval_steps and (progress["step"] % args.eval_steps == 0
-                                    or progress["step"] == schedule.total_steps):
+            if eval_options.eval_steps and (progress["step"] % eval_options.eval_steps == 0
+                                          or progress["step"] == schedule.total_steps):
                 stopped_early = evaluate_and_record(round(epoch + (i + 1) / len(train_loader), 4))
                 model.train()
-                if not args.save_every:  # every evaluation's history row (and best weights) survive a crash
+                if not run_options.save_every:  # every evaluation's history row (and best weights) survive a crash
                     save_state()
-            if args.save_every and progress["step"] % args.save_every == 0:
+            if run_options.save_every and progress["step"] % run_options.save_every == 0:
                 save_state()
             if stop.agreed():
                 save_state()
@@ -146,10 +149,10 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
             if stopped_early:
                 break
 
-        if not args.eval_steps:
+        if not eval_options.eval_steps:
             stopped_early = evaluate_and_record(epoch + 1)
         progress.update(epoch=epoch + 1, batches_done=0)
-        if not args.save_every or epoch + 1 == schedule.n_epochs or stopped_early:
+        if not run_options.save_every or epoch + 1 == schedule.n_epochs or stopped_early:
             save_state()
     recorder.close()
 
@@ -157,15 +160,15 @@ def train(args, run, trainer_name, loss_fn, plan_notes=(), record=None):
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
     # --calibrate: the temperature is fitted on validation; multi-label: the test set is scored at the decision
     # threshold tuned on validation (after the temperature, on the probabilities the model will print)
-    valid = evaluate(model, run.valid_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
-                     threshold_per_label=args.threshold_per_label, run=run,
-                     temperature=FIT_TEMPERATURE if args.calibrate else None)
+    valid = evaluate(model, run.valid_set, collate, settings.batch_size * 2, device, autocast, context,
+                     run.splits.labels, threshold_per_label=eval_options.threshold_per_label, run=run,
+                     temperature=FIT_TEMPERATURE if eval_options.calibrate else None)
     threshold, temperature = context.gather(valid and (valid["metrics"].get("threshold"),
                                                        valid["metrics"].get("temperature")))[0]
-    test = evaluate(model, run.test_set, collate, args.batch_size * 2, device, autocast, context, run.splits.labels,
+    test = evaluate(model, run.test_set, collate, settings.batch_size * 2, device, autocast, context, run.splits.labels,
                     threshold, run=run, temperature=temperature)
     if context.is_main:
-        save_run(args, trainer_name, run, model, recorder.history, valid, test,
+        save_run(options, trainer_name, run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"], **(record or {})})
     context.barrier()
 

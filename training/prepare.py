@@ -7,18 +7,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import dataclasses
-
 from checkpoint.pretrained import load_pretrained_model, load_tokenizer
 from checkpoint.resume import check_resume_matches, run_fingerprint
 from checkpoint.run_dir import check_output, lock_output
-from data_load import DataOptions, Splits, encode_splits, load_splits
+from data_load import Splits, encode_splits, load_splits
 from data_load.dataset import window_rows
 from data_load.lengths import clamp_max_length, model_max_length
 from data_load.long_text import check_stride, default_stride
-from data_load.readers import Labeling
 from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
-from scoring.metrics import MULTI_LABEL_SCORES, REGRESSION_SCORES, SCORES
+from scoring.metrics import best_metric_problem
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
@@ -36,9 +33,10 @@ class Schedule:
     n_epochs: int  # epochs started: --n_epochs, or as many as --max_steps reaches into
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prepared:
-    """What a trainer needs before its loop, including the settings resolved from defaults."""
+    """What a trainer needs before its loop, including the settings resolved from defaults. Built by keyword
+    only: twenty fields, several of the same type, are too many to get right by position."""
     context: DistributedContext
     device: torch.device
     precision: str
@@ -70,100 +68,98 @@ class Prepared:
                    if self.regression_scale else {})}
 
 
-def data_options(args):
-    """The trainers' data flags as the typed values data_load takes."""
-    return DataOptions(
-        train_fn=args.train_fn, valid_fn=args.valid_fn, test_fn=args.test_fn, dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name, text_column=args.text_column,
-        text_pair_column=args.text_pair_column, label_column=args.label_column,
-        labeling=dataclasses.replace(Labeling.from_flags(args.multi_label, args.label_separator, args.label_columns,
-                                                         args.label_names_fn, args.label_column),
-                                     numbers=bool(args.regression)),
-        valid_ratio=args.valid_ratio, seed=args.seed, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, cache_dir=args.cache_dir, regression=bool(args.regression),
-        delimiter=args.delimiter)
-
-
 def default_learning_rate(model):
     """Small models fine-tune best with a larger step than the 2e-5..5e-5 that suits BERT-base:
     on emotion, MiniLM-L6 reached 76% after 90 steps at 2e-4 against 66% at 1e-4."""
     return 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
 
 
-def prepare(args, trainer_name, **data):
-    """data: DataOptions fields that replace the flags' (distillation: the teacher's classes)."""
+def prepare(options, trainer_name):
+    """options: the run's TrainingOptions (options.training_flags); its data options say whose classes the
+    model must have, when they are given (distillation: the teacher's)."""
+    data, model_options, schedule, run_options = options.data, options.model, options.schedule, options.run
     context = distributed_context()
     setup_logging(context.rank)  # the other processes of a distributed run: errors only
-    device = choose_device(args.device, context.local_rank)
-    precision = choose_precision(args.precision, device)
+    device = choose_device(run_options.device, context.local_rank)
+    precision = choose_precision(run_options.precision, device)
     if context.is_main:
-        lock_output(args.model_fn)
-    check_output(args.model_fn, args.resume)
-    if args.log_dir and Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
-        raise UserError(f"--log_dir {args.log_dir}: is a file, not a directory: choose a directory for TensorBoard")
-    set_seed(args.seed)
-    splits = load_splits(dataclasses.replace(data_options(args), **data))
-    weights = (class_weights(args.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
-                             splits.multi_label) if args.class_weight not in (None, "", "none") else None)
-    if splits.has_pairs and args.long_text == "sliding":  # head_tail is the default: pairs truncate without a word
+        lock_output(run_options.model_fn)
+    check_output(run_options.model_fn, run_options.resume)
+    log_dir = run_options.log_dir
+    if log_dir and Path(log_dir).exists() and not Path(log_dir).is_dir():
+        raise UserError(f"--log_dir {log_dir}: is a file, not a directory: choose a directory for TensorBoard")
+    set_seed(schedule.seed)
+    splits = load_splits(data)
+    weights = (class_weights(schedule.class_weight, splits.labels, splits.train_label_ids(), len(splits.train),
+                             splits.multi_label) if schedule.class_weight not in (None, "", "none") else None)
+    # head_tail is the default: pairs truncate without a word
+    if splits.has_pairs and model_options.long_text == "sliding":
         log.info("note: --long_text sliding is for single texts; sentence pairs are truncated (longest first)")
-    if splits.regression:
-        if args.best_metric not in REGRESSION_SCORES:
-            raise UserError(f"--best_metric {args.best_metric}: not a regression score; choose one of "
-                            f"{', '.join(REGRESSION_SCORES)}")
-    elif splits.multi_label and args.best_metric not in MULTI_LABEL_SCORES:
-        raise UserError(f"--best_metric {args.best_metric}: not a multi-label score; choose one of "
-                        f"{', '.join(MULTI_LABEL_SCORES)}")
-    elif not splits.multi_label and args.best_metric not in SCORES:
-        raise UserError(f"--best_metric {args.best_metric}: a multi-label score; choose one of {', '.join(SCORES)}")
-    fingerprint = run_fingerprint(args, trainer_name, splits.labels, context.world_size, splits.digests())
-    if args.resume:
-        check_resume_matches(args.model_fn, fingerprint)
-    model_name = resolve_model_name(args.pretrained_model_name)
+    # a regression run's --best_metric was checked with the flags (options.training_flags); whether a
+    # classifier is multi-label only the data says
+    problem = not splits.regression and best_metric_problem(options.evaluation.best_metric,
+                                                            multi_label=splits.multi_label)
+    if problem:
+        raise UserError(problem)
+    fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
+    if run_options.resume:
+        check_resume_matches(run_options.model_fn, fingerprint)
+    model_name = resolve_model_name(model_options.pretrained_model_name)
     tokenizer = load_tokenizer(model_name)
-    model = load_pretrained_model(model_name, splits.labels, args.freeze_encoder, splits.multi_label,
+    model = load_pretrained_model(model_name, splits.labels, model_options.freeze_encoder, splits.multi_label,
                             label_log_odds(splits.train_label_ids(), len(splits.labels), len(splits.train), weights)
                             if splits.multi_label else None, regression=splits.regression)
-    unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), args.extend_vocab)
-    if args.extend_vocab == "yes" or (args.extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
+    extend_vocab = model_options.extend_vocab
+    unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), extend_vocab)
+    if extend_vocab == "yes" or (extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
-        log.info(f"--extend_vocab {args.extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
+        log.info(f"--extend_vocab {extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
                  f"added {added} characters to the vocabulary")
-    lr = args.lr if args.lr is not None else default_learning_rate(model)
-    max_length = clamp_max_length(args.max_length, model_max_length(model, tokenizer))
-    long_text = "truncate" if splits.has_pairs else args.long_text
-    stride = (args.stride if args.stride is not None else default_stride(max_length)) if long_text == "sliding" else None
+    lr = schedule.lr if schedule.lr is not None else default_learning_rate(model)
+    max_length = clamp_max_length(model_options.max_length, model_max_length(model, tokenizer))
+    long_text = "truncate" if splits.has_pairs else model_options.long_text
+    stride = None
+    if long_text == "sliding":
+        stride = model_options.stride if model_options.stride is not None else default_stride(max_length)
     stride_error = check_stride(stride, max_length, tokenizer.num_special_tokens_to_add(pair=False))
     if stride_error:
         raise UserError(stride_error)
     # One process per machine tokenizes; the others wait on the cache entry's lock, then read it.
-    train_set, valid_set, test_set = encode_splits(splits, tokenizer, max_length, args.preprocessing_num_workers,
-                                                   args.cache_dir, long_text, stride)
+    train_set, valid_set, test_set = encode_splits(splits, tokenizer, max_length,
+                                                   run_options.preprocessing_num_workers, data.cache_dir, long_text,
+                                                   stride)
     n_train_texts = len(train_set)
     train_set, text_of_window = window_rows(train_set)  # sliding: every window an example with its text's label
-    return Prepared(context, device, precision, splits, tokenizer, model, model_name, lr, max_length,
-                    training_schedule(len(train_set), args, context.world_size), train_set, valid_set, test_set,
-                    fingerprint, weights, long_text, stride, args.window_pooling, n_train_texts,
-                    target_scale(splits.train_targets()) if splits.regression else None, text_of_window)
+    return Prepared(
+        context=context, device=device, precision=precision, splits=splits, tokenizer=tokenizer, model=model,
+        model_name=model_name, lr=lr, max_length=max_length,
+        schedule=training_schedule(len(train_set), schedule, context.world_size), train_set=train_set,
+        valid_set=valid_set, test_set=test_set, fingerprint=fingerprint, class_weights=weights,
+        long_text=long_text, stride=stride, window_pooling=model_options.window_pooling,
+        n_train_texts=n_train_texts,
+        regression_scale=target_scale(splits.train_targets()) if splits.regression else None,
+        text_of_window=text_of_window)
 
 
-def training_schedule(n_train, args, world_size):
-    """--max_steps, when given, replaces --n_epochs (as in TrainingArguments): the schedule spans it."""
-    batches = math.ceil(math.ceil(n_train / args.batch_size) / world_size)
-    steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-    max_steps = args.max_steps
-    total = max_steps or steps_per_epoch * args.n_epochs
-    return Schedule(batches, steps_per_epoch, total, math.ceil(total * args.warmup_ratio), math.ceil(total / steps_per_epoch))
+def training_schedule(n_train, options, world_size):
+    """options: ScheduleOptions. --max_steps, when given, replaces --n_epochs (as in TrainingArguments): the
+    schedule spans it."""
+    batches = math.ceil(math.ceil(n_train / options.batch_size) / world_size)
+    steps_per_epoch = math.ceil(batches / options.gradient_accumulation_steps)
+    total = options.max_steps or steps_per_epoch * options.n_epochs
+    return Schedule(batches, steps_per_epoch, total, math.ceil(total * options.warmup_ratio),
+                    math.ceil(total / steps_per_epoch))
 
 
-def print_plan(run, args, trainer_name, notes=()):
+def print_plan(run, options, trainer_name, notes=()):
     """What the run is about to do, once, before the first step (as run_glue_no_trainer.py does);
     `notes`: lines of the trainer's own (distillation: the teacher, the student, the temperature)."""
     if not run.context.is_main:
         return
     splits, schedule, world = run.splits, run.schedule, run.context.world_size
+    flags, evaluation = options.schedule, options.evaluation
     labels = ", ".join(splits.labels[:10]) + (f", ... ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
-    lr_note = "" if args.lr is not None else f" (default for hidden size {run.model.config.hidden_size})"
+    lr_note = "" if flags.lr is not None else f" (default for hidden size {run.model.config.hidden_size})"
     n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     lines = [
         f"***** Running training ({trainer_name}) *****",
@@ -174,16 +170,17 @@ def print_plan(run, args, trainer_name, notes=()):
          "(standardised for the loss)" if run.regression_scale else
          f"  labels = {len(splits.labels)}{' (multi-label)' if splits.multi_label else ''}: {labels}"),
         f"  max length = {run.max_length} tokens" + long_text_note(run),
-        f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {args.max_steps})" if args.max_steps else ""),
-        f"  batch size per device = {args.batch_size}, gradient accumulation = {args.gradient_accumulation_steps}, "
-        f"total batch size = {args.batch_size * args.gradient_accumulation_steps * world}",
+        f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {flags.max_steps})" if flags.max_steps else ""),
+        f"  batch size per device = {flags.batch_size}, gradient accumulation = {flags.gradient_accumulation_steps}, "
+        f"total batch size = {flags.batch_size * flags.gradient_accumulation_steps * world}",
         f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "
         f"warm-up steps = {schedule.warmup_steps}",
         f"  learning rate = {run.lr:g}{lr_note}",
-        f"  evaluation = every {args.eval_steps} steps" if args.eval_steps else "  evaluation = after each epoch",
-        *([f"  early stopping after {args.early_stopping_patience} evaluations without a better {args.best_metric}"]
-          if args.early_stopping_patience else []),
-        *([f"  class weights ({args.class_weight}) = " + ", ".join(
+        (f"  evaluation = every {evaluation.eval_steps} steps" if evaluation.eval_steps
+         else "  evaluation = after each epoch"),
+        *([f"  early stopping after {evaluation.early_stopping_patience} evaluations without a better "
+           f"{evaluation.best_metric}"] if evaluation.early_stopping_patience else []),
+        *([f"  class weights ({flags.class_weight}) = " + ", ".join(
             f"{label} {weight:.3g}" for label, weight in list(zip(splits.labels, run.class_weights))[:20])]
           if run.class_weights is not None else []),
         f"  precision = {run.precision}, device = {run.device}, world size = {world}",

@@ -15,11 +15,12 @@ BEST_WEIGHTS = "best_model.safetensors"
 LOG_EVERY = 10  # optimizer steps between step-wise loss/lr logs
 
 
-def log_dir(args, trainer_name):
-    """TensorBoard directory: <model_fn>/runs/<trainer> (written inside the partial run until it is done)."""
-    if args.log_dir:
-        return Path(args.log_dir) / f"{Path(args.model_fn).name}-{trainer_name}"
-    return partial_dir(args.model_fn) / "runs" / trainer_name
+def log_dir(run_options, trainer_name):
+    """TensorBoard directory: <model_fn>/runs/<trainer> (written inside the partial run until it is done), or
+    under --log_dir. run_options: RunOptions (options.training_flags)."""
+    if run_options.log_dir:
+        return Path(run_options.log_dir) / f"{Path(run_options.model_fn).name}-{trainer_name}"
+    return partial_dir(run_options.model_fn) / "runs" / trainer_name
 
 
 class EvaluationRecorder:
