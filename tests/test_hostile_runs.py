@@ -63,17 +63,26 @@ def test_bad_flag_through_the_script(tmp_path):
     assert no_leftovers(model_fn)
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--threshold_per_label"], "--threshold_per_label"),  # single-label data: nothing to tune per label
-    (["--dataset_name", "x"], "--dataset_name"),
-    (["--dataset_config_name", "sst2"], "--dataset_config_name")])
-def test_flags_that_contradict_each_other_are_one_line(flags, named, capsys):
+def test_flags_that_contradict_each_other_are_one_line(capsys):
+    # single-label data has nothing to tune per label: the parser says so
     with pytest.raises(SystemExit) as exit_:
-        training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", *flags])
+        training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--threshold_per_label"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and named in err, err
+    assert err.count("\n") == 0 and "--threshold_per_label" in err, err
     training_parser("x").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--multi_label", "--threshold_per_label"])
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--dataset_name", "x"], "--dataset_name"),
+    (["--dataset_config_name", "sst2"], "--dataset_config_name")])
+def test_which_training_data_is_checked_once_before_anything_is_written(tmp_path, flags, named):
+    # which data a run reads is checked where the data options are made (data_load.splits.DataOptions)
+    model_fn = tmp_path / "m"
+    result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", tmp_path / "t.tsv", *flags,
+                        check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
