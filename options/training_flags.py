@@ -72,7 +72,15 @@ class TrainingArgumentParser(ArgumentParser):
 def training_parser(description):
     """Every numeric flag is range-checked here, so a bad value is one line before anything loads."""
     p = TrainingArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_and_output_flags(p)
+    add_model_flags(p)
+    add_training_flags(p)
+    add_reporting_flags(p)
+    add_search_flags(p)
+    return p
 
+
+def add_data_and_output_flags(p):
     io = p.add_argument_group("data and output")
     add_model_flag(io, "output directory for the fine-tuned model (replaced only by a complete new one)")
     io.add_argument("--train_fn",
@@ -107,6 +115,8 @@ def training_parser(description):
                          "core, at most 8)")
     add_cache_flag(io)
 
+
+def add_model_flags(p):
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model_name", default=None, help=DEFAULT_MODEL_HELP)
     model.add_argument("--max_length", type=int_at_least(MIN_LENGTH), default=128,
@@ -119,6 +129,8 @@ def training_parser(description):
                             "(e.g. Hangul for an English model) to its vocabulary; auto: only when more than "
                             "5%% of the training words are unknown to it")
 
+
+def add_training_flags(p):
     train = p.add_argument_group("training")
     train.add_argument("--n_epochs", type=int_at_least(1), default=3)
     train.add_argument("--max_steps", type=int_at_least(1), default=None,
@@ -140,6 +152,8 @@ def training_parser(description):
                        help="do not batch sentences of similar length together (slower)")
     train.add_argument("--seed", type=int_at_least(0), default=42, help="seeds Python, NumPy, torch, splits and data order")
 
+
+def add_reporting_flags(p):
     run = p.add_argument_group("reporting and checkpoints")
     run.add_argument("--best_metric", choices=list(ALL_SCORES), default=None,
                      help=f"validation metric that picks the epoch whose weights are saved (default: "
@@ -168,6 +182,8 @@ def training_parser(description):
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same --model_fn from its latest state")
 
+
+def add_search_flags(p):
     space = DEFAULT_SPACE
     search = p.add_argument_group("hyperparameter search (pip install -r requirements/search.txt)")
     search.add_argument("--hp_search", type=int_at_least(1), default=None, metavar="N",
@@ -188,7 +204,6 @@ def training_parser(description):
                         help="the study in this Optuna RDB storage (e.g. postgresql://user@host/db) instead of SQLite "
                              "in the model directory: machines that run the same command share its trials, about N "
                              "in all, and each saves the best trial it ran itself")
-    return p
 
 
 # The options: the trainers' flags as typed, frozen values, grouped by what reads them. An entry point

@@ -49,15 +49,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
                               pin_memory=device.type == "cuda")
     assert len(train_loader) == schedule.batches_per_epoch
 
-    # Optimizer: AdamW (fused, as Trainer's default) without weight decay on biases and LayerNorm;
-    # linear warm-up, then linear decay.
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": settings.weight_decay},
-        {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
-    ], lr=run.lr, fused=True)  # one kernel for all parameters, not a pass per tensor (docs/benchmarks.md: the step's share)
-    scheduler = get_linear_schedule_with_warmup(optimizer, schedule.warmup_steps, schedule.total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 needs no loss scaling
+    optimizer, scheduler, scaler = optimization(model, run, settings.weight_decay)
 
     progress = {"epoch": 0, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
     if run_options.resume:
@@ -121,12 +113,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
             progress["loss_count"] += 1
             if not boundary:
                 continue
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, scheduler, scaler, settings.max_grad_norm)
             progress["step"] += 1
             progress["batches_done"] = i + 1
             if progress["step"] % LOG_EVERY == 0:
@@ -156,22 +143,52 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
             save_state()
     recorder.close()
 
-    # The best epoch's weights, evaluated once more on validation and once on test.
+    # The best epoch's weights, evaluated once more on validation and once on test, then the run saved.
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
-    # --calibrate: the temperature is fitted on validation; multi-label: the test set is scored at the decision
-    # threshold tuned on validation (after the temperature, on the probabilities the model will print)
-    valid = evaluate(model, run.valid_set, collate, settings.batch_size * 2, device, autocast, context,
-                     run.splits.labels, threshold_per_label=eval_options.threshold_per_label, run=run,
-                     temperature=FIT_TEMPERATURE if eval_options.calibrate else None)
-    threshold, temperature = context.gather(valid and (valid["metrics"].get("threshold"),
-                                                       valid["metrics"].get("temperature")))[0]
-    test = evaluate(model, run.test_set, collate, settings.batch_size * 2, device, autocast, context, run.splits.labels,
-                    threshold, run=run, temperature=temperature)
+    valid, test = final_evaluations(model, run, collate, settings.batch_size * 2, autocast, eval_options)
     if context.is_main:
         save_run(options, trainer_name, run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"], **(record or {})})
     context.barrier()
 
+
+def optimization(model, run, weight_decay):
+    """AdamW (fused, as Trainer's default) without weight decay on biases and LayerNorm; linear warm-up,
+    then linear decay; a gradient scaler for fp16 (bf16 needs no loss scaling)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in trainable if not no_decay(p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in trainable if no_decay(p)], "weight_decay": 0.0},
+    ], lr=run.lr, fused=True)  # one kernel for all parameters, not a pass per tensor (docs/benchmarks.md: the step's share)
+    scheduler = get_linear_schedule_with_warmup(optimizer, run.schedule.warmup_steps, run.schedule.total_steps)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+    return optimizer, scheduler, scaler
+
+
+def optimizer_step(model, optimizer, scheduler, scaler, max_grad_norm):
+    """One update from the accumulated gradients: clipped (the true gradients, not the scaled ones), the
+    step taken (skipped by the scaler on an fp16 overflow), the schedule advanced, the gradients cleared."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def final_evaluations(model, run, collate, batch_size, autocast, eval_options):
+    """Validation and test of the weights to save. --calibrate: the temperature is fitted on validation;
+    multi-label: the test set is scored at the decision threshold tuned on validation (after the
+    temperature, on the probabilities the model will print)."""
+    context, device = run.context, run.device
+    valid = evaluate(model, run.valid_set, collate, batch_size, device, autocast, context, run.splits.labels,
+                     threshold_per_label=eval_options.threshold_per_label, run=run,
+                     temperature=FIT_TEMPERATURE if eval_options.calibrate else None)
+    threshold, temperature = context.gather(valid and (valid["metrics"].get("threshold"),
+                                                       valid["metrics"].get("temperature")))[0]
+    test = evaluate(model, run.test_set, collate, batch_size, device, autocast, context, run.splits.labels,
+                    threshold, run=run, temperature=temperature)
+    return valid, test
 
 def evaluate(model, dataset, collate, batch_size, device, autocast, context, label_names, threshold=None,
              threshold_per_label=False, run=None, temperature=None):
