@@ -27,8 +27,8 @@ demo: setup
 serve: setup
 	$(PY) serve_plm.py --model_fn $(DEMO_MODEL)
 
-# Two workers on two cores: most of a test's time is a script starting (imports) or a tiny model
-# training, so two files at a time finish sooner; --dist loadfile keeps a file's shared fixtures (the
+# Two workers on two cores: most of a test's time is a tiny model training or a script's own work
+# (tests/conftest.py runs most scripts in process), so two files at a time finish sooner; --dist loadfile keeps a file's shared fixtures (the
 # end-to-end fine-tunes) on one worker.
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
