@@ -120,12 +120,7 @@ def run_workers(module, job, directory, n_workers, total, desc, what, quiet=Fals
                             raise UserError(f"{what}: {_worker_death(worker)}")
     finally:
         selector.close()
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-            worker.wait()
-            worker.stdout.close()
-            worker.errors.close()
+        stop_workers(workers, lambda worker: (worker.stdout, worker.errors))
         spec.unlink(missing_ok=True)
 
 
@@ -198,15 +193,7 @@ def run_tasks(module, job, tasks, n_workers, finished, died, env=None):
                 next_task(worker)
     finally:
         selector.close()
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-            worker.wait()
-            for pipe in (worker.stdin, worker.stdout):
-                try:
-                    pipe.close()
-                except OSError:  # a task still buffered for a dead worker
-                    pass
+        stop_workers(workers, lambda worker: (worker.stdin, worker.stdout))
 
 
 _NONE_LEFT = object()
@@ -257,3 +244,16 @@ def _worker_death(worker):
     error = worker.errors.read().decode(errors="replace").strip()
     why = error.splitlines()[0] if error else f"exit status {worker.returncode}"
     return f"worker process {worker.pid} failed: {why}"
+
+
+def stop_workers(workers, pipes):
+    """The workers still running killed, every worker reaped, and its pipes (`pipes(worker)`) closed."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
+        for pipe in pipes(worker):
+            try:
+                pipe.close()
+            except OSError:  # a task still buffered for a dead worker
+                pass
