@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -223,18 +224,26 @@ def test_second_run_on_the_same_model_refuses_at_once(tmp_path, tiny_model):
                               "--train_fn", str(train), "--pretrained_model_name", str(tiny_model), "--n_epochs",
                               "100000", "--save_every", "100000", "--seed", "1"], cwd=ROOT, env=SCRIPT_ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its stderr read as it comes: SIGINT must reach it inside the training loop (where it saves a state to
+    # resume), not while it still tokenizes (where it stops at once), however busy the machine
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: first.stderr.read(64), "")), daemon=True)
+    reader.start()
     try:
         deadline = time.time() + 300
-        while not partial_dir(model_fn).exists():
-            assert time.time() < deadline and first.poll() is None, "the first run did not start"
+        while "epoch 1/100000" not in "".join(chunks):
+            assert time.time() < deadline and first.poll() is None, "the first run did not start training"
             time.sleep(0.2)
+        assert partial_dir(model_fn).exists()
         second = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", train,
                             "--pretrained_model_name", tiny_model, "--seed", "2", check=False)
         assert_one_line_error(second, "another run is writing this model now")
         assert first.poll() is None, "the second run must not disturb the first"
     finally:
         first.send_signal(signal.SIGINT)  # stops after its current step, saving a resumable state
-        _, stderr = first.communicate(timeout=300)
+        first.wait(timeout=300)
+        reader.join(timeout=60)
+    stderr = "".join(chunks)
     assert first.returncode == 130, stderr
     assert "state saved; continue with --resume" in stderr
     # the partial run is the first run's, untouched by the second
