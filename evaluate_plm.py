@@ -5,7 +5,8 @@ are the model's, and prints the scores (the expected calibration error among the
 table. Writes metrics.json, confusion_matrix.png, reliability_diagram.png and errors.tsv (the
 highest-loss examples) into --output_fn, which appears only when all are written (a finished evaluation there is replaced only by a complete one).
 A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
-largest errors; long texts are handled as the model was trained unless --long_text says otherwise."""
+largest errors; long texts are handled as the model was trained unless --long_text says otherwise. The
+result is added to the model's card (README.md, from evaluations.json in the model directory)."""
 import argparse
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def main():
     from training.evaluation import evaluate_saved
     from scoring.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
                               plot_reliability, plot_scatter, write_errors)
+    from checkpoint.model_card import evaluation_result, record_evaluation, refresh_model_card
     from checkpoint.saved_model import load_checkpoint
+    from options.training_flags import flag_defaults
     from scoring.metrics import summary_line
     from utils.runtime import choose_device, choose_precision
 
@@ -101,6 +104,9 @@ def main():
     except OSError as error:
         raise UserError(f"--output_fn {output_dir}: cannot write the reports ({first_line(error)})") from None
 
+    # the model card lists every evaluation of the model (evaluations.json), wherever its reports went
+    refresh_model_card(args.model_fn, flag_defaults(), change=lambda: record_evaluation(
+        args.model_fn, evaluation_result(args.test_fn, split.digest, metrics, output_dir, args.model_fn)))
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "") + (
         ", prediction_scatter.png" if saved.regression else f", {RELIABILITY_DIAGRAM}")

@@ -6,7 +6,8 @@ Writes two files into the checkpoint directory, next to the PyTorch weights:
 Both are compared with the PyTorch model on a few sentences first (the max abs logit difference is
 printed); a model that disagrees is not written. Files are written under a temporary name and
 renamed, so a crash never leaves a half-written model. transformers.pipeline still loads the
-directory as before. Needs requirements/onnx.txt (`make setup` installs it)."""
+directory as before, and the model card (README.md) gets an ONNX section: the files, their fidelity and a
+rough speed figure (onnx_export.json). Needs requirements/onnx.txt (`make setup` installs it)."""
 import argparse
 import sys
 
@@ -23,8 +24,11 @@ def parse_args():
 def main():
     args = parse_args()
     require(["onnx", "onnxscript", "onnxruntime"], "ONNX export", "pip install -r requirements/onnx.txt")
+    from checkpoint.model_card import refresh_model_card
     from inference.onnx_export import export
+    from options.training_flags import flag_defaults
     export(args.model_fn)
+    refresh_model_card(args.model_fn, flag_defaults())  # the card's ONNX section: the files, their fidelity and speed
     print(f"classify with: python classify_plm.py --model_fn {args.model_fn} --backend onnx [--quantize int8]",
           file=sys.stderr)
 

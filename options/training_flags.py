@@ -327,3 +327,9 @@ def data_options(flags):
         valid_ratio=flags["valid_ratio"], seed=flags["seed"], max_train_samples=flags["max_train_samples"],
         max_eval_samples=flags["max_eval_samples"], cache_dir=flags["cache_dir"],
         regression=bool(flags["regression"]), delimiter=flags["delimiter"])
+
+
+def flag_defaults():
+    """{flag: default} of the trainers' flags: what a model card compares a run's record with."""
+    return {action.dest: action.default for action in training_parser("")._actions
+            if action.option_strings and action.dest != "help"}

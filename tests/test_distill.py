@@ -109,6 +109,12 @@ def test_the_student_is_smaller_loads_everywhere_and_learned_from_the_teacher(di
     test_fn = write_tsv(tmp_path / "test.tsv", marked("val", 300, 400))
     run_script("evaluate_plm.py", "--model_fn", student, "--test_fn", test_fn)
     assert json.loads((student / "evaluation" / "test.tsv" / "metrics.json").read_text())["test"]["accuracy"] > 0.8
+    # the student's card: its distillation, and the evaluation just made (evaluate_plm.py adds it)
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(student / "README.md")
+    assert "distillation" in card.data.tags and "### Distillation" in card.text and "the teacher's layers 0" in card.text
+    assert "[evaluation/test.tsv](evaluation/test.tsv/metrics.json)" in card.text
+    assert any(r.dataset_name == "test.tsv" and r.metric_type == "accuracy" for r in card.data.eval_results)
 
 
 def test_multi_label_distillation(tmp_path, tiny_model):

@@ -62,6 +62,14 @@ def test_checkpoint_format(trained, script):
     assert record["trainer"] == ("native" if "native" in script else "hf")
     assert record["optimizer_steps"] == N_EPOCHS * STEPS_PER_EPOCH
     assert record["lr"] == 2e-4 and record["pretrained_model_name"].endswith("model")  # resolved defaults
+    # the model card, in the Hub's format: read back by huggingface_hub, its scores the run's
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(model_fn / "README.md")
+    metrics = json.loads((model_fn / "metrics.json").read_text())
+    tested = {r.metric_type: r.metric_value for r in card.data.eval_results if r.dataset_split == "test"
+              and not r.metric_args}
+    assert tested["accuracy"] == round(metrics["test"]["accuracy"], 6) and card.data.base_model.endswith("MiniLM-L6-v2")
+    assert record["data"]["train"]["rows"] == 960 and f"`{record['data']['train']['digest']}`" in card.text
 
 
 @pytest.mark.parametrize("script", TRAINERS)
@@ -246,6 +254,11 @@ def test_evaluate_reproduces_the_test_scores(trained, tmp_path):
     assert errors[0] == ["loss", "gold", "predicted", "p_gold", "text"] and len(errors) == 11
     assert f"test: loss {saved['loss']:.4f}" in result.stdout and "precision" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no partial directory left
+    # the model card lists the evaluation, its reports where they were written
+    evaluated = json.loads((model_fn / "evaluations.json").read_text())["evaluations"]
+    assert [(e["test_fn"], e["reports"], e["n_examples"]) for e in evaluated] == [(str(model_fn.parent / "test.tsv"),
+                                                                                   str(out.resolve()), 300)]
+    assert "### Evaluations (evaluate_plm.py)" in (model_fn / "README.md").read_text()
 
 
 def test_evaluate_refuses_labels_the_model_does_not_know(trained, tmp_path):

@@ -84,6 +84,10 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
     for name in ("hp_study.db", "hp_optimization_history.png", "hp_intermediate_values.png", "model.safetensors"):
         assert (model_fn / name).exists(), name
     assert sorted(path.name for path in tmp_path.iterdir()) == ["searched", "space.json", "test.tsv"]  # no partial
+    # the winner's card: its search, its validation and the test set it alone was scored on
+    card = (model_fn / "README.md").read_text()
+    assert "### Hyperparameter search" in card and "trial 0, validation macro_f1" in card
+    assert "| test | `test.tsv` |" in card and "split: test" in card
     # an ordinary checkpoint: the classifier classify_plm.py builds loads it (in this process: a script run
     # costs 4 s more of the suite)
     classifier = classifier_in_process(model_fn)

@@ -82,6 +82,12 @@ def test_export_writes_verified_models(minilm):
     session = onnxruntime.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
     assert inputs == {name: ["batch", "sequence"] for name in ("input_ids", "attention_mask", "token_type_ids")}
+    # what the model card says of the export: both files, their fidelity and one batch's time beside torch's
+    record = json.loads((directory / "onnx_export.json").read_text())
+    assert set(record["files"]) == {"model.onnx", "model.int8.onnx"} and record["torch_ms_per_batch"] > 0
+    assert all(f["ms_per_batch"] > 0 and f["size_mb"] > 1 for f in record["files"].values())
+    card = (directory / "README.md").read_text()
+    assert "## ONNX" in card and "[model.int8.onnx](model.int8.onnx)" in card and "--backend onnx" in card
 
 
 @pytest.mark.slow  # runs the real scripts

