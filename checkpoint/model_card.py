@@ -164,7 +164,10 @@ class Card:
         data["metrics"] = sorted({metric["type"] for result in results for metric in result["metrics"]})
         if results:
             data["model-index"] = [{"name": self.name, "results": results}]
-        return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000) + "---"
+        class Plain(yaml.SafeDumper):  # every value written out: no &anchor/*alias for the results' shared task
+            def ignore_aliases(self, data):
+                return True
+        return "---\n" + yaml.dump(data, Dumper=Plain, sort_keys=False, allow_unicode=True, width=1000) + "---"
 
     def base_card_data(self):
         """The base model's own card metadata, where a local copy of it is at hand (the offline default's
@@ -333,7 +336,8 @@ class Card:
             link = f"[{reports}]({reports}/metrics.json)" if reports and not Path(reports).is_absolute() else md(reports)
             rows.append([f"`{md(Path(item['test_fn']).name)}`", str(item.get("n_examples", "")),
                          *(number(item["metrics"].get(name)) for name in names), link])
-        return table(["file", "examples", *names, "reports"], rows)
+        titles = scores_of({"multi_label": self.saved.multi_label, "regression": self.saved.regression})
+        return table(["file", "examples", *(titles[name].title for name in names), "reports"], rows)
 
     def data(self):
         data = self.record.get("data")
@@ -462,7 +466,7 @@ class Card:
                  "checked against the PyTorch model before it was written"
                  + (f", {self.onnx['exported_at']}" if self.onnx.get("exported_at") else "") + ":", "",
                  table(["file", "size", "weights", "max abs logit difference", "one batch"], rows), "",
-                 f"Speed: {self.onnx.get('speed_note', '')}", "",
+                 f"Speed: {self.onnx.get('speed_note', '')}.", "",
                  "```", f"python classify_plm.py --model_fn {self.record.get('model_fn') or self.directory} "
                         "--backend onnx [--quantize int8] < texts.txt   # onnxruntime, no torch", "```"]
         if self.onnx.get("hub_files"):

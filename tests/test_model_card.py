@@ -78,6 +78,7 @@ def test_the_card_says_what_the_model_is_and_the_hub_parses_it(tmp_path):
     assert "Transformers 5.23.0" in text and "PyTorch 2.13.0" in text
     assert "up to 128 tokens" in text and "--long_text head_tail" in text  # the limitations
     assert "ONNX" not in text and "temperature" not in text
+    assert "&id" not in path.read_text()  # every result written out, no YAML anchors
 
 
 def test_multi_label_calibrated_distilled_card(tmp_path):
