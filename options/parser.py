@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 
+from options.config import CONFIG_HELP, config_defaults, config_path
 from data_load.long_text import DEFAULT_LONG_TEXT, LONG_TEXT_CHOICES, POOLING_CHOICES, STRIDE_SHARE
 from data_load.tokens import MIN_LENGTH
 from utils.log import log
@@ -13,11 +14,37 @@ from utils.log import log
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, `error: argument --batch_size: ...`, exit code 2 (argparse
-    itself prints the whole usage first)."""
+    itself prints the whole usage first); and --config FILE on every command (options/config.py): the
+    file's values become the flags' defaults, so the command line overrides them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
 
     def error(self, message):
         log.error(f"{message} (see --help)")
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        path = config_path(args)
+        if path is None:
+            return super().parse_known_args(args, namespace)
+        try:
+            values = config_defaults(self, path)
+        except ValueError as error:
+            self.error(str(error))
+        # the file's values as defaults for this parse only (a parser may parse again: the search's checks)
+        touched = [action for action in self._actions if action.dest in values and action.default is not argparse.SUPPRESS]
+        saved = [(action, action.default, action.required) for action in touched]
+        for action in touched:
+            action.default = values[action.dest]
+            action.required = False  # given by the file (--model_fn)
+        try:
+            return super().parse_known_args(args, namespace)
+        finally:
+            for action, default, required in saved:
+                action.default, action.required = default, required
 
 
 def _number(kind, low=None, high=None, low_open=False, high_open=False):
