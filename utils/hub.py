@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 DEFAULT_MODEL_HELP = ("local model directory or Hugging Face hub id (e.g. beomi/kcbert-base, "
                       "klue/roberta-base, distilbert-base-uncased). Default: all-MiniLM-L6-v2 as shipped "
@@ -95,3 +95,52 @@ def hub_reachable(timeout=3.0):
     except (OSError, ValueError):  # refused, unresolvable, timed out, not HTTP
         return False
 
+
+def hub_endpoint():
+    """The Hub's address, read when asked (huggingface_hub reads HF_ENDPOINT once, at import)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_api():
+    from huggingface_hub import HfApi
+    return HfApi(endpoint=hub_endpoint())
+
+
+def check_push_access(repo_id, flag="--push_to_hub"):
+    """Before any work: a valid repository id, a token, a Hub that answers and accepts the token for writing
+    into the repository's namespace; else one line, so that a run is never lost hours later at the push.
+    Returns the repository id with its namespace (a bare name goes to the token's user, as in transformers)."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.utils import validate_repo_id
+    where = f"{flag} {repo_id}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UserError(f"{where}: not a repository id ({first_line(error)}); expected NAME or USER/NAME") from None
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError(f"{where}: HF_HUB_OFFLINE is set, so nothing can be pushed: unset it, or drop {flag}")
+    token = get_token()
+    if not token:
+        raise UserError(f"{where}: no Hugging Face token: log in with `hf auth login` (or set HF_TOKEN to a token "
+                        "with write access), then run this again; nothing was started")
+    if not hub_reachable():
+        raise UserError(f"{where}: the Hub at {hub_endpoint()} does not answer: check the network (or HF_ENDPOINT); "
+                        "nothing was started. To train now and push later, drop the flag and use `hf upload` after")
+    try:
+        user = hub_api().whoami(token=token)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        what = "refused the token: log in again with `hf auth login`" if status == 401 else f"answered {first_line(error)}"
+        raise UserError(f"{where}: the Hub {what}; nothing was started") from None
+    except Exception as error:  # a connection dropped after the first answer, a proxy's page: the Hub is not usable
+        raise UserError(f"{where}: cannot ask the Hub who the token belongs to ({first_line(error)}); nothing was started") from None
+    if (user.get("auth", {}).get("accessToken") or {}).get("role") == "read":
+        raise UserError(f"{where}: the token is read-only: create one with write access (hf auth login), then run "
+                        "this again; nothing was started")
+    namespaces = [user.get("name")] + [org.get("name") for org in user.get("orgs", []) if isinstance(org, dict)]
+    namespace, _, name = repo_id.rpartition("/")
+    if namespace and namespace not in namespaces:
+        raise UserError(f"{where}: the token is {user.get('name')}'s, who cannot write to {namespace} (writes to: "
+                        f"{', '.join(filter(None, namespaces))}); nothing was started")
+    return f"{namespace or user.get('name')}/{name}"
