@@ -25,6 +25,7 @@ from data_load.splits import load_unlabelled
 from options.parser import float_above, float_range, int_at_least
 from options.training_flags import training_options, training_parser
 from training.distillation import SOFT_WEIGHT, TEMPERATURE, Teacher, check_student_layers, distillation_loss, keep_layers
+from training.finish import check_publishing, publish
 from training.loss import loss_function
 from training.native_loop import train
 from training.prepare import prepare, training_schedule
@@ -73,6 +74,7 @@ class DistillOptions:
 
 def main():
     args = parse_args()
+    repo_id = check_publishing(args.push_to_hub)  # checked now, so that a run is never lost at the push
     teacher = SavedModel.read(args.teacher_fn)  # a missing or damaged teacher: one line, before any data is read
     check_flags(args, teacher)
     teacher_layers = teacher_layer_count(teacher)
@@ -113,6 +115,7 @@ def main():
     hard_loss = loss_function(run.class_weights, run.splits.multi_label)
     train(options, run, "distill", distillation_loss(hard_loss, run.splits.multi_label, temperature, soft_weight),
           notes, record)
+    publish(options, repo_id, run.context.is_main)
 
 
 def check_flags(args, teacher):

@@ -18,6 +18,9 @@ from utils.errors import exit_on_user_error, require
 def parse_args():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flag(p)
+    p.add_argument("--push_to_hub", metavar="REPO_ID",
+                   help="add the ONNX files to this Hugging Face Hub model (already pushed) under onnx/, as Sentence "
+                        "Transformers and Optimum read them: onnx/model.onnx, onnx/model_qint8.onnx")
     return p.parse_args()
 
 
@@ -27,8 +30,19 @@ def main():
     from checkpoint.model_card import refresh_model_card
     from inference.onnx_export import export
     from options.training_flags import flag_defaults
+    repo_id = None
+    if args.push_to_hub:  # checked before the export: a token, the Hub, and the model already there
+        from checkpoint.publish import check_onnx_repo
+        from utils.hub import check_push_access
+        repo_id = check_push_access(args.push_to_hub)
+        check_onnx_repo(repo_id, args.model_fn)
     export(args.model_fn)
     refresh_model_card(args.model_fn, flag_defaults())  # the card's ONNX section: the files, their fidelity and speed
+    if repo_id:
+        from checkpoint.publish import push_onnx
+        from checkpoint.run_dir import hold_model
+        with hold_model(args.model_fn, "export_plm.py --push_to_hub"):  # no training run replaces it meanwhile
+            push_onnx(args.model_fn, repo_id, flag_defaults())
     print(f"classify with: python classify_plm.py --model_fn {args.model_fn} --backend onnx [--quantize int8]",
           file=sys.stderr)
 

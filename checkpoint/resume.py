@@ -12,7 +12,8 @@ def run_fingerprint(flags, trainer, labels, world_size, data, ignore=("model_fn"
                                                                        "save_total_limit", "n_errors", "log_dir",
                                                                        "test_fn", "device", "cache_dir",
                                                                        "preprocessing_num_workers", "calibrate",
-                                                                       "hp_storage")):
+                                                                       "hp_storage", "config", "report_to",
+                                                                       "push_to_hub", "hub_private")):
     """What a resumed run must share with the interrupted one: the flags that shape training (`flags`:
     {flag: value}, every flag of the run as the command line gave it), the data (`data`: the training and
     validation sources by content, not name), the labels, the trainer and the process count."""

@@ -23,6 +23,10 @@ RECORD_KEYS = frozenset({
     "trainer", "labels", "has_pairs", "n_train", "n_valid", "world_size", "threshold", "calibration_temperature",
     "target_mean", "target_std", "versions", "finished_at", "optimizer_steps", "data", "distillation",
     "hp_search", "config"})
+# Flags of a saved run that a repeat of it must ask for itself: continuing an interrupted run (the new one has
+# none) and publishing (to the same repository, over the model it repeats). A run's record is known by its
+# `trainer` and `versions` keys.
+NOT_REPEATED = ("resume", "push_to_hub", "hub_private")
 CONFIG_HELP = ("a YAML or JSON file of flag values, {flag: value} (e.g. a model's training_args.json, to repeat "
                "its run); flags given on the command line override it")
 
@@ -73,11 +77,18 @@ def config_defaults(parser, path):
     by_name = {option.lstrip("-"): action for action in parser._actions for option in action.option_strings
                if option.startswith("--")}
     values = {}
-    for raw_key, value in read_config(path).items():
+    config = read_config(path)
+    saved_run = "trainer" in config and "versions" in config
+    dropped = [key for key in NOT_REPEATED if saved_run and config.get(key)]
+    if dropped:
+        from utils.log import log
+        log.info(f"note: --config {path} is a saved run's record: its {', '.join('--' + key for key in dropped)} "
+                 "is not repeated; give it on the command line to have it")
+    for raw_key, value in config.items():
         key = str(raw_key).lstrip("-")
         action = by_name.get(key)
         if key == "config" or (action is None and key in RECORD_KEYS) or (
-                key in RECORD_KEYS and isinstance(value, dict)):
+                key in RECORD_KEYS and isinstance(value, dict)) or (saved_run and key in NOT_REPEATED):
             continue
         where = f"--config {path}: {key}"
         if action is None or action.dest == "help":

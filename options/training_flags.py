@@ -12,6 +12,8 @@ from data_load.tokens import MIN_LENGTH
 from options.parser import (ArgumentParser, add_cache_flag, add_column_flags, add_delimiter_flag, add_long_text_flags,
                             add_model_flag, add_runtime_flags, float_above, float_at_least, float_range, int_at_least)
 from scoring.metrics import ALL_SCORES, DEFAULT_BEST_METRIC, best_metric_problem
+from scoring.trackers import DEFAULT_REPORT_TO, TRACKERS, check_trackers, report_to
+from utils.errors import UserError
 from utils.hub import DEFAULT_MODEL_HELP
 
 
@@ -63,6 +65,12 @@ class TrainingArgumentParser(ArgumentParser):
             self.error(stride_error)
         if (parsed.hp_space or parsed.hp_storage) and not parsed.hp_search:
             self.error("--hp_space and --hp_storage are for a hyperparameter search: add --hp_search N")
+        try:  # a tracker or the Hub's package missing: one line before anything runs
+            check_trackers(parsed.report_to)
+        except UserError as error:
+            self.error(str(error))
+        if parsed.hub_private and not parsed.push_to_hub:
+            self.error("--hub_private is for a repository --push_to_hub creates: add --push_to_hub REPO_ID, or drop it")
         if parsed.threshold_per_label and not (parsed.multi_label or parsed.label_columns):
             self.error("--threshold_per_label: decision thresholds are for multi-label data; add --multi_label "
                        "(or --label_columns), or drop the flag")
@@ -173,6 +181,11 @@ def add_reporting_flags(p):
     run.add_argument("--early_stopping_patience", type=int_at_least(1), default=None,
                      help="stop when --best_metric has not improved for N evaluations in a row (default: never)")
     run.add_argument("--log_dir", help="TensorBoard directory (default: <model_fn>/runs)")
+    run.add_argument("--report_to", type=report_to, default=DEFAULT_REPORT_TO, metavar="TRACKERS",
+                     help=f"where each evaluation's scores, the training loss and the final scores go, under the same "
+                          f"names from both trainers: {', '.join(TRACKERS)} (separated by commas), all, or none; each "
+                          "run logs its flags too. mlflow and wandb: pip install -r requirements/tracking.txt; they "
+                          "write where MLFLOW_TRACKING_URI / WANDB_MODE, WANDB_PROJECT say")
     run.add_argument("--n_errors", type=int_at_least(0), default=50,
                      help="highest-loss validation/test examples written to errors.tsv")
     run.add_argument("--save_every", type=int_at_least(0), default=0,
@@ -181,6 +194,13 @@ def add_reporting_flags(p):
     run.add_argument("--save_total_limit", type=int_at_least(1), default=2, help="resumable states kept")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run of the same --model_fn from its latest state")
+
+    hub = p.add_argument_group("publishing")
+    hub.add_argument("--push_to_hub", metavar="REPO_ID",
+                     help="upload the finished model (with its model card) to this Hugging Face Hub repository "
+                          "(NAME or USER/NAME); the token and the Hub are checked before anything starts")
+    hub.add_argument("--hub_private", action="store_true",
+                     help="with --push_to_hub: create the repository private (an existing one keeps its visibility)")
 
 
 def add_search_flags(p):
@@ -263,6 +283,9 @@ class RunOptions:
     device: str
     precision: str
     preprocessing_num_workers: int | None
+    report_to: tuple  # the trackers (scoring.trackers): () for none
+    push_to_hub: str | None  # the Hub repository the saved model goes to (training.finish.publish)
+    hub_private: bool
 
 
 @dataclass(frozen=True)

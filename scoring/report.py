@@ -1,4 +1,5 @@
-"""What a run leaves behind to judge the model: metrics, history, plots, TensorBoard, worst errors.
+"""What a run leaves behind to judge the model: metrics, history, plots, worst errors (the trackers, TensorBoard
+among them, are scoring/trackers.py).
 
 Both trainers call these with the same inputs, so their artefacts are identical in form."""
 import csv
@@ -11,7 +12,6 @@ import numpy as np
 from scoring.calibration import N_BINS, reliability_bins
 from scoring.metrics import binary_losses, example_losses, scalar_metrics, summary_line
 from scoring.scores import at_threshold, log_softmax, sigmoid
-from utils.log import log
 
 
 def json_text(value):
@@ -26,31 +26,6 @@ def json_text(value):
             return [strict(inner) for inner in item]
         return item
     return json.dumps(strict(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-class TensorBoardLogger:
-    """Scalars to TensorBoard; does nothing on non-main processes or when tensorboard is missing."""
-
-    def __init__(self, log_dir, enabled=True):
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("tensorboard is not installed; no TensorBoard logs")
-                return
-            self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def log(self, scalars, step, prefix=""):
-        if self.writer is None:
-            return
-        for key, value in scalars.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{prefix}{key}", value, step)
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
 
 
 def history_row(epoch, step, train_loss, valid_metrics, lr, epoch_time):

@@ -58,6 +58,16 @@ def test_a_saved_models_record_is_a_config(tmp_path):
     assert args.hp_search is None  # the winner's search record is not a trial count
 
 
+def test_a_repeated_run_neither_resumes_nor_pushes(tmp_path, capsys):
+    """A saved run that was resumed, or pushed, repeats as a new run that publishes nowhere unless told."""
+    model_fn = saved_model(tmp_path / "review", record={"resume": True, "push_to_hub": "me/review", "hub_private": True})
+    args = parse("--config", model_fn / "training_args.json", "--model_fn", tmp_path / "again")
+    assert (args.resume, args.push_to_hub, args.hub_private) == (False, None, False)
+    assert "its --resume, --push_to_hub, --hub_private is not repeated" in capsys.readouterr().err
+    args = parse("--config", model_fn / "training_args.json", "--push_to_hub", "me/again")
+    assert args.push_to_hub == "me/again"
+
+
 @pytest.mark.parametrize("text, message", [
     ("lrr: 0.1\n", "unknown key 'lrr': not a flag of"),
     ("labels: [a]\n", None),  # a record key (training_args.json's): skipped

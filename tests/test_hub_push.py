@@ -105,3 +105,39 @@ def test_onnx_files_go_under_onnx(hub, tmp_path):
     files = hub.repos["tester/review"]["files"]
     assert files["onnx/model.onnx"] == b"fp32 graph" and files["onnx/model_qint8.onnx"] == b"int8 graph"
     assert "`onnx/model_qint8.onnx`" in files["README.md"].decode()
+
+
+@pytest.mark.parametrize("script", ["finetune_plm_native.py", "finetune_plm_hf.py", "distill_plm.py"])
+def test_a_trainer_without_a_token_refuses_before_anything(script, monkeypatch, tmp_path):
+    from conftest import ROOT, run_script
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    model_fn = tmp_path / "models" / "review"
+    teacher = ["--teacher_fn", tmp_path / "teacher"] if script == "distill_plm.py" else []
+    result = run_script(script, "--model_fn", model_fn, "--train_fn", ROOT / "data" / "review.sample.en.tsv",
+                        *teacher, "--push_to_hub", "me/review", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --push_to_hub me/review: no Hugging Face token: log in with `hf auth login` (or set HF_TOKEN to a "
+        "token with write access), then run this again; nothing was started"]
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_missing_tracker_is_one_line(monkeypatch, capsys):
+    """--report_to mlflow without mlflow installed (as if): the pip command, before anything runs."""
+    import importlib.util
+
+    from options.training_flags import training_parser
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit:
+        training_parser("t").parse_args(["--model_fn", "m", "--train_fn", "t", "--report_to", "tensorboard,mlflow"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --report_to mlflow needs mlflow, which is not installed: pip install -r requirements/tracking.txt "
+        "(see --help)"]
+    with pytest.raises(SystemExit):
+        training_parser("t").parse_args(["--model_fn", "m", "--train_fn", "t", "--report_to", "mlflw"])
+    assert "'mlflw': expected some of tensorboard, mlflow, wandb separated by commas, or none" in capsys.readouterr().err
+    args = training_parser("t").parse_args(["--model_fn", "m", "--train_fn", "t", "--report_to", "none"])
+    assert args.report_to == ()
+    assert training_parser("t").parse_args(["--model_fn", "m", "--train_fn", "t"]).report_to == ("tensorboard",)

@@ -45,6 +45,22 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
     log.info(f"\nsaved {model_fn}")
 
 
+def check_publishing(push_to_hub):
+    """--push_to_hub (its value), checked before anything is read or trained (a token, a Hub that answers and
+    lets it write there): the repository id with its namespace, or None without the flag."""
+    from utils.hub import check_push_access
+    return check_push_access(push_to_hub) if push_to_hub else None
+
+
+def publish(options, repo_id, is_main=True):
+    """The saved model uploaded to repo_id (from check_publishing), by the main process; the run still holds
+    the model's lock, so no other run replaces the directory during the upload. A failure is one line naming
+    the command that pushes it later: the model stays saved. options: the run's TrainingOptions."""
+    if repo_id and is_main:
+        from checkpoint.publish import push_model
+        push_model(options.run.model_fn, repo_id, options.run.hub_private, flag_defaults())
+
+
 def data_record(splits):
     """The data the model was trained and scored on, for its card: each split's source, content digest (the
     one --resume compares) and rows, and how the split was made when it was not a file of its own."""

@@ -20,7 +20,7 @@ from training.evaluation import FIT_TEMPERATURE, evaluation
 from training.finish import save_run
 from training.loss import loss_function
 from training.prepare import print_plan
-from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
+from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, open_trackers
 from utils.log import log
 from utils.runtime import StopRequest, pad_to_multiple_of
 
@@ -62,14 +62,14 @@ def train(options, run, trainer_name, loss_fn):
         save_total_limit=run_options.save_total_limit,
         logging_strategy="steps",
         logging_steps=LOG_EVERY,
-        report_to="none",  # TensorBoard goes through the logger both trainers share
+        report_to="none",  # --report_to goes through the trackers both trainers share (scoring/trackers.py)
         remove_unused_columns=False,  # model_inputs() already keeps only what a batch needs
         dataloader_pin_memory=device.type == "cuda",
         seed=settings.seed,
         data_seed=settings.seed,
     )
     partial = start_run(model_fn, run.fingerprint) if context.is_main else partial_dir(model_fn)
-    recorder = EvaluationRecorder(log_dir(run_options, trainer_name), partial, eval_options.best_metric,
+    recorder = EvaluationRecorder(open_trackers(options, trainer_name, context.is_main), partial, eval_options.best_metric,
                                   context.is_main, by_steps=bool(eval_options.eval_steps),
                                   patience=eval_options.early_stopping_patience)
     loss = TrackedLoss(run.model, loss_fn, loss_function(None, run.splits.multi_label, run.regression_scale))
@@ -94,8 +94,8 @@ def train(options, run, trainer_name, loss_fn):
     resume_from = str(latest_train_state(resume_dir(model_fn))) if run_options.resume else None
     print_plan(run, options, trainer_name)
     trainer.train(resume_from_checkpoint=resume_from)
-    recorder.close()
     if callback.stop.requested:
+        recorder.close("KILLED")
         if context.is_main:
             log.info("interrupted: state saved; continue with --resume")
         sys.exit(130)
@@ -113,6 +113,7 @@ def train(options, run, trainer_name, loss_fn):
     if context.is_main:
         save_run(options, trainer_name, run, trainer.model, recorder.history, valid, test,
                  extra={"optimizer_steps": trainer.state.global_step})
+    recorder.finish(valid, test, trainer.state.global_step)  # the trackers' final scores, then their runs end
 
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
 from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
+from scoring.trackers import PARENT_ENV, Trackers
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
@@ -72,11 +73,16 @@ def search(options, trainer_name, script):
     space = space or default_space(run.lr, given)
     study, plan = open_study(options, trainer_name, run, space)
     print_search_plan(options, trainer_name, study, plan)
+    # --report_to: the search is a run of its own (its flags, the winner's scores); each trial's run joins it,
+    # nested under it in MLflow and in its group in W&B (TensorBoard: each trial writes its own logs)
+    trackers = Trackers([name for name in options.run.report_to if name != "tensorboard"], None,
+                        f"{Path(options.run.model_fn).name}-{trainer_name}-search", options.record, kind="search")
+    os.environ[PARENT_ENV] = json.dumps(trackers.ids)  # the trials are subprocesses: they inherit it
     best = run_trials(options, script, study, plan)
     if best is None:
         raise UserError(f"--hp_search: no trial this machine ran completed ({len(study.trials)} in the study), so there "
                         "is no model to save: run it again for more trials")
-    save_best(options, run, study, plan, best)
+    save_best(options, run, study, plan, best, trackers)
 
 
 def open_study(options, trainer_name, run, space):
@@ -202,7 +208,7 @@ def keep_best(study, trials_dir):
     return best
 
 
-def save_best(options, run, study, plan, best):
+def save_best(options, run, study, plan, best, trackers=None):
     """The best trial's model scored on validation and, once, on --test_fn; its report, training_args.json,
     the trials table, plots and study copy written; then it becomes --model_fn."""
     from checkpoint.model_card import write_model_card
@@ -243,8 +249,15 @@ def save_best(options, run, study, plan, best):
     if "study_best_trial" in record:
         log.info(f"note: the study's best trial, {record['study_best_trial']}, ran in another search (on "
                  f"{study.best_trial.user_attrs.get('host')}), which saved its model")
+    if trackers:  # the search's run: what it did, and the winner's scores under the names a single run uses
+        steps = training_args.get("optimizer_steps", 0)
+        trackers.log({"best_value": record["value"], "best_trial": best, "complete": record["complete"],
+                      "pruned": record["pruned"], "failed": record["failed"]}, steps, prefix="search/")
+        trackers.log_final(valid, test, steps)
     commit_run(model_fn, source=winner)
     log.info(f"\nsaved {model_fn}")
+    if trackers:
+        trackers.close()
 
 
 def summary(options, study, plan, best):
@@ -441,17 +454,24 @@ def trial_argv(flags, values, model_fn):
     """One trial's flags: this run's (`flags`, {flag: value}: TrainingOptions.record) with the trial's values,
     its own --model_fn, and no --test_fn, --resume or search flags. Every flag whose value is not its default
     is passed on, so none is lost."""
+    # not the config file either (the trial gets every value as a flag; the file would give it the search's
+    # --hp_search and --test_fn back), nor --push_to_hub (the search pushes its winner)
     flags = {**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False, "hp_search": None,
-             "hp_space": None, "hp_storage": None}
+             "hp_space": None, "hp_storage": None, "config": None, "push_to_hub": None, "hub_private": False}
     argv = []
     for action in training_parser("")._actions:
-        if not action.option_strings or action.dest == "help" or flags[action.dest] == action.default:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = flags[action.dest]
+        if isinstance(value, (tuple, list)):  # --report_to's trackers: as the flag's text, a,b
+            value = ",".join(map(str, value))
+        if value == action.default:
             continue
         flag = max(action.option_strings, key=len)
         if action.nargs == 0:  # a switch: given when it sets the value (--calibrate and --no_calibrate share one)
-            argv += [flag] if flags[action.dest] == action.const else []
+            argv += [flag] if value == action.const else []
         else:
-            argv += [flag, str(flags[action.dest])]
+            argv += [flag, str(value)]
     return argv
 
 

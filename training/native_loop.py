@@ -22,7 +22,7 @@ from data_load.collator import TARGETS
 from training.evaluation import FIT_TEMPERATURE, all_logits, evaluation
 from training.finish import save_run
 from training.prepare import print_plan
-from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, log_dir
+from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, open_trackers
 from utils.log import log
 from utils.runtime import StopRequest, autocast_context, init_process_group, pad_to_multiple_of
 
@@ -56,7 +56,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
         progress = restore(load_train_state(resume_dir(model_fn)), model, optimizer, scheduler, scaler)
     partial = start_run(model_fn, run.fingerprint) if context.is_main else partial_dir(model_fn)
     context.barrier()
-    recorder = EvaluationRecorder(log_dir(run_options, trainer_name), partial, eval_options.best_metric,
+    recorder = EvaluationRecorder(open_trackers(options, trainer_name, context.is_main), partial, eval_options.best_metric,
                                   context.is_main, by_steps=bool(eval_options.eval_steps),
                                   patience=eval_options.early_stopping_patience)
     recorder.restore(progress["history"])
@@ -130,6 +130,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
                 save_state()
             if stop.agreed():
                 save_state()
+                recorder.close("KILLED")
                 if context.is_main:
                     log.info("interrupted: state saved; continue with --resume")
                 sys.exit(130)
@@ -141,7 +142,6 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
         progress.update(epoch=epoch + 1, batches_done=0)
         if not run_options.save_every or epoch + 1 == schedule.n_epochs or stopped_early:
             save_state()
-    recorder.close()
 
     # The best epoch's weights, evaluated once more on validation and once on test, then the run saved.
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
@@ -149,6 +149,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     if context.is_main:
         save_run(options, trainer_name, run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"], **(record or {})})
+    recorder.finish(valid, test, progress["step"])  # the trackers' final scores, then their runs end
     context.barrier()
 
 

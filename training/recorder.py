@@ -1,12 +1,14 @@
-"""After every evaluation, the same bookkeeping in both trainers: a history row, one line on stderr,
-TensorBoard scalars, the weights of the best evaluation so far kept on disk, and, in a trial of a
-hyperparameter search, the score reported to its Optuna trial, which may stop a hopeless one."""
+"""After every evaluation, the same bookkeeping in both trainers: a history row, one line on stderr, the
+trackers' scalars (--report_to: TensorBoard, MLflow, W&B; scoring/trackers.py), the weights of the best
+evaluation so far kept on disk, and, in a trial of a hyperparameter search, the score reported to its Optuna
+trial, which may stop a hopeless one."""
 import math
 from pathlib import Path
 
 from checkpoint.run_dir import partial_dir
 from scoring.metrics import selection_score, summary_line
-from scoring.report import TensorBoardLogger, history_row, row_metrics
+from scoring.report import history_row, row_metrics
+from scoring.trackers import Trackers
 from training.trial import open_trial
 from utils.files import atomic_write
 from utils.log import log
@@ -23,6 +25,15 @@ def log_dir(run_options, trainer_name):
     return partial_dir(run_options.model_fn) / "runs" / trainer_name
 
 
+def open_trackers(options, trainer_name, is_main):
+    """The run's trackers (--report_to), named after the model directory and the trainer, with its flags
+    (options: TrainingOptions); TensorBoard writes into log_dir. Only the main process reports."""
+    run_options = options.run
+    return Trackers(run_options.report_to,
+                    log_dir(run_options, trainer_name) if "tensorboard" in run_options.report_to else None,
+                    f"{Path(run_options.model_fn).name}-{trainer_name}", options.record, enabled=is_main)
+
+
 class EvaluationRecorder:
     """Every process keeps the history and the best score (Trainer saves the history in its states;
     the early-stopping decision must be the same everywhere); only the main process writes.
@@ -30,8 +41,10 @@ class EvaluationRecorder:
     by_steps: evaluations every --eval_steps optimizer steps, logged against the step; else once per
     epoch, logged against the epoch. patience: --early_stopping_patience (None: never stop early)."""
 
-    def __init__(self, board_dir, directory, best_metric, is_main, by_steps=False, patience=None):
-        self.board = TensorBoardLogger(board_dir, enabled=is_main)
+    def __init__(self, trackers, directory, best_metric, is_main, by_steps=False, patience=None):
+        """trackers: a scoring.trackers.Trackers (open_trackers), or a directory for TensorBoard alone."""
+        self.trackers = (trackers if isinstance(trackers, Trackers)
+                         else Trackers(("tensorboard",), trackers, Path(directory).name, {}, enabled=is_main))
         self.directory = Path(directory)
         self.best_metric = best_metric
         self.is_main = is_main
@@ -49,7 +62,7 @@ class EvaluationRecorder:
             self._keep(row, row_metrics(row))
 
     def log_step(self, step, loss, lr):
-        self.board.log({"loss": loss, "learning_rate": lr}, step, prefix="train/")
+        self.trackers.log({"loss": loss, "learning_rate": lr}, step, prefix="train/")
 
     def record(self, model, epoch, step, train_loss, metrics, lr, seconds):
         """One evaluation: history, stderr, TensorBoard; the weights too if they are the best so far
@@ -59,8 +72,8 @@ class EvaluationRecorder:
         if not self.is_main:
             return row
         prefix, at = ("eval/", step) if self.by_steps else ("epoch/", epoch)
-        self.board.log({key: value for key, value in row.items() if key.startswith("valid_")}, at, prefix=prefix)
-        self.board.log({"train_loss": train_loss}, at, prefix=prefix)
+        self.trackers.log({key: value for key, value in row.items() if key.startswith("valid_")}, at, prefix=prefix)
+        self.trackers.log({"train_loss": train_loss}, at, prefix=prefix)
         if improved:
             save_best_weights(model, self.directory)
         where = f"step {step} (epoch {epoch})" if self.by_steps else f"epoch {epoch}"
@@ -85,8 +98,13 @@ class EvaluationRecorder:
             return True
         return False
 
-    def close(self):
-        self.board.close()
+    def finish(self, valid, test, step):
+        """The saved weights' final scores (valid/..., test/...) to the trackers, whose runs then end."""
+        self.trackers.log_final(valid, test, step)
+        self.trackers.close()
+
+    def close(self, status="FINISHED"):
+        self.trackers.close(status)
 
 
 def save_best_weights(model, directory):
