@@ -102,12 +102,12 @@ def test_a_missing_config_file(tmp_path, capsys):
 def test_every_entry_point_reads_a_config(tmp_path):
     """One parser class for all: classify_plm.py, evaluate_plm.py, export_plm.py and serve_plm.py take --config
     too, each with its own flags; a trainer's run through its main() stops at a bad key before anything."""
+    import sys
+
     import classify_plm
     import serve_plm
     config = write(tmp_path / "classify.yaml", "model_fn: models/review\ntop_k: 2\nwith_prob: true\nbackend: onnx\n")
-    argv = ["classify_plm.py", "--config", str(config)]
-    import sys
-    saved_argv, sys.argv = sys.argv, argv
+    saved_argv, sys.argv = sys.argv, ["classify_plm.py", "--config", str(config)]
     try:
         args = classify_plm.parse_args()
         assert (args.model_fn, args.top_k, args.with_prob, args.backend) == ("models/review", 2, True, "onnx")
@@ -117,8 +117,8 @@ def test_every_entry_point_reads_a_config(tmp_path):
         sys.argv = saved_argv
     bad = write(tmp_path / "bad.yaml", "model_fn: m\nlr: 0.1\n")
     for script in ("classify_plm.py", "export_plm.py", "evaluate_plm.py"):
-        result = run_script(script, "--config", bad, "--test_fn", "t.tsv" if script == "evaluate_plm.py" else "x",
-                            check=False) if script == "evaluate_plm.py" else run_script(script, "--config", bad, check=False)
+        extra = ["--test_fn", "t.tsv"] if script == "evaluate_plm.py" else []
+        result = run_script(script, "--config", bad, *extra, check=False)
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [
             f"error: --config {bad}: unknown key 'lr': not a flag of {script} (see --help)"], result.stderr
     model_fn = tmp_path / "never"
