@@ -372,6 +372,8 @@ class Card:
         batch = record.get("batch_size", "?")
         accumulation = record.get("gradient_accumulation_steps", 1)
         total = batch * accumulation * world if isinstance(batch, int) else "?"
+        if "optimizer_steps" not in record:  # a directory not written by a run (made by hand, as some tests do)
+            return ""
         lines.append(f"AdamW at peak learning rate {number(record.get('lr'))} with linear warm-up "
                      f"({record.get('warmup_ratio', '?')} of the steps) and decay, {record.get('optimizer_steps', '?')} "
                      f"optimizer steps of {total} examples ({batch} per device x {accumulation} accumulation x "
