@@ -27,7 +27,7 @@ DEFAULT_REPORT_TO = "tensorboard"
 INSTALL = "pip install -r requirements/tracking.txt"
 PROJECT = "finetune-plm"  # the MLflow experiment and W&B project when the environment names none
 # a search's trials find their search's run here (they are subprocesses): nested under it in MLflow, grouped in W&B
-PARENT_ENV = "FINETUNE_PLM_TRACKER_PARENT"
+TRACKER_PARENT_ENV = "FINETUNE_PLM_TRACKER_PARENT"
 # the x axis of each name's prefix (W&B needs it said; TensorBoard and MLflow take the step given)
 STEP_KEYS = {"train/": "train/step", "eval/": "eval/step", "epoch/": "epoch/epoch", "valid/": "train/step",
              "test/": "train/step", "search/": "search/trial"}
@@ -64,7 +64,7 @@ class Trackers:
         self.closed = False
         if not enabled:
             return
-        parent = json.loads(os.environ.get(PARENT_ENV) or "{}")
+        parent = json.loads(os.environ.get(TRACKER_PARENT_ENV) or "{}")
         params = {key: value for key, value in flags.items()}
         makers = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": Wandb}
         for name in names:
@@ -92,7 +92,7 @@ class Trackers:
 
     @property
     def ids(self):
-        """What a search's trials need to join its run (PARENT_ENV)."""
+        """What a search's trials need to join its run (TRACKER_PARENT_ENV)."""
         ids = {}
         for backend in self.backends:
             ids.update(backend.ids())

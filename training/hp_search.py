@@ -34,7 +34,7 @@ from pathlib import Path
 
 from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
 from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
-from scoring.trackers import PARENT_ENV, Trackers
+from scoring.trackers import TRACKER_PARENT_ENV, Trackers
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
@@ -77,7 +77,7 @@ def search(options, trainer_name, script):
     # nested under it in MLflow and in its group in W&B (TensorBoard: each trial writes its own logs)
     trackers = Trackers([name for name in options.run.report_to if name != "tensorboard"], None,
                         f"{Path(options.run.model_fn).name}-{trainer_name}-search", options.record, kind="search")
-    os.environ[PARENT_ENV] = json.dumps(trackers.ids)  # the trials are subprocesses: they inherit it
+    os.environ[TRACKER_PARENT_ENV] = json.dumps(trackers.ids)  # the trials are subprocesses: they inherit it
     best = run_trials(options, script, study, plan)
     if best is None:
         raise UserError(f"--hp_search: no trial this machine ran completed ({len(study.trials)} in the study), so there "
