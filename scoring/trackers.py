@@ -190,7 +190,9 @@ class Wandb:
         # console="off": W&B would otherwise wrap stdout and stderr, where the classifier and the run plan write
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or PROJECT, name=run_name,
                               config={key: printable(value) for key, value in params.items()},
-                              group=parent.get("wandb_group"), job_type=kind, reinit="create_new",
+                              # a search and its trials share a group, named after the search's run
+                              group=parent.get("wandb_group") or (run_name if kind == "search" else None),
+                              job_type=kind, reinit="create_new",
                               settings=wandb.Settings(console="off", silent=True))
         for step_key in set(STEP_KEYS.values()):
             self.run.define_metric(step_key, hidden=True)
