@@ -90,6 +90,16 @@ class Trackers:
             if result:
                 self.log(scalar_metrics(result["metrics"]), step, prefix=f"{split}/")
 
+    def close_local(self):
+        """Close the trackers that write inside the run's directory (TensorBoard, into runs/): before the
+        directory moves into place, so that their last events are flushed into it, not after it has gone."""
+        for backend in [backend for backend in self.backends if backend.local]:
+            self.backends.remove(backend)
+            try:
+                backend.close("FINISHED")
+            except Exception as error:
+                log.warning(f"--report_to {backend.name}: closing the run failed ({first_line(error)})")
+
     @property
     def ids(self):
         """What a search's trials need to join its run (TRACKER_PARENT_ENV)."""
@@ -124,6 +134,7 @@ def printable(value):
 
 class TensorBoard:
     name = "tensorboard"
+    local = True  # its files are in the run's directory (Trackers.close_local)
 
     def __init__(self, log_dir, run_name, params, parent, kind):
         self.writer = None
@@ -154,6 +165,7 @@ class MLflow:
     """Through MlflowClient (no global active run: a command called in process, as the tests do, leaves
     nothing behind)."""
     name = "mlflow"
+    local = False
 
     def __init__(self, log_dir, run_name, params, parent, kind):
         from mlflow import MlflowClient
@@ -184,6 +196,7 @@ class MLflow:
 
 class Wandb:
     name = "wandb"
+    local = False  # its offline files are under WANDB_DIR, not the run's directory
 
     def __init__(self, log_dir, run_name, params, parent, kind):
         import wandb

@@ -27,13 +27,16 @@ def tracked(tmp_path_factory, tiny_model):
     with pytest.MonkeyPatch.context() as patch:
         for key, value in environment.items():
             patch.setenv(key, value)
-        tiny_run("finetune_plm_native.py", directory / "native", tiny_model, "--report_to", "tensorboard,mlflow,wandb")
-        tiny_run("finetune_plm_hf.py", directory / "hf", tiny_model, "--report_to", "mlflow")
+        results = [tiny_run("finetune_plm_native.py", directory / "native", tiny_model, "--report_to",
+                            "tensorboard,mlflow,wandb"),
+                   tiny_run("finetune_plm_hf.py", directory / "hf", tiny_model, "--report_to", "mlflow")]
         import mlflow
         mlflow.set_tracking_uri(environment["MLFLOW_TRACKING_URI"])
         runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     repeated = run_script("finetune_plm_native.py", "--config", directory / "native" / "training_args.json",
                           "--model_fn", directory / "again", "--report_to", "none")
+    for result in results:  # every tracker closed cleanly (TensorBoard's files before the model moved into place)
+        assert "warning" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     return {"dir": directory, "runs": {run.data.tags["mlflow.runName"]: run for run in runs}, "repeated": repeated}
 
 

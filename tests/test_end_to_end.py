@@ -150,6 +150,9 @@ def test_tensorboard_events(trained, script):
             "epoch/valid_macro_f1", "epoch/train_loss"} <= tags
     assert [e.step for e in events.Scalars("epoch/valid_accuracy")] == list(range(1, N_EPOCHS + 1))
     assert len(events.Scalars("train/loss")) == N_EPOCHS * STEPS_PER_EPOCH // 10
+    # the saved weights' final scores, under the names every tracker uses, flushed before the model moved into place
+    assert {"valid/accuracy", "test/accuracy", "test/macro_f1"} <= tags
+    assert "closing the run failed" not in trained[script]["stderr"] and "Traceback" not in trained[script]["stderr"]
 
 
 def classify(model_fn, text, *flags, check=True):

@@ -110,10 +110,11 @@ def train(options, run, trainer_name, loss_fn):
                        valid["metrics"].get("threshold"),  # multi-label: the threshold tuned on validation
                        regression_scale=run.regression_scale, temperature=valid["metrics"].get("temperature"))
             if run.test_set else None)
+    recorder.finish(valid, test, trainer.state.global_step)  # the final scores; TensorBoard's files closed before the save
     if context.is_main:
         save_run(options, trainer_name, run, trainer.model, recorder.history, valid, test,
                  extra={"optimizer_steps": trainer.state.global_step})
-    recorder.finish(valid, test, trainer.state.global_step)  # the trackers' final scores, then their runs end
+    recorder.close()  # MLflow's and W&B's runs end once the model is saved
 
 
 

@@ -146,10 +146,11 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     # The best epoch's weights, evaluated once more on validation and once on test, then the run saved.
     load_best_weights(model, partial, context)  # every process evaluates its shard with rank 0's best weights
     valid, test = final_evaluations(model, run, collate, settings.batch_size * 2, autocast, eval_options)
+    recorder.finish(valid, test, progress["step"])  # the final scores; TensorBoard's files closed before the save
     if context.is_main:
         save_run(options, trainer_name, run, model, recorder.history, valid, test,
                  extra={"optimizer_steps": progress["step"], **(record or {})})
-    recorder.finish(valid, test, progress["step"])  # the trackers' final scores, then their runs end
+    recorder.close()  # MLflow's and W&B's runs end once the model is saved
     context.barrier()
 
 

@@ -99,9 +99,11 @@ class EvaluationRecorder:
         return False
 
     def finish(self, valid, test, step):
-        """The saved weights' final scores (valid/..., test/...) to the trackers, whose runs then end."""
+        """The saved weights' final scores (valid/..., test/...) to the trackers, before the run is saved:
+        TensorBoard's files, inside the partial directory, are closed here, to move into place with the model;
+        the other trackers' runs end with close() once the model is saved (a failed save marks them FAILED)."""
         self.trackers.log_final(valid, test, step)
-        self.trackers.close()
+        self.trackers.close_local()
 
     def close(self, status="FINISHED"):
         self.trackers.close(status)
