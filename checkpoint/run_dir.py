@@ -8,16 +8,18 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 from checkpoint.saved_model import TRAINING_ARGS
 from checkpoint.train_state import train_states
-from utils.errors import UserError, at_exit, interrupts_deferred, on_failure
+from utils.errors import UserError, at_exit, first_line, interrupts_deferred, on_failure
 from utils.log import log
 from utils.processes import close_lock, open_lock
 
 RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
 SEARCH_FILE = "hp_search.json"  # in the partial directory of a hyperparameter search (training/hp_search.py)
+STUDY_FILE = "hp_study.db"  # beside it: the search's own Optuna study (SQLite), unless --hp_storage names another
 
 
 def partial_dir(model_fn):
@@ -67,7 +69,8 @@ def lock_output(model_fn):
         note says so."""
         partial = partial_dir(model_fn)
         if (partial / SEARCH_FILE).exists():
-            return f"the search so far is kept in {partial}: continue with --resume"
+            # a damaged study cannot be continued: the error says what to do instead
+            return None if study_damage(model_fn) else f"the search so far is kept in {partial}: continue with --resume"
         if partial.is_dir() and train_states(resume_dir(model_fn)):
             return f"the resumable state in {resume_dir(model_fn)} is kept: continue with --resume"
         if not partial_was_there:
@@ -153,9 +156,36 @@ def check_output(model_fn, resume):
         raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
     # a partial directory with nothing to resume from is not refused: rank 0's lock_output removes it (the
     # other processes of a distributed run check before or after it does)
+    damage = study_damage(model_fn)
+    if damage:  # neither a rerun nor --resume can go on from it: one way out, the same for both
+        # the search keeps one finished trial's model, its best (training/hp_search.py keep_best)
+        best = [trial for trial in sorted((partial / "trials").glob("trial-*")) if (trial / TRAINING_ARGS).exists()]
+        keep = f" ({best[0]} holds the best finished trial's model: copy it out first to keep it)" if best else ""
+        raise UserError(f"{partial / STUDY_FILE}: the study of the interrupted search of {model_fn} is damaged "
+                        f"({damage}), so the search cannot continue: delete {partial} to start it afresh{keep}")
     if not resume and partial.exists() and resumable(model_fn):
         raise UserError(f"{partial}: an interrupted run of {model_fn} is there: "
                         f"add --resume to continue it, or delete that directory to start afresh")
+
+
+def study_damage(model_fn):
+    """Why the study of an interrupted search in the partial directory cannot be read (a damaged page, a file
+    cut short), or None (no search, a study kept elsewhere with --hp_storage, or a sound one). SQLite's own
+    check of every page; opened for writing, as Optuna opens it, so that a killed writer's journal is rolled
+    back rather than mistaken for damage."""
+    partial = partial_dir(model_fn)
+    study = partial / STUDY_FILE
+    if not (partial / SEARCH_FILE).exists() or not study.is_file():
+        return None
+    try:
+        db = sqlite3.connect(study, timeout=10)
+        try:
+            found = db.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return first_line(error)
+    return None if found == "ok" else first_line(found)
 
 
 def start_run(model_fn, fingerprint):

@@ -175,3 +175,46 @@ def test_search_refused_under_torchrun(monkeypatch):
     args = training_parser("").parse_args(["--model_fn", "m", "--train_fn", "t.tsv", "--hp_search", "2"])
     with pytest.raises(UserError, match="--hp_search runs each trial as a process of its own.*--hp_storage URL"):
         search(training_options(args), "native", "finetune_plm_native.py")
+
+
+def interrupted_search(model_fn, study_name="finetune_plm_native-0000"):
+    """A partial directory as a killed search leaves it: its record, its study (a real Optuna SQLite
+    storage with a finished trial) and that trial's model directory."""
+    import optuna
+    from checkpoint.run_dir import partial_dir
+    partial = partial_dir(model_fn)
+    (partial / "trials" / "trial-0").mkdir(parents=True)
+    (partial / "trials" / "trial-0" / "training_args.json").write_text("{}")
+    (partial / "hp_search.json").write_text(json.dumps({"storage": "hp_study.db", "study": study_name,
+                                                        "space": SPACE}))
+    study = optuna.create_study(storage=f"sqlite:///{partial / 'hp_study.db'}", study_name=study_name,
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.003}, value=0.9, distributions={
+        "lr": optuna.distributions.CategoricalDistribution([0.003, 1e-6])}))
+    return partial
+
+
+@pytest.mark.slow  # one script run (~4 s)
+def test_damaged_study_is_one_line_naming_the_way_out(tmp_path, tiny_model):
+    """Bytes written over a page of hp_study.db: a rerun and --resume both say, in one line, that the search
+    cannot continue and how to start afresh (not to --resume), and remove nothing."""
+    model_fn = tmp_path / "searched"
+    partial = interrupted_search(model_fn)
+    with sqlite3.connect(partial / "hp_study.db") as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'trials'").fetchone()[0]
+    db.close()
+    with open(partial / "hp_study.db", "r+b") as f:  # the trials table's page
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    message = (f"{partial / 'hp_study.db'}: the study of the interrupted search of {model_fn} is damaged (database "
+               f"disk image is malformed), so the search cannot continue: delete {partial} to start it afresh "
+               f"({partial / 'trials' / 'trial-0'} holds the best finished trial's model: copy it out first to keep it)")
+    result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", TRAIN,
+                        "--pretrained_model_name", tiny_model, "--hp_search", 2, "--resume", check=False)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")  # no "continue with --resume" after it
+    with pytest.raises(UserError) as refused:  # a rerun without --resume: the same (in process: the same check)
+        check_output(model_fn, resume=False)
+    assert str(refused.value) == message
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before

@@ -32,7 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
-from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
+from checkpoint.run_dir import SEARCH_FILE, STUDY_FILE, commit_run, partial_dir, start_run
 from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
 from scoring.trackers import TRACKER_PARENT_ENV, Trackers
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
@@ -40,7 +40,6 @@ from utils.errors import UserError, first_line, require
 from utils.log import log
 from utils.processes import start_worker
 
-STUDY_FILE = "hp_study.db"
 TRIALS_TABLE = "hp_trials.tsv"
 TRIALS_DIR = "trials"
 # --hp_storage: the search beats every minute while its trial runs; a trial without a beat for 3 minutes
