@@ -218,3 +218,21 @@ def test_damaged_study_is_one_line_naming_the_way_out(tmp_path, tiny_model):
         check_output(model_fn, resume=False)
     assert str(refused.value) == message
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
+def test_search_record_cut_short_is_written_again_from_the_study(tmp_path):
+    """hp_search.json cut to `{`: --resume writes it again when the study it names is there (its name digests
+    everything the record is checked for), else one line; never a JSONDecodeError."""
+    from training.hp_search import read_search_file
+    partial = interrupted_search(tmp_path / "searched")
+    (partial / "hp_search.json").write_text("{")
+    plan = {"storage": "hp_study.db", "study": "finetune_plm_native-0000", "space": SPACE,
+            "url": f"sqlite:///{partial / 'hp_study.db'}", "shared": False}
+    with pytest.raises(UserError, match=r"^--resume: .*hp_search.json cannot be read \(Expecting property name.*\), "
+                                        r"and .*hp_study.db holds no study of this command's search: rerun the search "
+                                        "with the flags it had, or delete .* to start afresh$"):
+        read_search_file(partial, {**plan, "study": "finetune_plm_native-1111"})  # other flags: another study
+    assert (partial / "hp_search.json").read_text() == "{"
+    expected = {key: plan[key] for key in ("storage", "study", "space")}
+    assert read_search_file(partial, plan) == expected
+    assert json.loads((partial / "hp_search.json").read_text()) == expected

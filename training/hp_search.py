@@ -101,7 +101,7 @@ def open_study(options, trainer_name, run, space):
         if not (partial / SEARCH_FILE).exists():
             raise UserError(f"--resume: {partial} holds an interrupted training run, not a search: resume it "
                             "without --hp_search, or delete it to start afresh")
-        before = json.loads((partial / SEARCH_FILE).read_text())
+        before = read_search_file(partial, plan)
         for key, what in (("space", "search space (--hp_space, or the flags a default space leaves out)"),
                           ("storage", "--hp_storage"), ("study", "--calibrate setting")):
             if before.get(key) != plan[key]:
@@ -124,6 +124,36 @@ def open_study(options, trainer_name, run, space):
     if not shared:
         fail_interrupted(study)
     return study, plan
+
+
+def read_search_file(partial, plan):
+    """The interrupted search's record (hp_search.json). One that cannot be read (cut short by a full disk,
+    overwritten) is written again from this command's plan when its storage holds this command's study: the
+    study's name is a digest of everything the record is checked for, so nothing the search found is lost."""
+    path = partial / SEARCH_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(record, dict):
+            return record
+        damage = "not a JSON object"
+    except (OSError, ValueError) as error:  # UnicodeDecodeError included
+        damage = first_line(error)
+    import optuna
+    own = partial / STUDY_FILE
+    try:
+        names = optuna.get_all_study_names(plan["url"]) if plan["shared"] or own.is_file() else []
+    except Exception:  # an unreachable or damaged storage holds nothing this command can find
+        names = []
+    where = plan["storage"] if plan["shared"] else own
+    if plan["study"] not in names:
+        raise UserError(f"--resume: {path} cannot be read ({damage}), and {where} holds no study of "
+                        "this command's search: rerun the search with the flags it had, or delete "
+                        f"{partial} to start afresh")
+    public = {key: plan[key] for key in ("storage", "study", "space")}
+    log.warning(f"{path}: cannot be read ({damage}); written again from this command, whose study "
+                f"{plan['study']} is in {where}")
+    path.write_text(json.dumps(public, indent=2) + "\n")
+    return public
 
 
 def random_trials(n_trials):
