@@ -110,30 +110,44 @@ def _is_int(text):
 REGRESSION_LABEL = "score"  # the one output of a regression model (config id2label, reports)
 
 
+_CHUNK = 65_536  # rows cast at a time while looking for the first bad one
+
+
 def check_targets(split):
-    """--regression: every label a finite number; the first that is not is a file:line error."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """--regression: every label a finite number, as Arrow reads it (target_values); the first that is not is a
+    file:line error."""
     column = split.column("label")
     if is_multi_label(split.rows):
         raise UserError(f"{split.name}: --regression reads one number a row; this label column holds lists")
-    try:
-        values = pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
-        bad = pc.invert(pc.is_finite(values))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values, bad = None, None
-    if bad is not None and not pc.any(bad).as_py():
+    if _targets_fit(column):
         return
-    texts = column.to_pylist()
-    for row, text in enumerate(texts):
-        try:
-            number = float(text.strip())
-        except (ValueError, AttributeError):
-            number = None
-        if number is None or not np.isfinite(number):
-            line = split.column("line")[row].as_py()
+    for start in range(0, len(column), _CHUNK):  # the first bad row, read by the parser that reads them all
+        chunk = column.slice(start, _CHUNK)
+        if _targets_fit(chunk):
+            continue
+        for offset in range(len(chunk)):
+            if _targets_fit(chunk.slice(offset, 1)):
+                continue
+            text, line = chunk[offset].as_py(), split.column("line")[start + offset].as_py()
             raise located(split.name, line, f"label {text!r} is not a number: --regression reads one number a row "
-                                            "(e.g. 3.8); fix the row, or choose the label column with --label_column")
+                                            "(e.g. 3.8 or -1.5e3); fix the row, or choose the label column with "
+                                            "--label_column")
+
+
+def _targets(column):
+    """The float64 numbers of label texts as target_values reads them, or None when one is not a number."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    try:
+        return pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def _targets_fit(column):
+    import pyarrow.compute as pc
+    values = _targets(column)
+    return values is not None and values.null_count == 0 and pc.all(pc.is_finite(values)).as_py()
 
 
 def target_values(column):

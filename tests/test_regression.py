@@ -78,6 +78,21 @@ def test_non_numeric_label_is_file_and_line(tmp_path):
         load_splits(data_options(train_fn=str(data), regression=True))
 
 
+@pytest.mark.parametrize("rows, line, message", [
+    # Python's float() reads it, Arrow (which reads the targets for training) does not: refused at its row
+    (["3.5", "4", "1_000"], 3, "label '1_000' is not a number"),
+])
+def test_targets_arrow_cannot_read_are_file_and_line(tmp_path, rows, line, message):
+    from conftest import data_options
+    from data_load import load_splits
+    from utils.errors import UserError
+    data = tmp_path / "scores.tsv"
+    data.write_text("".join(f"{target}\tsentence {i}\n" for i, target in enumerate(rows)), encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        load_splits(data_options(train_fn=str(data), regression=True))
+    assert str(refused.value).startswith(f"{data}:{line}: {message}"), str(refused.value)
+
+
 def numbers_of(model_fn, pairs, backend="torch"):
     """The classifier's numbers for (sentence, pair) items, in process (as classify_plm.py and the server get them)."""
     classifier = classifier_in_process(model_fn, "--backend", backend, "--batch_size", 16)
