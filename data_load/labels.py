@@ -110,12 +110,17 @@ def _is_int(text):
 REGRESSION_LABEL = "score"  # the one output of a regression model (config id2label, reports)
 
 
+# The model computes in 32-bit floats (largest 3.4e38), its output layer scaled by the targets' spread and
+# shifted by their mean (checkpoint.pretrained.output_in_label_units): a target of 1e308, or rows of +-1e200,
+# make that spread infinite and the loss nan. 1e30 leaves room for both and for squared errors in the metrics.
+MAX_TARGET_TEXT = "1e30"
+MAX_TARGET = float(MAX_TARGET_TEXT)
 _CHUNK = 65_536  # rows cast at a time while looking for the first bad one
 
 
 def check_targets(split):
-    """--regression: every label a finite number, as Arrow reads it (target_values); the first that is not is a
-    file:line error."""
+    """--regression: every label a finite number within +-MAX_TARGET, as Arrow reads it (target_values); the
+    first that is not is a file:line error."""
     column = split.column("label")
     if is_multi_label(split.rows):
         raise UserError(f"{split.name}: --regression reads one number a row; this label column holds lists")
@@ -129,6 +134,12 @@ def check_targets(split):
             if _targets_fit(chunk.slice(offset, 1)):
                 continue
             text, line = chunk[offset].as_py(), split.column("line")[start + offset].as_py()
+            number = _targets(chunk.slice(offset, 1))
+            number = None if number is None else number[0].as_py()  # None: not a number, or an empty field
+            if number is not None and np.isfinite(number):
+                raise located(split.name, line, f"label {text!r} is too large for --regression: the model computes in "
+                                                f"32-bit floats, so targets must lie within +-{MAX_TARGET_TEXT}; rescale "
+                                                "them (divide them by a power of ten, or take their logarithm)")
             raise located(split.name, line, f"label {text!r} is not a number: --regression reads one number a row "
                                             "(e.g. 3.8 or -1.5e3); fix the row, or choose the label column with "
                                             "--label_column")
@@ -147,7 +158,7 @@ def _targets(column):
 def _targets_fit(column):
     import pyarrow.compute as pc
     values = _targets(column)
-    return values is not None and values.null_count == 0 and pc.all(pc.is_finite(values)).as_py()
+    return values is not None and values.null_count == 0 and pc.all(pc.less_equal(pc.abs(values), MAX_TARGET)).as_py()
 
 
 def target_values(column):

@@ -79,10 +79,14 @@ def test_non_numeric_label_is_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("rows, line, message", [
+    # finite, but past what the model's 32-bit floats hold once scaled: the spread was inf, the loss nan
+    (["3.5", "1e308", "4"], 2, "label '1e308' is too large for --regression: the model computes in 32-bit floats, so "
+                               "targets must lie within +-1e30; rescale them"),
+    (["1e200", "-1e200", "1e200"], 1, "label '1e200' is too large"),
     # Python's float() reads it, Arrow (which reads the targets for training) does not: refused at its row
     (["3.5", "4", "1_000"], 3, "label '1_000' is not a number"),
 ])
-def test_targets_arrow_cannot_read_are_file_and_line(tmp_path, rows, line, message):
+def test_targets_the_model_cannot_hold_are_file_and_line(tmp_path, rows, line, message):
     from conftest import data_options
     from data_load import load_splits
     from utils.errors import UserError
@@ -91,6 +95,10 @@ def test_targets_arrow_cannot_read_are_file_and_line(tmp_path, rows, line, messa
     with pytest.raises(UserError) as refused:
         load_splits(data_options(train_fn=str(data), regression=True))
     assert str(refused.value).startswith(f"{data}:{line}: {message}"), str(refused.value)
+    data.write_text("".join(f"{target}\tsentence {i}\n" for i, target in enumerate(["-1e30", "1e30", "2.5"] * 4)),
+                    encoding="utf-8")
+    targets = load_splits(data_options(train_fn=str(data), regression=True)).train_targets()  # the bound itself
+    assert np.isfinite(targets).all() and np.isfinite(targets.std())
 
 
 def numbers_of(model_fn, pairs, backend="torch"):
