@@ -98,9 +98,7 @@ def classify_files(args, saved):
     columns = Columns(args.text_column, args.text_pair_column, args.keep_columns)
     if args.text_pair_column and not saved.pairs:
         raise UserError(f"--text_pair_column: {args.model_fn} was trained on single sentences, not pairs")
-    sources = [stat_input(path, columns) for path in expand_inputs(args.input_fn)]
-    if any(Path(source.path).resolve().is_relative_to(output.resolve()) for source in sources):
-        raise UserError(f"--output_fn {output}: it holds the input; choose another directory")
+    sources = [stat_input(path, columns) for path in expand_inputs(args.input_fn, output)]
     settings = {key: getattr(args, key) for key in OUTPUT_SETTINGS}
     if output.is_dir() and not (output / MANIFEST).exists() and any(
             p.name != ".lock" for p in output.iterdir()):

@@ -64,9 +64,23 @@ class Columns:
     keep: bool = False  # --keep_columns: each Example keeps its row's columns
 
 
-def expand_inputs(pattern):
+def expand_inputs(pattern, output=None):
     """--input_fn: a file, a directory (its data files, recursively, in name order; names starting with
-    `.` or `_` are skipped, as Spark and pyarrow skip them) or a glob."""
+    `.` or `_` are skipped, as Spark and pyarrow skip them) or a glob. `output` (--output_fn) is never read
+    as input: a directory or glob that holds it leaves its files out (an interrupted run's part files would
+    otherwise be read back by the rerun), and an input inside it is refused."""
+    files = _expand(pattern)
+    if output is None:
+        return files
+    output = Path(output).resolve()
+    inside = [path for path in files if path.resolve().is_relative_to(output)]
+    if inside and (len(inside) == len(files) or Path(pattern).resolve().is_relative_to(output)):
+        raise UserError(f"--output_fn {output}: it holds the input ({inside[0]}); choose an --output_fn outside "
+                        "the input")
+    return [path for path in files if path not in inside]
+
+
+def _expand(pattern):
     path = Path(pattern)
     if path.is_file():
         return [path]

@@ -177,6 +177,25 @@ def test_rerun_refuses_what_changed(model, tmp_path, monkeypatch):
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
+def test_output_inside_the_input_directory_is_not_read_back(model, tmp_path, monkeypatch):
+    """--input_fn DIR --output_fn DIR/out: an interrupted run (a part file missing, no _SUCCESS) is finished
+    by the same command, and --overwrite starts over, both reading DIR without the part files in DIR/out
+    (they were refused as "it holds the input"). An input inside the output is still refused."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n".join(TEXTS[:150]) + "\n")
+    (corpus / "b.txt").write_text("\n".join(TEXTS[150:]) + "\n")
+    out = corpus / "out"
+    first = classify_files(monkeypatch, model, corpus, out, "--shard_size", 100)
+    (out / "part-00001.parquet").unlink()  # what an interrupted run leaves: the other shards, the manifest
+    (out / "_SUCCESS").unlink()
+    assert classify_files(monkeypatch, model, corpus, out, "--shard_size", 100) == first
+    assert classify_files(monkeypatch, model, corpus, out, "--shard_size", 100, "--overwrite") == first
+    assert [row["source"] for row in first].count(str(corpus / "a.txt")) == 150 and len(first) == len(TEXTS)
+    with pytest.raises(UserError, match=r"--output_fn .*out: it holds the input \(.*part-00000.parquet\)"):
+        classify_files(monkeypatch, model, out / "part-00000.parquet", out)
+
+
 @pytest.mark.slow  # runs the real script, killed midway, in subprocesses
 def test_resume_after_sigkill(model, tmp_path, monkeypatch):
     """Two worker processes, SIGKILLed (the whole process group) once some shards are written; the same
