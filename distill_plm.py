@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import datasets
 
+from checkpoint.run_dir import check_inputs_kept
 from checkpoint.saved_model import SavedModel, load_checkpoint
 from data_load.dataset import encode_split, training_rows, window_rows
 from data_load.sources import unlabelled_file
@@ -131,6 +132,7 @@ def check_flags(args, teacher):
     if args.soft_weight == 0 and args.unlabeled_fn:
         raise UserError("--soft_weight 0 trains on the labels alone, so --unlabeled_fn would teach nothing: "
                         "raise --soft_weight or drop --unlabeled_fn")
+    check_inputs_kept(args.model_fn, {"--teacher_fn": args.teacher_fn, "--unlabeled_fn": args.unlabeled_fn})
     if args.unlabeled_fn:
         unlabelled_file(args.unlabeled_fn)
     elif args.unlabeled_text_column:

@@ -141,6 +141,21 @@ def _remove_empty(directories):
             break
 
 
+def check_inputs_kept(model_fn, inputs):
+    """Refuse an input that the finished run would destroy: commit_run replaces --model_fn's whole directory
+    (exports included), so a model the run starts from (--pretrained_model_name, --teacher_fn) or a file it
+    reads that is --model_fn or inside it would be lost. inputs: {flag: path or None}; hub ids and paths
+    that do not exist are nothing to lose."""
+    target = Path(model_fn).resolve()
+    for flag, path in inputs.items():
+        if path is None or not Path(path).exists():
+            continue
+        if Path(path).resolve().is_relative_to(target):
+            what = "is" if Path(path).resolve() == target else "holds"
+            raise UserError(f"--model_fn {model_fn}: the finished run replaces this directory, which {what} {flag} "
+                            f"{path}: choose another --model_fn")
+
+
 def check_output(model_fn, resume):
     """Refuse, before anything is written, to clobber what is not ours or to drop an unfinished run."""
     model_fn, partial = Path(model_fn), partial_dir(model_fn)

@@ -168,3 +168,33 @@ def test_a_training_label_the_teacher_lacks_names_its_line(tmp_path):
     # the teacher's classes, in its order, also one the data lacks
     options = dataclasses.replace(options, classes=("sadness", "anger", "joy", "love"))
     assert load_splits(options).labels == ["sadness", "anger", "joy", "love"]
+
+
+def test_model_fn_that_is_an_input_is_refused_and_kept(tmp_path, tiny_model, monkeypatch):
+    """--model_fn naming the teacher, the model a run starts from, or the directory holding its data: the finished
+    run would replace that directory (the teacher by its student, its exports removed). Refused in one line
+    before anything is read or written, by the scripts' own main() in this process."""
+    import distill_plm
+    import finetune_plm_native
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from utils.errors import UserError
+    teacher = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2, id2label={0: "no", 1: "yes"},
+                                                       label2id={"no": 0, "yes": 1}).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(teacher)
+    (teacher / "training_args.json").write_text("{}")
+    (teacher / "model.onnx").write_bytes(b"an export")
+    train = write_tsv(teacher / "train.tsv", [("no", "a text"), ("yes", "another")] * 10)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    for main, argv, flag in [
+            (distill_plm.main, ["--teacher_fn", teacher, "--model_fn", teacher], f"is --teacher_fn {teacher}"),
+            (distill_plm.main, ["--teacher_fn", teacher, "--model_fn", f"{teacher}/"], f"is --teacher_fn {teacher}"),
+            (finetune_plm_native.main, ["--pretrained_model_name", teacher, "--model_fn", teacher],
+             f"is --pretrained_model_name {teacher}"),
+            (finetune_plm_native.main, ["--model_fn", teacher], f"holds --train_fn {train}")]:
+        monkeypatch.setattr("sys.argv", ["script", "--train_fn", str(train), *map(str, argv)])
+        with pytest.raises(UserError) as refused:
+            main()
+        assert str(refused.value) == (f"--model_fn {argv[-1]}: the finished run replaces this directory, which {flag}: "
+                                      "choose another --model_fn")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before

@@ -9,7 +9,7 @@ import torch
 
 from checkpoint.pretrained import load_pretrained_model, load_tokenizer
 from checkpoint.resume import check_resume_matches, run_fingerprint
-from checkpoint.run_dir import check_output, lock_output
+from checkpoint.run_dir import check_inputs_kept, check_output, lock_output
 from data_load import Splits, encode_splits, load_splits
 from data_load.dataset import window_rows
 from data_load.lengths import clamp_max_length, model_max_length
@@ -82,6 +82,8 @@ def prepare(options, trainer_name):
     setup_logging(context.rank)  # the other processes of a distributed run: errors only
     device = choose_device(run_options.device, context.local_rank)
     precision = choose_precision(run_options.precision, device)
+    check_inputs_kept(run_options.model_fn, {f"--{flag}": options.record.get(flag) for flag in (
+        "pretrained_model_name", "train_fn", "valid_fn", "test_fn", "label_names_fn", "hp_space")})
     if context.is_main:
         lock_output(run_options.model_fn)
     check_output(run_options.model_fn, run_options.resume)
