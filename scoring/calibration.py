@@ -11,7 +11,10 @@ import numpy as np
 from scoring.scores import log_softmax, sigmoid, softmax
 
 N_BINS = 15  # equal-width confidence bins, as Guo et al.
-TEMPERATURE_RANGE = (0.05, 20.0)  # searched on a log scale; a fitted T at either end is reported as it is
+TEMPERATURE_RANGE = (0.05, 20.0)  # searched on a log scale
+# Fewer validation examples than this say too little about how sure the model should be: a temperature fitted
+# on 1-2 of them went to the end of the range, and every later probability to 1.0000.
+MIN_FIT_EXAMPLES = 20
 
 
 def confidences(logits, gold, multi_label):
@@ -64,3 +67,25 @@ def fit_temperature(logits, gold, multi_label):
     found = minimize_scalar(lambda log_t: log_loss(logits / np.exp(log_t), gold, multi_label),
                             bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     return round(float(np.exp(found.x)), 4)
+
+
+def calibration_temperature(logits, gold, multi_label):
+    """(T, None): the temperature fitted on these (validation) examples; or (None, why) when they cannot fix
+    one and the model's probabilities are better left as they are: too few examples, a single-label set of one
+    class (it says how sure to be of that class alone), or a log-loss that keeps falling to an end of the
+    range searched (the model right on every example: any temperature looks better the surer it makes the
+    model; or wrong on every one) instead of having a minimum inside it."""
+    n = len(logits)
+    if n < MIN_FIT_EXAMPLES:
+        return None, f"{n} validation example{'s' * (n != 1)}, fewer than the {MIN_FIT_EXAMPLES} a fit needs"
+    if not multi_label and len(np.unique(np.asarray(gold))) < 2:
+        return None, "the validation examples are all of one class"
+    temperature = fit_temperature(logits, gold, multi_label)
+    low, high = TEMPERATURE_RANGE
+    if temperature <= low * 1.001:
+        return None, (f"on validation the log-loss keeps falling down to the lowest temperature searched, {low:g} (the "
+                      "model is right on (almost) every example, so nothing there says how sure it should be)")
+    if temperature >= high * 0.999:
+        return None, (f"on validation the log-loss keeps falling up to the highest temperature searched, {high:g} "
+                      "(the model is wrong on (almost) every example)")
+    return temperature, None

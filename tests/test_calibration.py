@@ -96,3 +96,28 @@ def test_bad_calibration_flags_and_records(tmp_path, capsys):
         (model_fn / "training_args.json").write_text(json.dumps({**record, "calibration_temperature": bad}))
         with pytest.raises(UserError, match="calibration_temperature .* is not a number above 0"):
             SavedModel.read(model_fn)
+
+
+@pytest.mark.parametrize("case", ["two rows", "one class", "all right", "all wrong"])
+def test_no_temperature_from_validation_that_cannot_fix_one(case, caplog):
+    """1-2 validation rows, or a validation set of one class, fitted a temperature at the end of the range
+    searched (0.05: "ECE 0.0000" and every later probability 1.0000), without a word. The fit is refused with
+    a warning and no temperature is kept, so nothing divides the logits; a set that can fix one still does."""
+    import datasets
+    from scoring.calibration import calibration_temperature
+    from training.evaluation import FIT_TEMPERATURE, evaluation
+    logits, gold = overconfident(False, n=400)
+    predicted = logits.argmax(axis=1)
+    gold = {"two rows": predicted[:2], "one class": np.zeros(400, int), "all right": predicted,
+            "all wrong": (predicted + 1) % 5}.get(case, gold)
+    logits = logits[:len(gold)]
+    at_an_end = min(abs(np.log(fit_temperature(logits, gold, False) / end)) for end in (0.05, 20.0)) < 0.01
+    assert at_an_end or case == "one class"  # what the fit alone would have kept
+    temperature, why = calibration_temperature(logits, gold, False)
+    assert temperature is None and why
+    rows = datasets.Dataset.from_dict({"text": ["t"] * len(gold), "label": [str(g) for g in gold], "labels": gold})
+    result = evaluation(logits, rows, [str(i) for i in range(5)], temperature=FIT_TEMPERATURE)
+    assert "temperature" not in result["metrics"] and np.array_equal(result["logits"], logits.astype(np.float32))
+    assert f"--calibrate: no temperature fitted: {why}; the model's probabilities are left as they are" in caplog.text
+    logits, gold = overconfident(False, n=400)
+    assert calibration_temperature(logits, gold, False)[0] == pytest.approx(3.0, rel=0.15)

@@ -8,8 +8,9 @@ from data_load import TextClassificationCollator, TextLookup, column_numpy, labe
 from data_load.dataset import window_rows
 from data_load.labels import is_multi_label
 from data_load.long_text import pool
-from scoring.calibration import expected_calibration_error, fit_temperature
+from scoring.calibration import calibration_temperature, expected_calibration_error
 from scoring.metrics import classification_metrics, multi_label_metrics, regression_metrics, regression_predictions
+from utils.log import log
 from utils.runtime import autocast_context, pad_to_multiple_of
 
 FIT_TEMPERATURE = "fit"  # evaluation(temperature=...): fit one on these examples (--calibrate, on validation)
@@ -70,9 +71,12 @@ def evaluation(logits, dataset, label_names, threshold=None, threshold_per_label
     multi_label = is_multi_label(dataset)
     labels = label_matrix(dataset, len(label_names)) if multi_label else column_numpy(dataset, "labels")
     calibration = {}
+    if temperature == FIT_TEMPERATURE:  # before the threshold is tuned: it is tuned on what the model will print
+        temperature, why_not = calibration_temperature(logits, labels, multi_label)
+        if temperature is None:
+            log.warning(f"--calibrate: no temperature fitted: {why_not}; the model's probabilities are left as they "
+                        "are. Validate on more examples, of every class (--valid_fn, or a larger --valid_ratio)")
     if temperature is not None:
-        if temperature == FIT_TEMPERATURE:  # before the threshold is tuned: it is tuned on what the model will print
-            temperature = fit_temperature(logits, labels, multi_label)
         calibration = {"temperature": temperature,
                        "ece_uncalibrated": expected_calibration_error(logits, labels, multi_label)}
         logits = (logits / np.float32(temperature)).astype(np.float32)
