@@ -17,9 +17,13 @@ import socket
 
 from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.load import load_classifier
-from options.parser import ArgumentParser, float_at_least, int_at_least
+from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error, require
 from utils.log import log, route
+
+# A batch that waits longer than this for company costs every client in it far more than sharing a forward
+# pass saves; without a bound, 1e12 was accepted and held a busy server's requests for ever.
+MAX_WAIT_MS = 1000
 
 
 def parse_args():
@@ -35,9 +39,10 @@ def parse_args():
     server.add_argument("--max_batch_size", type=int_at_least(1), default=64,
                         help="most texts gathered from concurrent requests into one batch (a request with more "
                              "runs alone); a batch runs in forward passes of --max_batch_tokens")
-    server.add_argument("--max_wait_ms", type=float_at_least(0), default=5.0,
+    server.add_argument("--max_wait_ms", type=float_range(0, MAX_WAIT_MS), default=5.0,
                         help="how long a batch waits for more requests before it runs, while the server is "
-                             "busy (the last batch was shared); a lone client is answered at once")
+                             f"busy (the last batch was shared), at most {MAX_WAIT_MS:g}; a lone client is "
+                             "answered at once")
     server.add_argument("--max_queue", type=int_at_least(1), default=1024,
                         help="texts that may wait for a batch; past it a request gets 503 with Retry-After")
     server.add_argument("--max_inputs", type=int_at_least(1), default=256, help="most texts in one request")

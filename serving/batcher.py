@@ -38,9 +38,9 @@ class Batcher:
         self.queued_texts = 0  # texts waiting in the queue, not yet in a batch
         # How many texts the next batch can expect: those of the last batch (their clients come back) and
         # those that arrived while it ran. A batch waits for company only up to that many: a lone client
-        # is answered at once, and 8 clients run as soon as all 8 are back. A new server expects a full
-        # batch (its first request waits --max_wait_ms once).
-        self.expected = max_batch_size
+        # is answered at once, and 8 clients run as soon as all 8 are back. A new server expects a lone
+        # client: its first request runs at once (expecting a full batch made it wait all of --max_wait_ms).
+        self.expected = 1
         self.task = None
         # One thread: batches run one after another, each using all of the backend's intra-op threads.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")

@@ -176,9 +176,11 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(single, capsys, bo
 def test_a_failing_request_does_not_fail_the_requests_batched_with_it(models):
     """The model fails on one request's text (a stand-in failure wrapped around the real classifier): the
     batch is run again request by request, and only that request gets the 500."""
-    with client_for(models["single"], max_wait_ms=2000) as client:
+    with client_for(models["single"], max_wait_ms=1000) as client:
         classifier = client.app.state.batcher.classifier
         real_predict = classifier.predict
+        # a batch of 3 texts: the next batch waits for 3 (a new server's first request runs alone, at once)
+        assert client.post("/predict", json={"inputs": ["one", "two", "three"]}).status_code == 200
 
         def predict(items, *args, **kwargs):
             if any("BOOM" in text for text, _ in items):
@@ -191,7 +193,22 @@ def test_a_failing_request_does_not_fail_the_requests_batched_with_it(models):
             good, bad = good.result(timeout=60), bad.result(timeout=60)
         assert good.status_code == 200 and len(good.json()) == 2
         assert bad.status_code == 500 and bad.json()["error_type"] == "backend"
-        assert metric(client.get("/metrics").text, "finetune_plm_batch_size_count") == 1  # they shared a batch
+        assert metric(client.get("/metrics").text, "finetune_plm_batch_size_count") == 2  # they shared a batch
+
+
+def test_a_new_servers_first_lone_request_is_answered_at_once(models, monkeypatch, capsys):
+    """It waited all of --max_wait_ms (the batcher expected a full batch); and the wait has a bound."""
+    import serve_plm
+    with client_for(models["single"], max_wait_ms=1000) as client:
+        started = time.perf_counter()
+        assert client.post("/predict", json={"inputs": "alone"}).status_code == 200
+        assert time.perf_counter() - started < 0.5
+    monkeypatch.setattr(sys, "argv", ["serve_plm.py", "--model_fn", "m", "--max_wait_ms", "1e12"])
+    with pytest.raises(SystemExit) as stopped:
+        serve_plm.parse_args()
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "error: argument --max_wait_ms: 1e12 is out of range; expected a number at least 0 and at most 1000 "
+        "(see --help)\n")
 
 
 def test_a_full_queue_answers_503_with_retry_after(models):
@@ -303,15 +320,17 @@ def test_same_labels_and_scores_as_classify_plm(exported, backend):
 
 @pytest.mark.slow  # starts the real server
 def test_sigterm_answers_the_request_in_flight_then_exits_0(models):
-    """The request waits 3 s for its batch (--max_wait_ms 3000), so SIGTERM lands while it is in flight."""
-    server = Server(models["single"], "--max_wait_ms", 3000)
+    """After a batch of 3 texts, a 1-text request waits up to 1 s for 2 more (--max_wait_ms 1000), so SIGTERM
+    lands while it is in flight."""
+    server = Server(models["single"], "--max_wait_ms", 1000)
+    assert server.post(REVIEWS[:3])[0] == 200
     with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(server.post, REVIEWS[:3])
-        wait_until(lambda: metric(server.get("/metrics")[2], "finetune_plm_queue_length") == 3)
+        answer = pool.submit(server.post, REVIEWS[3])
+        wait_until(lambda: metric(server.get("/metrics")[2], "finetune_plm_queue_length") == 1)
         server.process.send_signal(signal.SIGTERM)
         status, _, predictions = answer.result(timeout=60)
     code, stderr = server.stop()
-    assert status == 200 and len(predictions) == 3
+    assert status == 200 and len(predictions) == 2  # the labels of the one text
     assert code == 0 and "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
 
 
