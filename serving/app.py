@@ -7,6 +7,7 @@
   GET  /          a page to try the model (serving/page.html)
   GET  /docs      FastAPI's OpenAPI page
 Errors are JSON, {"error": "...", "error_type": "..."}, with one log line each."""
+import asyncio
 import json
 import platform
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.batcher import Batcher, Overloaded
@@ -27,9 +29,15 @@ from utils.log import log
 
 PAGE = Path(__file__).with_name("page.html")
 RETRY_AFTER_S = 1  # a full queue drains in well under a second at the measured rates (docs/benchmarks.md)
+# A client that stops sending in the middle of its body holds a connection and a request slot: it gets 408
+# after this long (uvicorn times out idle connections between requests, not a body that never ends), within
+# the 30 s that SIGTERM's drain waits for requests in flight (serve_plm.py).
+BODY_TIMEOUT_S = 10
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection before the answer
 
 
-def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, max_inputs=256, max_chars=20000):
+def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, max_inputs=256, max_chars=20000,
+               body_timeout_s=BODY_TIMEOUT_S):
     metrics = Metrics()
     batcher = Batcher(classifier, max_batch_size, max_wait_ms, max_queue, metrics)
     limits = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
@@ -58,6 +66,16 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
 
     app.state.batcher = batcher
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):
+        """404, 405 (and any other error the routing answers) in the {error, error_type} shape /predict uses."""
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http")
+        message = (f"{request.method} {request.url.path}: {error.detail}"
+                   + ("; the endpoints are POST /predict, GET /info, /health, /metrics, / and /docs"
+                      if error.status_code in (404, 405) else ""))
+        return json_response({"error": message, "error_type": error_type}, error.status_code,
+                             getattr(error, "headers", None))
+
     def refuse(status, error_type, message, headers=None):
         metrics.requests.labels(str(status)).inc()
         metrics.errors.labels(error_type).inc()
@@ -72,7 +90,7 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
     async def predict(request: Request):
         started = time.perf_counter()
         try:
-            body = await read_body(request, max_body)
+            body = await read_body(request, max_body, body_timeout_s)
             parsed = parse_predict(body, classifier.pairs, max_inputs, max_chars)
             prediction = await batcher.predict(parsed.items)
         except BadRequest as error:
@@ -80,9 +98,10 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
         except Overloaded as error:
             return refuse(503, "overloaded", f"the server is busy: {error}; retry in {RETRY_AFTER_S} s",
                           {"Retry-After": str(RETRY_AFTER_S)})
-        except ClientDisconnect:  # the client left while sending: nobody to answer
+        except ClientDisconnect:  # the client left while sending: nobody to answer; counted as nginx counts it
+            metrics.requests.labels(str(CLIENT_CLOSED)).inc()
             metrics.errors.labels("disconnected").inc()
-            return Response(status_code=400)
+            return Response(status_code=CLIENT_CLOSED)
         except Exception as error:  # the backend failed on this request; the server goes on
             log.error(f"POST /predict 500 backend: {type(error).__name__}: {first_line(error)}")
             metrics.requests.labels("500").inc()
@@ -117,17 +136,23 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
     return app
 
 
-async def read_body(request, limit):
-    """The request body, refused past `limit` bytes before it is all in memory."""
+async def read_body(request, limit, timeout=BODY_TIMEOUT_S):
+    """The request body, refused past `limit` bytes before it is all in memory, or when it has not all
+    arrived within `timeout` seconds."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, "validation", f"the body has {declared} bytes; at most {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, "validation", f"the body has more than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(413, "validation", f"the body has more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(408, "timeout", f"the body did not arrive within {timeout:g} s ({size} bytes came): "
+                                         "send it whole") from None
     return b"".join(chunks)
 
 

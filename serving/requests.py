@@ -82,12 +82,14 @@ def parse_predict(body, pairs, max_inputs, max_chars):
         raise BadRequest(413, "validation", f"{len(items)} inputs in one request; at most {max_inputs} (--max_inputs)")
     for i, (text, pair) in enumerate(items):
         where = f"inputs[{i}]" if batch else "inputs"
-        if not text.strip():
+        # empty only when nothing is there to read: ["", "pair"] is classified, as classify_plm.py classifies
+        # the line "<TAB>pair", and ["text", ""] is how a pair model reads a single text
+        if not text.strip() and not (pair or "").strip():
             raise BadRequest(400, "empty", f"{where} is empty: send text to classify")
-        try:  # a lone surrogate (JSON "\ud800") is no text the tokenizer can take
+        try:  # a lone surrogate (JSON "\ud800") is no text the tokenizer can take: a value the schema refuses
             text.encode("utf-8"), (pair or "").encode("utf-8")
         except UnicodeEncodeError:
-            raise BadRequest(400, "validation", f"{where} holds an unpaired surrogate (\\ud800-\\udfff): "
+            raise BadRequest(422, "validation", f"{where} holds an unpaired surrogate (\\ud800-\\udfff): "
                                                 "send UTF-8 text") from None
         size = len(text) + len(pair or "")
         if size > max_chars:
@@ -109,6 +111,10 @@ def _items(inputs, pairs):
         if pairs and len(inputs) == 2:  # TEI: a list of two strings is one pair
             return [(inputs[0], inputs[1])], False
         return [(text, empty_pair) for text in inputs], True
+    if isinstance(inputs[0], str):  # a list of texts with something else in it: blame that element
+        i, other = next((i, x) for i, x in enumerate(inputs) if not isinstance(x, str))
+        raise BadRequest(422, "validation", f"inputs[{i}] must be a text like inputs[0] (texts and lists cannot be "
+                                            f"mixed), not {json.dumps(other)[:60]}")
     items = []
     for i, sequence in enumerate(inputs):
         if (not isinstance(sequence, list) or not 1 <= len(sequence) <= 2

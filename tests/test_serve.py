@@ -149,14 +149,14 @@ BAD_REQUESTS = [  # body, status, error_type, words in the message
     (json.dumps({"text": "hello"}).encode(), 422, "validation", "unknown field 'text'"),
     (json.dumps({"raw_scores": True}).encode(), 422, "validation", "inputs is missing"),
     (json.dumps({"inputs": 5}).encode(), 422, "validation", "not int"),
-    (json.dumps({"inputs": ["a", 5]}).encode(), 422, "validation", "inputs[0]"),
+    (json.dumps({"inputs": ["a", 5]}).encode(), 422, "validation", "inputs[1] must be a text like inputs[0]"),
     (json.dumps({"inputs": "hi", "raw_scores": "yes"}).encode(), 422, "validation", "raw_scores"),
     (json.dumps({"inputs": []}).encode(), 400, "empty", "empty list"),
     (json.dumps({"inputs": "   "}).encode(), 400, "empty", "inputs is empty"),
     (json.dumps({"inputs": ["fine", ""]}).encode(), 400, "empty", "inputs[1] is empty"),
     (json.dumps({"inputs": ["x"] * 9}).encode(), 413, "validation", "at most 8 (--max_inputs)"),
     (json.dumps({"inputs": "x" * 201}).encode(), 413, "validation", "at most 200 (--max_chars)"),
-    (b'{"inputs": "a lone \\ud800 surrogate"}', 400, "validation", "unpaired surrogate"),
+    (b'{"inputs": "a lone \\ud800 surrogate"}', 422, "validation", "unpaired surrogate"),  # a value, as README says
     (b"[" * 5000 + b"]" * 5000, 400, "invalid_json", "not JSON"),  # deeper than json.loads recurses
 ]
 
@@ -171,6 +171,66 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(single, capsys, bo
     assert len(logged) == 1 and logged[0].startswith(f"warning: POST /predict {status} {error_type}: ")
     assert single.post("/predict", json={"inputs": "still serving"}).status_code == 200
     assert f'finetune_plm_errors_total{{error_type="{error_type}"}}' in single.get("/metrics").text
+
+
+def test_routing_errors_have_the_error_shape_and_pairs_follow_classify_plm(single, models):
+    """404 and 405 in the {error, error_type} shape of /predict's errors (uvicorn's own 400, for bytes that are
+    not HTTP, never reaches the app: README). A pair model classifies ["", "pair"] as classify_plm.py classifies
+    the line "<TAB>pair", and reads ["text", ""] as a single text; nothing in either part is empty."""
+    missing = single.get("/nothing")
+    assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
+    assert missing.json()["error"].startswith("GET /nothing: Not Found; the endpoints are POST /predict")
+    wrong = single.get("/predict")
+    assert wrong.status_code == 405 and wrong.json()["error_type"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+    with client_for(models["pair"]) as client:
+        for inputs in ([["", "a pair"]], [["a text", ""]], ["", "a pair"]):
+            assert client.post("/predict", json={"inputs": inputs}).status_code == 200, inputs
+        empty = client.post("/predict", json={"inputs": [["fine", "pair"], ["", " "]]})
+        assert empty.status_code == 400 and empty.json() == {"error": "inputs[1] is empty: send text to classify",
+                                                             "error_type": "empty"}
+
+
+def test_a_stalled_or_abandoned_body_is_answered_and_counted(models):
+    """A client that stops sending mid-body gets 408 (it was held for ever, and at SIGTERM's drain got a
+    text/plain 500); one that hangs up mid-body is counted under requests_total as 499. The app is called
+    as uvicorn calls it, with a body that stalls after its first bytes (a 0.2 s timeout here, 10 s served)."""
+    import asyncio
+    from fastapi.testclient import TestClient
+    from serving.app import create_app
+    app = create_app(client_for(models["single"]).app.state.batcher.classifier, body_timeout_s=0.2)
+
+    def post(then):
+        sent, first = [], [True]
+
+        async def receive():
+            if first.pop() if first else False:
+                return {"type": "http.request", "body": b'{"inputs": "hal', "more_body": True}
+            return await then()
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"30")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def stall():
+        await asyncio.sleep(3600)
+
+    async def hang_up():
+        return {"type": "http.disconnect"}
+    status, body = post(stall)
+    assert status == 408 and json.loads(body) == {
+        "error": "the body did not arrive within 0.2 s (15 bytes came): send it whole", "error_type": "timeout"}
+    assert post(hang_up)[0] == 499
+    with TestClient(app) as client:
+        text = client.get("/metrics").text
+    assert metric(text, 'finetune_plm_requests_total{status="408"}') == 1
+    assert metric(text, 'finetune_plm_requests_total{status="499"}') == 1
+    assert metric(text, 'finetune_plm_errors_total{error_type="disconnected"}') == 1
 
 
 def test_a_failing_request_does_not_fail_the_requests_batched_with_it(models):
