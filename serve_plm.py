@@ -104,9 +104,45 @@ def listen(host, port):
             raise UserError(f"--port {port}: {host}:{port} is in use (another server?): stop it, or choose "
                             "another --port (0: any free one)") from None
         raise UserError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
+    port = sock.getsockname()[1]
+    twin = _other_loopback(host, family)
+    if twin and _taken(twin, port):
+        sock.close()
+        raise UserError(f"--port {port}: {twin[1]}:{port} is in use (another server?), and clients of "
+                        f"localhost:{port} reach either loopback address: stop it, or choose another --port")
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _other_loopback(host, family):
+    """(family, address) of the loopback address of the other IP version, when `host` is a loopback address:
+    127.0.0.1 and ::1 can each have a server on one port, and `localhost` reaches whichever it resolves to
+    first, so a second server there would answer some of this one's clients."""
+    import ipaddress
+    try:
+        if not ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host != "localhost":
+            return None
+    return (socket.AF_INET, "127.0.0.1") if family == socket.AF_INET6 else (socket.AF_INET6, "::1")
+
+
+def _taken(twin, port):
+    family, address = twin
+    try:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # no IPv6 here: nothing can listen there
+        return False
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address, port))
+        return False
+    except OSError as error:
+        return error.errno == errno.EADDRINUSE
+    finally:
+        probe.close()
 
 
 if __name__ == "__main__":

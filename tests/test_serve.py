@@ -469,3 +469,25 @@ def test_the_page_in_a_real_browser(models):
     finally:
         code, stderr = server.stop()
     assert code == 0, stderr
+
+
+def test_a_port_served_on_the_other_loopback_address_is_refused():
+    """127.0.0.1 and ::1 could serve one port at once, and `localhost` clients reached either server: a server on
+    one loopback address now refuses a port the other one has, in one line (in process: serve_plm.listen)."""
+    import socket
+    import serve_plm
+    from utils.errors import UserError
+    try:
+        other = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        other.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    other.listen()
+    port = other.getsockname()[1]
+    try:
+        with pytest.raises(UserError, match=rf"^--port {port}: ::1:{port} is in use \(another server\?\), and clients "
+                                            rf"of localhost:{port} reach either loopback address"):
+            serve_plm.listen("127.0.0.1", port)
+        serve_plm.listen("127.0.0.1", 0).close()  # a free port on both is served as before
+    finally:
+        other.close()
