@@ -236,3 +236,29 @@ def test_search_record_cut_short_is_written_again_from_the_study(tmp_path):
     expected = {key: plan[key] for key in ("storage", "study", "space")}
     assert read_search_file(partial, plan) == expected
     assert json.loads((partial / "hp_search.json").read_text()) == expected
+
+
+# decided: max_steps replaces n_epochs, so neither may silently override the other (the search refuses)
+@pytest.mark.parametrize("space, argv, message", [
+    ({"max_steps": {"choices": [10, 20]}}, ["--max_steps", "5"], "max_steps is in the space and --max_steps on the "
+                                                                 "command line, which it would override"),
+    ({"max_steps": 10, "lr": 1e-4}, ["--n_epochs", "2"], "max_steps is in the space and --n_epochs on the command "
+                                                         "line"),
+    ({"n_epochs": {"low": 1, "high": 3}}, ["--max_steps", "5"], "n_epochs is in the space, but max_steps "
+                                                                "(--max_steps) replaces it"),
+    ({"n_epochs": {"low": 1, "high": 3}, "max_steps": 10}, [], "n_epochs is in the space, but max_steps (in the "
+                                                               "space) replaces it"),
+])
+def test_space_and_max_steps_never_override_each_other(tmp_path, space, argv, message):
+    from training.hp_search import search
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    argv = ["--model_fn", str(tmp_path / "m"), "--train_fn", str(TRAIN), "--hp_search", "2", "--hp_space", str(path),
+            *argv]
+    args = training_parser("").parse_args(argv)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["finetune_plm_native.py", *argv])
+        with pytest.raises(UserError) as refused:
+            search(training_options(args), "native", "finetune_plm_native.py")
+    assert str(refused.value).startswith(f"--hp_space {path}: {message}"), str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.json"]  # refused before anything is written

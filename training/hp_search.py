@@ -64,6 +64,8 @@ def search(options, trainer_name, script):
     hp_space = options.search.hp_space
     space = read_space(hp_space) if hp_space else None
     given = flags_given(sys.argv[1:])
+    if space is not None:
+        check_steps(f"--hp_space {hp_space}", space, given)
     if space is None and not default_space(1.0, given):
         raise UserError(f"--hp_search: the command line gives every flag of the default space "
                         f"({', '.join(DEFAULT_SPACE)}), which leaves nothing to search: give --hp_space FILE.json")
@@ -394,6 +396,18 @@ def read_space(path):
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"--hp_space {path}: expected a JSON object naming the flags to search, e.g. {SPACE_EXAMPLE}")
     return checked_space(f"--hp_space {path}", raw)
+
+
+def check_steps(where, space, given):
+    """max_steps replaces n_epochs (as --max_steps replaces --n_epochs): a space that sets max_steps beside
+    --max_steps, or n_epochs beside a max_steps, would have one silently override the other."""
+    if "max_steps" in space and given & {"max_steps", "n_epochs"}:
+        flag = "--max_steps" if "max_steps" in given else "--n_epochs"
+        raise UserError(f"{where}: max_steps is in the space and {flag} on the command line, which it would "
+                        f"override: give the number of steps in one place (drop {flag}, or max_steps from the space)")
+    if "n_epochs" in space and ("max_steps" in space or "max_steps" in given):
+        raise UserError(f"{where}: n_epochs is in the space, but max_steps ({'in the space' if 'max_steps' in space else '--max_steps'}) "
+                        "replaces it, so every trial would run the same steps: drop n_epochs from the space")
 
 
 def default_space(lr, given):
