@@ -220,6 +220,22 @@ def test_damaged_study_is_one_line_naming_the_way_out(tmp_path, tiny_model):
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
 
 
+def test_study_cut_short_says_to_start_afresh_not_to_resume(tmp_path):
+    """Decided: a study database cut short is damaged like one with a bad page. Its message said "continue with
+    --resume", which failed the same way; now a rerun and --resume both name the directory to delete."""
+    import os
+    from checkpoint.run_dir import study_damage
+    model_fn = tmp_path / "searched"
+    partial = interrupted_search(model_fn)
+    os.truncate(partial / "hp_study.db", (partial / "hp_study.db").stat().st_size // 2)
+    assert study_damage(model_fn) == "database disk image is malformed"
+    for resume in (False, True):
+        with pytest.raises(UserError, match=r"is damaged \(database disk image is malformed\), so the search cannot "
+                                            rf"continue: delete {partial} to start it afresh") as refused:
+            check_output(model_fn, resume=resume)
+        assert "--resume" not in str(refused.value)
+
+
 def test_search_record_cut_short_is_written_again_from_the_study(tmp_path):
     """hp_search.json cut to `{`: --resume writes it again when the study it names is there (its name digests
     everything the record is checked for), else one line; never a JSONDecodeError."""
