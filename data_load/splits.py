@@ -241,7 +241,17 @@ def _regression_splits(options, train, valid, test):
     train = seeded_subset(train, options.max_train_samples, options.seed)
     valid = seeded_subset(valid, options.max_eval_samples, options.seed)
     test = test and seeded_subset(test, options.max_eval_samples, options.seed)
-    return Splits(train=train, valid=valid, test=test, labels=[REGRESSION_LABEL], regression=True)
+    splits = Splits(train=train, valid=valid, test=test, labels=[REGRESSION_LABEL], regression=True)
+    # as a classifier needs two classes: one training row, or one value in every row, teaches no number
+    # (the spread the loss divides by is 0, and the model learns to say that value whatever the text)
+    distinct = np.unique(splits.train_targets())
+    if len(distinct) < 2:
+        what = ("no training row is left" if not len(distinct) else
+                f"the one training row has the target {distinct[0]:g}" if len(train) == 1 else
+                f"every training row has the target {distinct[0]:g}")
+        raise UserError(f"{train.name}: {what} (after the validation split): --regression needs targets that vary; "
+                        "check the label column (--label_column), or train on more rows")
+    return splits
 
 
 def _sources(options):

@@ -168,3 +168,21 @@ def test_regression_end_to_end(stsb, tiny_model, tmp_path, script, monkeypatch, 
     from transformers import pipeline
     scored = pipeline("text-classification", model=str(model_fn))({"text": pairs[0][0], "text_pair": pairs[0][1]})
     assert scored["score"] == pytest.approx(torch_numbers[0], abs=1e-3)
+
+
+@pytest.mark.parametrize("targets, message", [
+    (["5"] * 6, "every training row has the target 5 (after the validation split): --regression needs targets "
+                "that vary"),
+    (["3", "4"], "the one training row has the target 3"),
+])
+def test_targets_that_do_not_vary_are_refused(tmp_path, targets, message):
+    """Decided: as a classifier needs two classes, a regression needs two values to learn from (a constant
+    column trained silently, to a model that says that value whatever the text)."""
+    from conftest import data_options
+    from data_load import load_splits
+    from utils.errors import UserError
+    data = tmp_path / "scores.tsv"
+    data.write_text("".join(f"{target}\tsentence {i}\n" for i, target in enumerate(targets)), encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        load_splits(data_options(train_fn=str(data), regression=True))
+    assert str(refused.value).startswith(f"{data}: {message}"), str(refused.value)
