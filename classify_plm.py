@@ -22,7 +22,7 @@ import time
 from itertools import islice
 
 from batch.job import add_file_flags, check_file_flags
-from data_load.readers import split_pair
+from data_load.readers import LINE_PIECE, split_pair
 from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.load import load_classifier
 from options.parser import ArgumentParser, float_range, int_at_least
@@ -99,13 +99,16 @@ def check_threshold(args, multi_label):
 
 
 def read_lines(stream):
-    """Non-blank lines without their line ending; undecodable bytes become U+FFFD instead of stopping."""
+    """Non-blank lines without their line ending: \\n, \\r\\n or a lone \\r, as file mode and the training
+    readers end lines (data_load.readers.text_lines); undecodable bytes become U+FFFD instead of stopping."""
     for raw in stream:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "\ufffd")
-        if line.startswith("\ufeff"):
-            line = line[1:]
-        if line.strip():
-            yield line
+        text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        for line in LINE_PIECE.findall(text):
+            line = line.rstrip("\r\n")
+            if line.startswith("\ufeff"):
+                line = line[1:]
+            if line.strip():
+                yield line
 
 
 if __name__ == "__main__":

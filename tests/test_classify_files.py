@@ -196,6 +196,17 @@ def test_output_inside_the_input_directory_is_not_read_back(model, tmp_path, mon
         classify_files(monkeypatch, model, out / "part-00000.parquet", out)
 
 
+def test_a_lone_cr_ends_a_line_on_stdin_as_in_file_mode(model, tmp_path, monkeypatch):
+    """Decided: a lone \\r ends a line everywhere (file mode and the training readers read universal newlines;
+    stdin split at \\n only, so the same bytes were 4 texts in a file and 3 on stdin)."""
+    import io
+    data = b"first\rsecond\r\nthird\n\rfourth\n"
+    (tmp_path / "in.txt").write_bytes(data)
+    rows = classify_files(monkeypatch, model, tmp_path / "in.txt", tmp_path / "out", "--keep_columns")
+    assert [(row["line"], row["text"]) for row in rows] == [(1, "first"), (2, "second"), (3, "third"), (5, "fourth")]
+    assert list(classify_plm.read_lines(io.BytesIO(data))) == ["first", "second", "third", "fourth"]
+
+
 @pytest.mark.slow  # runs the real script, killed midway, in subprocesses
 def test_resume_after_sigkill(model, tmp_path, monkeypatch):
     """Two worker processes, SIGKILLed (the whole process group) once some shards are written; the same
