@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from batch.local_engine import LOCAL_DEFAULT_HELP, default_workers, classify_locally
+from batch.local_engine import LOCAL_DEFAULT_HELP, classify_locally, default_workers
 from batch.shard_work import ShardJob, part_path
 from data_load.shards import Columns, InputFile, Shard, expand_inputs, plan_input, stat_input
 from inference.load import check_backend_installed
@@ -29,6 +29,7 @@ from utils.errors import UserError, first_line, on_failure, require
 from utils.files import atomic_write
 from utils.log import log
 from utils.processes import close_lock, open_lock
+from utils.runtime import usable_cpus
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -165,7 +166,7 @@ def classify_files(args, saved):
             from batch.ray_engine import classify_on_ray
             classify_on_ray(job, pending, args.num_workers, args.ray_address, finished)
         else:
-            classify_locally(job, pending, args.num_workers or default_workers(), finished)
+            classify_locally(job, pending, local_workers(args.num_workers), finished)
         progress.close()
         for stale in output.glob(".part-*.tmp*"):  # a retried Ray task's leftovers
             stale.unlink()
@@ -181,6 +182,17 @@ def classify_files(args, saved):
 
     finally:
         close_lock(lock)  # the kernel would at exit; an in-process caller (the tests) needs it now
+
+
+def local_workers(asked):
+    """--num_workers for the local engine, at most one process per core, as training caps its tokenizing
+    workers: more wait on each other, each with its own copy of the model (64 on 2 cores ran 6x slower)."""
+    cores = usable_cpus()
+    if asked and asked > cores:
+        log.info(f"note: --num_workers {asked} is more than the {cores} cores here: {cores} worker processes")
+        return cores
+    return asked or default_workers()
+
 
 def model_identity(args, saved):
     """What the predictions depend on in the model directory: a digest of each file the chosen backend

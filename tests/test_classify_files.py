@@ -207,6 +207,17 @@ def test_a_lone_cr_ends_a_line_on_stdin_as_in_file_mode(model, tmp_path, monkeyp
     assert list(classify_plm.read_lines(io.BytesIO(data))) == ["first", "second", "third", "fourth"]
 
 
+def test_more_workers_than_cores_are_capped_with_a_note(model, tmp_path, monkeypatch, capsys):
+    """Decided: --num_workers above the cores runs one process per core, with a note (64 processes on 2 cores
+    ran 6x slower, each with its own model), as training caps its tokenizing workers."""
+    from utils.runtime import usable_cpus
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS[:20]) + "\n")
+    classify_files(monkeypatch, model, tmp_path / "in.txt", tmp_path / "out", "--num_workers", 64)
+    cores = usable_cpus()
+    assert (f"note: --num_workers 64 is more than the {cores} cores here: {cores} worker processes"
+            in capsys.readouterr().err)
+
+
 @pytest.mark.slow  # runs the real script, killed midway, in subprocesses
 def test_resume_after_sigkill(model, tmp_path, monkeypatch):
     """Two worker processes, SIGKILLed (the whole process group) once some shards are written; the same
