@@ -15,6 +15,7 @@ corpus"."""
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -108,6 +109,85 @@ class ShardClassifier:
 
 
 def classify_on_ray(job, pending, num_workers, address, finished):
+    """The pending shards classified on Ray, `finished(result, shard)` called as each is written.
+
+    Ray runs in a child process, the Ray driver, which this one (the job's driver: its lock, manifest and
+    progress) watches through a pipe. Ray's C++ core ends the process it runs in at once when the raylet
+    it talks to dies (exit status 1: no Python clean-up, not a word on stderr); in a child, that death is
+    this process's to report, in one line, with the finished shards kept for the rerun."""
+    import multiprocessing
+    by_index = {shard.index: shard for shard in pending}
+    # spawn, not fork: this process may hold onnxruntime's or torch's thread pools (batch/local_engine.py)
+    context = multiprocessing.get_context("spawn")
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_ray_driver, args=(job, pending, num_workers, address, sending, os.getpid()),
+                            name="ray-driver")
+    child.start()
+    sending.close()  # the child holds the only sending end: the pipe ends when the child does
+    error = None
+    try:
+        while True:
+            try:
+                kind, value = receiving.recv()
+            except EOFError:
+                break
+            if kind == "shard":
+                index, result = value
+                finished(result, by_index[index])
+            elif kind == "error":
+                error = value
+    except BaseException:  # Ctrl-C (the child ignores it) or SIGTERM: the child shuts Ray down and ends
+        child.terminate()
+        raise
+    finally:
+        receiving.close()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if error is not None:
+        raise UserError(error)
+    if child.exitcode != 0:
+        how = (f"was killed by {signal.Signals(-child.exitcode).name}" if child.exitcode < 0
+               else f"ended with exit status {child.exitcode}")
+        raise UserError(f"the Ray job stopped: its Ray driver process {how} before the job was done (Ray ends it "
+                        "so, without a word, when a Ray process it talks to dies: the raylet or the GCS, killed or "
+                        "out of memory)")
+
+
+def _ray_driver(job, pending, num_workers, address, sending, parent):
+    """The child process of classify_on_ray: joins or starts the cluster, runs the job, sends each finished shard
+    (or the one-line error) up the pipe."""
+    import threading
+
+    from utils.log import setup_logging
+    from utils.processes import die_with_parent
+    # our log lines go through tqdm.write, whose default lock is a multiprocessing semaphore: one in a process
+    # that Ray ends at once leaks, and the parent's exit warns about it
+    try:
+        import tqdm
+        tqdm.tqdm.set_lock(threading.RLock())
+    except ImportError:  # the torch-free install has no tqdm
+        pass
+    setup_logging(rank=0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    signal.signal(signal.SIGTERM, _interrupt)  # the parent stopping us: Ray is shut down on the way out
+    die_with_parent(parent)
+    try:
+        _run(job, pending, num_workers, address, lambda index, result: sending.send(("shard", (index, result))))
+    except UserError as error:
+        sending.send(("error", str(error)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sending.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run(job, pending, num_workers, address, finished):
     if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_found():
         # `ray start --head` (Ray 2.60) turns on token authentication and writes the token to
         # ~/.ray/auth_token, but a driver's ray.init leaves it off and is refused ("InvalidAuthToken");
@@ -135,7 +215,6 @@ def classify_on_ray(job, pending, num_workers, address, finished):
                  f"{len(pending)} shards")
         if not pending:
             return
-        by_index = {shard.index: shard for shard in pending}
         items = [{key: getattr(shard, key) for key in Shard.__dataclass_fields__} for shard in pending]
         shards = ray.data.from_items(items, override_num_blocks=len(items))
         # one shard a task and none queued behind a busy actor: shards take minutes, so a free actor
@@ -145,7 +224,7 @@ def classify_on_ray(job, pending, num_workers, address, finished):
                                      num_cpus=per_actor)
         try:
             for row in results.iter_rows():
-                finished({key: int(row[key]) for key in ("rows", "empty")}, by_index[int(row["shard"])])
+                finished(int(row["shard"]), {key: int(row[key]) for key in ("rows", "empty")})
         except Exception as error:
             user_error = _user_error(error)
             if user_error is not None:

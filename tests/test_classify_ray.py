@@ -99,3 +99,37 @@ def test_ray_engine_writes_what_the_local_engine_writes_even_when_an_actor_is_ki
     assert [row["text"] for row in rows] == [row["text"] for row in local]
     assert [row["score"] for row in rows] == pytest.approx([row["score"] for row in local], abs=1e-5)
     assert (out / "_SUCCESS").exists() and not list(out.glob(".part-*")), "the killed actor's part was cleaned up"
+
+
+def test_raylet_killed_mid_job_is_one_line_and_the_finished_shards_stay(model, tmp_path):
+    """The raylet of the local cluster the command starts, SIGKILLed once a shard is written: Ray's C++ core
+    ended the driver at once, exit status 1 and nothing on stderr. Now one line and exit code 2, the finished
+    shards kept for the rerun, and none of the run's processes left."""
+    import psutil
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS * 8) + "\n")  # 3,840 lines, 64 shards
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model), "--input_fn",
+                                str(corpus), "--output_fn", str(out), "--engine", "ray", "--num_workers", "2",
+                                "--shard_size", "60"], cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list(out.glob("part-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    started = psutil.Process(process.pid).children(recursive=True)
+    (raylet,) = [p for p in started if "raylet" in " ".join(p.cmdline())]
+    raylet.kill()
+    _, stderr = process.communicate(timeout=120)
+    done = len(list(out.glob("part-*")))
+    assert process.returncode == 2, stderr[-3000:]
+    # which comes first is a race: Ray's C++ core ending the Ray driver, or its Python side raising
+    last = stderr.splitlines()[-1]
+    assert last.startswith(("error: the Ray job stopped: its Ray driver process ended with exit status 1 before the "
+                            "job was done (Ray ends it so, without a word, when a Ray process it talks to dies: the "
+                            "raylet or the GCS", "error: the Ray job failed: ")), stderr[-3000:]
+    assert last.endswith(f"; the {done} finished shard(s) of 64 are kept in {out}: rerun the same command to classify "
+                         "the rest"), stderr[-3000:]
+    assert 0 < done < 64 and not (out / "_SUCCESS").exists()
+    psutil.wait_procs(started, timeout=30)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+

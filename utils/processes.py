@@ -60,19 +60,20 @@ def become_worker():
     die_with_parent()
 
 
-def die_with_parent():
-    """Ask the kernel to kill this process (started by start_worker) when its parent dies (Linux); exit
-    now if it already has."""
+def die_with_parent(parent=None, signum=signal.SIGKILL):
+    """Ask the kernel to send this process `signum` when its parent dies (Linux): SIGKILL for a worker
+    started by start_worker; the Ray driver child (batch/ray_engine.py), told its parent's pid, asks for
+    SIGTERM so that it shuts down the cluster it started. Exit now if the parent has already died."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    _exit_if_orphaned()  # the parent may have died before the line above: then nobody will kill us
+        libc.prctl(PR_SET_PDEATHSIG, signum)
+    _exit_if_orphaned(parent)  # the parent may have died before the line above: then nobody will signal us
 
 
-def _exit_if_orphaned():
+def _exit_if_orphaned(parent=None):
     """Exit if the parent has died (this process was adopted by another): the check where PR_SET_PDEATHSIG
     is missing (not Linux) or came too late."""
-    if os.getppid() != int(os.environ[PARENT_ENV]):
+    if os.getppid() != (parent or int(os.environ[PARENT_ENV])):
         os._exit(1)
 
 
