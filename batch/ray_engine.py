@@ -172,7 +172,9 @@ def _ray_driver(job, pending, num_workers, address, sending, parent):
     setup_logging(rank=0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     signal.signal(signal.SIGTERM, _interrupt)  # the parent stopping us: Ray is shut down on the way out
-    die_with_parent(parent)
+    # SIGTERM, not a worker's SIGKILL, when the job's driver dies (even by SIGKILL): Ray is shut down on the
+    # way out, the local cluster it started with it (the raylet's agents otherwise lingered 1-2 minutes)
+    die_with_parent(parent, signal.SIGTERM)
     try:
         _run(job, pending, num_workers, address, lambda index, result: sending.send(("shard", (index, result))))
     except UserError as error:

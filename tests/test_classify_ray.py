@@ -133,3 +133,25 @@ def test_raylet_killed_mid_job_is_one_line_and_the_finished_shards_stay(model, t
     psutil.wait_procs(started, timeout=30)
     assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
+
+def test_a_killed_driver_leaves_no_ray_process(model, tmp_path):
+    """Decided: SIGKILL of classify_plm.py mid-job takes the local cluster it started with it. Its Ray driver (a
+    child process) gets SIGTERM from the kernel and shuts Ray down; before, the raylet's agents lingered 1-2
+    minutes."""
+    import psutil
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS * 8) + "\n")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model), "--input_fn",
+                                str(corpus), "--output_fn", str(out), "--engine", "ray", "--num_workers", "2",
+                                "--shard_size", "60"], cwd=ROOT, env={**SCRIPT_ENV, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list(out.glob("part-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    started = psutil.Process(process.pid).children(recursive=True)
+    assert any("raylet" in " ".join(p.cmdline()) for p in started)
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline()[:2] for p in alive]
