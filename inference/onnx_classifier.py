@@ -12,12 +12,16 @@ from checkpoint.saved_model import TRAINING_ARGS, SavedModel, weights_digest
 from data_load.tokens import FastTokenizer
 from inference.classifier import Classifier, length_batches
 from utils.errors import UserError, first_line
+from utils.log import log
 from utils.runtime import threads_setting
 
 ONNX_FILES = {"none": "model.onnx", "int8": "model.int8.onnx"}  # by --quantize
 WEIGHTS_KEY = "finetune_plm.weights"  # ONNX metadata: checkpoint.saved_model.weights_digest of the exported weights
 # ONNX metadata: the temperature (--calibrate) the graph divides its logits by, as the torch classifier does
 TEMPERATURE_KEY = "finetune_plm.temperature"
+# ONNX metadata of an int8 export: how its activations are quantized. Exports from before it was recorded
+# scale each batch as a whole, so their labels can depend on the batch: the classifier says so
+ACTIVATIONS_KEY, PER_TOKEN = "finetune_plm.int8_activations", "per_token"
 
 
 def load_session(path):
@@ -46,6 +50,10 @@ def check_export_is_current(session, path, saved):
     if float(metadata.get(TEMPERATURE_KEY, 1.0)) != saved.temperature:
         raise UserError(f"{path}: exported with temperature {metadata.get(TEMPERATURE_KEY, 1.0)}, but {model_fn} has "
                         f"{saved.temperature}: export again with python export_plm.py --model_fn {model_fn}")
+    if path.name == ONNX_FILES["int8"] and metadata.get(ACTIVATIONS_KEY) != PER_TOKEN:
+        log.warning(f"{path}: an int8 export that quantizes each batch as a whole, so a text's label can depend on "
+                    f"the other texts in its batch: export again (python export_plm.py --model_fn {model_fn}) for "
+                    "one that gives the same answer in any batch")
     current = weights_digest(model_fn)
     if not current:  # a torch-free copy without the weights (README): nothing to compare with
         return

@@ -21,7 +21,8 @@ from checkpoint.run_dir import hold_model
 from checkpoint.saved_model import SavedModel, load_checkpoint, weights_digest
 from data_load import Example, TextClassificationCollator, TextClassificationDataset
 from data_load.tokens import FastTokenizer
-from inference.onnx_classifier import ONNX_FILES, TEMPERATURE_KEY, WEIGHTS_KEY, load_session
+from inference.onnx_classifier import (ACTIVATIONS_KEY, ONNX_FILES, PER_TOKEN, TEMPERATURE_KEY, WEIGHTS_KEY,
+                                      load_session)
 from utils.errors import UserError, first_line
 from utils.files import atomic_write
 
@@ -45,8 +46,8 @@ OPSET = 23
 # +-4) and to 2e-8 on 2-layer test models; a real mismatch (the TorchScript exporter's) is 0.02 and more.
 FP32_TOLERANCE = 1e-3
 # int8: quantization noise, measured as a share of the spread (max - min) of the fp32 logits on
-# VERIFY_TEXTS: 4% on MiniLM fine-tuned on emotion, 2-8% on the 2-layer test models. A broken graph
-# is off by about the whole spread.
+# VERIFY_TEXTS: 2-5% on MiniLM fine-tuned on emotion, 1-2% on the 2-layer test models (activations quantized
+# per token; per batch it was 4% and 2-8%). A broken graph is off by about the whole spread.
 INT8_TOLERANCE = 0.25
 
 
@@ -103,8 +104,9 @@ def _write_verified(model_fn, temporary, targets, log):
         raise UserError(f"{model_fn}: the ONNX export disagrees with the PyTorch model (max abs logit difference "
                         f"{difference:.3g} > {FP32_TOLERANCE:g}); refusing to write it")
     quantize_int8(temporary["none"], temporary["int8"])
-    for path in temporary.values():
-        record_metadata(path, {WEIGHTS_KEY: weights, TEMPERATURE_KEY: repr(saved.temperature)})
+    for quantize, path in temporary.items():
+        record_metadata(path, {WEIGHTS_KEY: weights, TEMPERATURE_KEY: repr(saved.temperature),
+                               **({ACTIVATIONS_KEY: PER_TOKEN} if quantize == "int8" else {})})
     difference, facts["int8"] = max_difference(temporary["int8"], inputs, reference)
     log(f"{targets['int8']}: {size_mb(temporary['int8'])} MB; max abs logit difference to PyTorch fp32 "
         f"{difference:.3f} ({difference / spread:.1%} of the logits' spread {spread:.2f}; tolerance "
@@ -124,7 +126,7 @@ def write_record(model_fn, targets, facts, torch_ms, n_sentences):
     rough figure, said as such on the card; docs/benchmarks.md has measured throughput."""
     import onnxruntime
     files = {os.path.basename(targets[quantize]): {
-        "precision": "fp32" if quantize == "none" else "int8 weights, dynamic activations",
+        "precision": "fp32" if quantize == "none" else "int8 weights, activations quantized per token",
         "size_mb": float(size_mb(targets[quantize])), **facts[quantize]} for quantize in ONNX_FILES}
     onnx_ms, int8_ms = facts["none"]["ms_per_batch"], facts["int8"]["ms_per_batch"]
     record = {
@@ -205,9 +207,16 @@ def export_fp32(model, arrays, path):
 
 
 def quantize_int8(source, target):
+    """int8: onnxruntime's dynamic quantization (quantize_dynamic_only), then activations quantized per row
+    (per_row_activations), as `--quantize int8` does in torch."""
+    quantize_dynamic_only(source, target)
+    per_row_activations(target)
+
+
+def quantize_dynamic_only(source, target):
     """onnxruntime's dynamic quantization: int8 weights with one scale per output channel, activations
-    quantized per batch at run time, as `--quantize int8` does in torch. On emotion (2,000 sentences,
-    MiniLM): per channel 88.8% accuracy and 98.5% agreement with fp32 (88.3%); one scale per tensor
+    quantized at run time with one scale per tensor (a whole batch: bench/int8_batches.py). On emotion (2,000
+    sentences, MiniLM): per channel 88.8% accuracy and 98.5% agreement with fp32 (88.3%); one scale per tensor
     87.5% and 96.8%. Quantizing the embedding matrix too (Gather, not only MatMul) shrank the file
     from 57 to 23 MB at the same agreement and speed. Not Attention: the quantizer takes opset 23's
     Attention for onnxruntime's own and writes a QAttention that fails to load."""
@@ -215,6 +224,80 @@ def quantize_int8(source, target):
     with quiet():
         quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gather"])
+
+
+def per_row_activations(path):
+    """Each DynamicQuantizeLinear of the quantized graph picks one scale for the whole activation tensor
+    (every text of the batch, padding included), so a text's label depended on the other texts in its
+    batch (bench/int8_batches.py). Here every row (token) gets its own: its largest magnitude / 127, the row
+    quantized with it (QuantizeLinear, one block per row, zero point 128: DynamicQuantizeLinear's range), and
+    each matmul fed by it becomes a MatMulIntegerToFloat of the same weights whose output rows are multiplied
+    back by their scales (the bias is added after that, by the graph's own Add). The same row gives the same
+    numbers in any batch."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(path)
+    graph = model.graph
+    consumers, producer = {}, {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        producer.update({name: node for name in node.output})
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+
+    def constant(name, value, dtype):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        return name
+    axes, one = constant("per_row_axes", [-1], np.int64), constant("per_row_one", 1.0, np.float32)
+    tiny = constant("per_row_tiny", 1e-30, np.float32)  # an all-zero row: no division by 0
+    step, zero_point = constant("per_row_step", 1 / 127, np.float32), constant("per_row_zero_point", 128, np.uint8)
+    replaced, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            continue
+        x, (quantized, scale, _) = node.input[0], node.output
+        matmuls = consumers.get(quantized, [])
+        if not matmuls or any(m.op_type != "MatMulInteger" for m in matmuls):
+            raise RuntimeError(f"{path}: {node.name} feeds {[m.op_type for m in matmuls]}, not MatMulInteger")
+        width = weights[matmuls[0].input[1]].dims[0]  # the row length: what one quantization block spans
+        p = f"{node.name}_per_row"
+        row_scale = f"{p}_scale"
+        replaced[node.name] = [  # |x| at most: max(max(x), -min(x)); one read each, no |x| written
+            helper.make_node("ReduceMax", [x, axes], [f"{p}_high"], name=f"{p}_high", keepdims=1),
+            helper.make_node("ReduceMin", [x, axes], [f"{p}_low"], name=f"{p}_low", keepdims=1),
+            helper.make_node("Neg", [f"{p}_low"], [f"{p}_minus_low"], name=f"{p}_minus_low"),
+            helper.make_node("Max", [f"{p}_high", f"{p}_minus_low", tiny], [f"{p}_max"], name=f"{p}_max"),
+            helper.make_node("Mul", [f"{p}_max", step], [row_scale], name=f"{p}_row_scale"),
+            helper.make_node("Shape", [row_scale], [f"{p}_shape"], name=f"{p}_shape"),
+            helper.make_node("ConstantOfShape", [f"{p}_shape"], [f"{p}_zero_point"], name=f"{p}_zero_point",
+                             value=numpy_helper.from_array(np.array([128], dtype=np.uint8))),
+            helper.make_node("QuantizeLinear", [x, row_scale, f"{p}_zero_point"], [quantized], name=f"{p}_q",
+                             axis=-1, block_size=width)]
+        for matmul in matmuls:  # MatMulInteger -> Cast -> Mul(Mul(this scale, the weights' scale)): quantize_dynamic's
+            cast = consumers[matmul.output[0]][0]
+            scaled = consumers[cast.output[0]][0]
+            scales = producer[next(name for name in scaled.input if name != cast.output[0])]
+            if (cast.op_type, scaled.op_type, scales.op_type) != ("Cast", "Mul", "Mul"):
+                raise RuntimeError(f"{path}: unexpected quantized graph after {matmul.name}")
+            weight_scale = next(name for name in scales.input if name != scale)
+            output = scaled.output[0]
+            dropped.update({cast.name, scaled.name, scales.name})
+            replaced[matmul.name] = [
+                helper.make_node("MatMulIntegerToFloat", [quantized, matmul.input[1], one, weight_scale, zero_point,
+                                                          matmul.input[3]], [f"{output}_per_row"],
+                                 name=f"{matmul.name}_per_row", domain="com.microsoft"),
+                helper.make_node("Mul", [f"{output}_per_row", row_scale], [output], name=f"{matmul.name}_row_scale")]
+    nodes = []
+    for node in graph.node:
+        if node.name in replaced:
+            nodes.extend(replaced[node.name])
+        elif node.name not in dropped:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, path)
 
 
 def record_metadata(path, values):
