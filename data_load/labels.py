@@ -137,9 +137,9 @@ def check_targets(split):
             number = _targets(chunk.slice(offset, 1))
             number = None if number is None else number[0].as_py()  # None: not a number, or an empty field
             if number is not None and np.isfinite(number):
-                raise located(split.name, line, f"label {text!r} is too large for --regression: the model computes in "
-                                                f"32-bit floats, so targets must lie within +-{MAX_TARGET_TEXT}; rescale "
-                                                "them (divide them by a power of ten, or take their logarithm)")
+                raise located(split.name, line, f"label {text!r} is too large for --regression: the model computes "
+                                                f"in 32-bit floats, so targets must lie within +-{MAX_TARGET_TEXT}; "
+                                                "rescale them (divide them by a power of ten, or take their logarithm)")
             raise located(split.name, line, f"label {text!r} is not a number: --regression reads one number a row "
                                             "(e.g. 3.8 or -1.5e3); fix the row, or choose the label column with "
                                             "--label_column")

@@ -210,7 +210,8 @@ def test_damaged_study_is_one_line_naming_the_way_out(tmp_path, tiny_model):
     before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
     message = (f"{partial / 'hp_study.db'}: the study of the interrupted search of {model_fn} is damaged (database "
                f"disk image is malformed), so the search cannot continue: delete {partial} to start it afresh "
-               f"({partial / 'trials' / 'trial-0'} holds the best finished trial's model: copy it out first to keep it)")
+               f"({partial / 'trials' / 'trial-0'} holds the best finished trial's model: copy it out first to keep "
+               "it)")
     result = run_script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", TRAIN,
                         "--pretrained_model_name", tiny_model, "--hp_search", 2, "--resume", check=False)
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")  # no "continue with --resume" after it

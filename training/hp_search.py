@@ -406,8 +406,9 @@ def check_steps(where, space, given):
         raise UserError(f"{where}: max_steps is in the space and {flag} on the command line, which it would "
                         f"override: give the number of steps in one place (drop {flag}, or max_steps from the space)")
     if "n_epochs" in space and ("max_steps" in space or "max_steps" in given):
-        raise UserError(f"{where}: n_epochs is in the space, but max_steps ({'in the space' if 'max_steps' in space else '--max_steps'}) "
-                        "replaces it, so every trial would run the same steps: drop n_epochs from the space")
+        steps = "in the space" if "max_steps" in space else "--max_steps"
+        raise UserError(f"{where}: n_epochs is in the space, but max_steps ({steps}) replaces it, so every trial "
+                        "would run the same steps: drop n_epochs from the space")
 
 
 def default_space(lr, given):
