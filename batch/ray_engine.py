@@ -46,11 +46,19 @@ def import_ray():
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 
+# A local cluster's object store holds the shards' descriptions and their counts (bytes each), not texts:
+# the default (30% of the memory) only made Ray reserve what it never used.
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+# What a local cluster leaves out, being one job's on one machine: the metrics exporter and the timeline
+# (no dashboard or Prometheus reads them) and usage reports; docs/benchmarks.md has the start-up and rate.
+LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False, "enable_timeline": False}
+
+
 def connect(ray, address):
     """Join the cluster at `address`, or start a local one sized to this machine. Returns whether this
     run started it (and so shuts it down)."""
-    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}}
-    options = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env=runtime_env)
+    worker_env = {"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    options = dict(logging_level=logging.ERROR, log_to_driver=False)
     if address and address != "auto":
         host, _, port = address.rpartition(":")
         if not host.split("://")[-1] or not port.isdigit():
@@ -65,9 +73,15 @@ def connect(ray, address):
     try:
         if address:
             with _quiet_stderr():  # Ray's C++ client prints a line a second while it retries
-                ray.init(address=address, **options)
+                ray.init(address=address, runtime_env={"env_vars": worker_env}, **options)
             return False
-        ray.init(num_cpus=usable_cpus(), include_dashboard=False, **options)
+        # A local cluster's workers inherit this process's environment (this is the Ray driver child,
+        # whose environment is its own): with no runtime_env, the workers Ray starts ahead with the driver
+        # host the actors, instead of new ones made after the runtime-env agent has prepared their env.
+        os.environ.update(worker_env)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=usable_cpus(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 _system_config=LOCAL_SYSTEM_CONFIG, **options)
         return True
     except (ConnectionError, RuntimeError, TimeoutError) as error:
         raise UserError(f"--ray_address {address}: cannot join the Ray cluster ({first_line(error)}): is a Ray "

@@ -11,9 +11,12 @@ depend on what the head learnt), exported to ONNX int8, on the same cores:
   file 2x1            --num_workers 2: two processes of one thread each
   ray 2x1             --engine ray --num_workers 2: a local Ray cluster, two actors of one thread
 Systems take turns for --repeats rounds (median shown, every round listed), so load from other jobs
-on a shared machine hits them alike. Lines/s are of the whole command (start-up included); start-up is the same
-command on a 1-line input; peak RSS is of the whole process tree (Ray's raylet, GCS and workers
-included), sampled every 50 ms. Memory flatness: file mode on --memory_lines against a tenth of
+on a shared machine hits them alike. Lines/s are of the whole command (start-up included). For file mode,
+start-up (launch to the first shard started) and the rate once running (lines over first shard started to
+last shard done) are apart, read from the part files as they appear (--shard_size 1000: 20 shards of
+20,000 lines); "1-line run s" is the whole command on a 1-line input. --baseline_root runs each Ray
+system of another checkout too ("ray 2x1 before"), in the same rounds. Peak RSS is of the whole
+process tree (Ray's raylet, GCS and workers included), sampled every 50 ms. Memory flatness: file mode on --memory_lines against a tenth of
 them, with a tiny 2-layer model (MiniLM would need ~30 min per million lines on 2 cores; what grows
 with the input is the reading and writing, not the model)."""
 import argparse
@@ -81,8 +84,11 @@ def save_checkpoint(directory, model, tokenizer, save_model):
                    stdout=subprocess.DEVNULL)
 
 
-def measure(command, stdin_path=None, env=None):
-    """(seconds, peak RSS of the process tree in MiB, stderr's last line)."""
+def measure(command, stdin_path=None, env=None, watch=None):
+    """(seconds, peak RSS of the process tree in MiB, stderr's last line, shard times). With `watch` (file
+    mode's --output_fn), shard times are (seconds from the command's start to the first shard started,
+    seconds to the last shard finished), seen from the part files: a shard's temporary part file appears as
+    it starts (batch/shard_work.py writes as it goes) and its part-NNNNN file when it is done."""
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     started = time.time()
     process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
@@ -92,7 +98,20 @@ def measure(command, stdin_path=None, env=None):
     reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
     reader.start()
     handle, peak = psutil.Process(process.pid), 0
+    first_started = last_done = None
+    done = 0
     while process.poll() is None:
+        if watch is not None:
+            try:
+                names = os.listdir(watch)
+            except FileNotFoundError:
+                names = []
+            now = time.time() - started
+            if first_started is None and any(name.startswith((".part-", "part-")) for name in names):
+                first_started = now
+            finished = sum(name.startswith("part-") for name in names)
+            if finished > done:
+                done, last_done = finished, now
         try:
             tree = [handle, *handle.children(recursive=True)]
             rss = 0
@@ -113,7 +132,7 @@ def measure(command, stdin_path=None, env=None):
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("classify:")]
     if process.returncode:
         sys.exit(f"{' '.join(map(str, command))} failed:\n{text[-3000:]}")
-    return elapsed, peak / 2**20, lines[-1] if lines else ""
+    return elapsed, peak / 2**20, lines[-1] if lines else "", (first_started, last_done)
 
 
 SYSTEMS = {
@@ -124,14 +143,18 @@ SYSTEMS = {
 }
 
 
-def run_system(name, model_fn, corpus_path, out_dir, env):
-    base = [sys.executable, str(ROOT / "classify_plm.py"), "--model_fn", str(model_fn), "--backend", "onnx",
+def run_system(name, model_fn, corpus_path, out_dir, env, baseline_root=None, shard_size=1000):
+    """One system's run; a name ending in " before" runs classify_plm.py of --baseline_root (another checkout)."""
+    root = Path(baseline_root) if name.endswith(" before") else ROOT
+    base = [sys.executable, str(root / "classify_plm.py"), "--model_fn", str(model_fn), "--backend", "onnx",
             "--quantize", "int8"]
     if name == "stdin":
         return measure(base, corpus_path, env)
     import shutil
     shutil.rmtree(out_dir, ignore_errors=True)
-    return measure([*base, "--input_fn", str(corpus_path), "--output_fn", str(out_dir), *SYSTEMS[name]], env=env)
+    flags = SYSTEMS[name.removesuffix(" before")]
+    return measure([*base, "--input_fn", str(corpus_path), "--output_fn", str(out_dir), "--shard_size",
+                    str(shard_size), *flags], env=env, watch=out_dir)
 
 
 def main():
@@ -139,6 +162,11 @@ def main():
     p.add_argument("--n_lines", type=int, default=200_000)
     p.add_argument("--memory_lines", type=int, default=1_000_000, help="0: no memory run")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--baseline_root", help="another checkout (the code before a change): each Ray system "
+                   "also runs as '<system> before' with its classify_plm.py, in the same rounds")
+    p.add_argument("--shard_size", type=int, default=1000,
+                   help="file mode's --shard_size: 20 shards of 20,000 lines, so the rate once running is "
+                        "measured over many shards, not one a worker")
     p.add_argument("--repeats", type=int, default=3, help="rounds; the table shows each system's median")
     p.add_argument("--work_dir", help="keep the models and corpora here between runs (default: a temporary directory)")
     args = p.parse_args()
@@ -148,6 +176,9 @@ def main():
     from common import machine
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     print(f"machine: {machine()}; commit {commit}\n")
+    systems = list(args.systems)
+    if args.baseline_root:
+        systems += [f"{name} before" for name in args.systems if name.startswith("ray")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -156,30 +187,44 @@ def main():
         path = work / f"corpus{args.n_lines}.txt"
         if not path.exists():
             corpus(path, args.n_lines)
-        runs = {name: [] for name in args.systems}
-        start_ups = {name: run_system(name, model_fn, one_line, work / "out", env)[0] for name in args.systems}
+        runs = {name: [] for name in systems}
+
+        def run(name, corpus_path):
+            return run_system(name, model_fn, corpus_path, work / "out", env, args.baseline_root, args.shard_size)
+        start_ups = {name: run(name, one_line)[0] for name in systems}
         for round_ in range(args.repeats):  # systems take turns, so a burst of load elsewhere hits them all alike
-            for name in args.systems:
-                runs[name].append(run_system(name, model_fn, path, work / "out", env))
-                print(f"round {round_ + 1}, {name}: {runs[name][-1][2]}", file=sys.stderr, flush=True)
+            for name in systems:
+                runs[name].append(run(name, path))
+                print(f"round {round_ + 1}, {name}: {runs[name][-1][2]} {runs[name][-1][3]}", file=sys.stderr,
+                      flush=True)
         rows = []
-        for name in args.systems:
+        for name in systems:
             seconds = median([run[0] for run in runs[name]])
             peak = max(run[1] for run in runs[name])
-            rows.append({"system": name, "lines": f"{args.n_lines:,}", "seconds": f"{seconds:.1f}",
-                         "lines/s": f"{args.n_lines / seconds:.0f}",
-                         "runs lines/s": " ".join(f"{args.n_lines / run[0]:.0f}" for run in runs[name]),
-                         "start-up s": f"{start_ups[name]:.1f}", "peak RSS MiB": f"{peak:.0f}",
-                         "_rate": args.n_lines / seconds})
+            row = {"system": name, "lines": f"{args.n_lines:,}", "seconds": f"{seconds:.1f}",
+                   "lines/s": f"{args.n_lines / seconds:.0f}",
+                   "runs lines/s": " ".join(f"{args.n_lines / run[0]:.0f}" for run in runs[name]),
+                   "1-line run s": f"{start_ups[name]:.1f}", "peak RSS MiB": f"{peak:.0f}",
+                   "_rate": args.n_lines / seconds}
+            shard_times = [run[3] for run in runs[name] if run[3][0] is not None and run[3][1] is not None]
+            if shard_times:  # file mode: start-up and the rate once the shards run, apart
+                row["start-up s"] = f"{median([first for first, _ in shard_times]):.1f}"
+                row["_marginal"] = median([args.n_lines / (last - first) for first, last in shard_times])
+                row["running lines/s"] = f"{row['_marginal']:.0f}"
+            rows.append(row)
         rates = {row["system"]: row["_rate"] for row in rows}
         best_local = max((rates[s] for s in ("file 1x2", "file 2x1") if s in rates), default=None)
+        marginal = {row["system"]: row["_marginal"] for row in rows if "_marginal" in row}
+        best_running = max((marginal[s] for s in ("file 1x2", "file 2x1") if s in marginal), default=None)
         for row in rows:
             if "stdin" in rates:
                 row["vs stdin"] = f"{row['_rate'] / rates['stdin']:.2f}x"
             if best_local:
                 row["vs best local"] = f"{row['_rate'] / best_local:.2f}x"
-        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs stdin", "vs best local", "runs lines/s",
-                           "start-up s", "peak RSS MiB"]))
+            if best_running and "_marginal" in row:
+                row["running vs best local"] = f"{row['_marginal'] / best_running:.2f}x"
+        print(table(rows, ["system", "lines", "seconds", "lines/s", "vs best local", "start-up s", "running lines/s",
+                           "running vs best local", "runs lines/s", "1-line run s", "peak RSS MiB"]))
         print(f"load average after: {os.getloadavg()[0]:.1f} (above 2.0: other jobs shared the cores)")
 
         if args.memory_lines:
@@ -190,7 +235,7 @@ def main():
                 if not path.exists():
                     corpus(path, n)
                 for name in ("file 2x1",):
-                    seconds, peak, _ = run_system(name, tiny_fn, path, work / "out", env)
+                    seconds, peak, _, _ = run_system(name, tiny_fn, path, work / "out", env, shard_size=10_000)
                     memory.append({"system": f"{name}, tiny model", "lines": f"{n:,}", "seconds": f"{seconds:.0f}",
                                    "lines/s": f"{n / seconds:.0f}", "peak RSS MiB": f"{peak:.0f}"})
             print()
