@@ -15,8 +15,12 @@ flat on any number of lines. Two backends give the same output: PyTorch (the def
 File mode, for a corpus of any size: `--input_fn corpus/ --output_fn predictions/` writes Parquet (or
 JSONL) shards with each row's line, label and score; rerunning the same command after an interruption
 classifies only the missing shards, and `--engine ray` spreads the shards over a Ray cluster
-(batch/job.py, README "Classify a corpus")."""
+(batch/job.py, README "Classify a corpus").
+
+--explain adds word attributions (inference/explain.py): stdin mode prints one JSON object a line,
+{"label": ..., "score": ..., "text": ..., "words": [[word, attribution], ...]}, file mode a `words` column."""
 import argparse
+import json
 import sys
 import time
 from itertools import islice
@@ -24,6 +28,7 @@ from itertools import islice
 from batch.job import add_file_flags, check_file_flags
 from data_load.readers import LINE_PIECE, split_pair
 from inference.classifier import ClassifierOptions, add_classifier_flags
+from inference.explain import add_explain_flags, explain_options, explainer_of
 from inference.load import load_classifier
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
@@ -47,6 +52,7 @@ def parse_args():
                              "(file mode: a `probabilities` column with every label's)")
     output.add_argument("--chunk_size", type=int_at_least(1), default=8192,
                         help="lines read, sorted and classified at a time")
+    add_explain_flags(p.add_argument_group("explain (README: Explain)"))
     add_file_flags(p)
     return p.parse_args()
 
@@ -54,12 +60,13 @@ def parse_args():
 def main():
     args = parse_args()
     check_file_flags(args)
+    explain = explain_options(vars(args), args.backend, args.quantize)  # None without --explain
     if args.input_fn:
         from batch import job as batch_job
         from checkpoint.saved_model import SavedModel
         saved = SavedModel.read(args.model_fn, ("config.json", "training_args.json"))
         check_threshold(args, saved.multi_label)
-        batch_job.classify_files(args, saved)  # the classifier is loaded where shards are classified
+        batch_job.classify_files(args, saved, explain)  # the classifier is loaded where shards are classified
         return
     classifier = load_classifier(ClassifierOptions.from_flags(vars(args)))
     labels = classifier.labels
@@ -70,13 +77,24 @@ def main():
                         f"drop {flag}")
     # a multi-label prediction's labels are joined as in the training data (names may hold spaces)
     joiner = classifier.label_separator if classifier.multi_label else " "
+    explainer = explainer_of(classifier, explain) if explain else None
 
     started, n_sentences = time.time(), 0
     lines = read_lines(sys.stdin.buffer)
     out = sys.stdout
     while chunk := list(islice(lines, args.chunk_size)):
-        prediction = classifier.predict([split_pair(line, classifier.pairs) for line in chunk], args.top_k,
-                                        args.threshold)  # None: the model's own threshold
+        items = [split_pair(line, classifier.pairs) for line in chunk]
+        prediction = classifier.predict(items, args.top_k, args.threshold)  # None: the model's own threshold
+        if explainer:  # the same labels and scores, with the words behind them, as JSON
+            words = explainer.explain_pairs(items, prediction.label_ids)
+            for i, item in enumerate(items):
+                out.write(json.dumps(explained(classifier, item, prediction.scores[i], prediction.label_ids[i],
+                                               words[i], prediction.probabilities[i] if args.with_prob else None,
+                                               single=not classifier.multi_label and not args.top_k),
+                                     ensure_ascii=False) + "\n")
+            out.flush()
+            n_sentences += len(chunk)
+            continue
         for line, row, ids in zip(chunk, prediction.scores, prediction.label_ids):
             if classifier.regression:  # the predicted number (the score of the one output)
                 out.write(f"{row[0]:.4f}\t{line}\n")
@@ -88,8 +106,24 @@ def main():
         out.flush()
         n_sentences += len(chunk)
     elapsed = time.time() - started
-    log.info(f"classified {n_sentences} sentences in {elapsed:.2f} s "
+    log.info(f"classified {'and explained ' * bool(explainer)}{n_sentences} sentences in {elapsed:.2f} s "
              f"({n_sentences / elapsed if elapsed else 0:.1f} sentences/s)")
+
+
+def explained(classifier, item, scores, ids, words, probabilities=None, single=True):
+    """One line's JSON object with --explain: label and score as file mode has them (lists for a multi-label model
+    or --top_k, the words then a list per label too), the text (and pair) and every word with its attribution."""
+    labels = classifier.labels
+    text, pair = item
+    answer = ({"label": labels[ids[0]], "score": float(scores[0])} if single else
+              {"label": [labels[i] for i in ids], "score": [float(score) for score in scores]})
+    answer["text"] = text
+    if pair is not None:
+        answer["text_pair"] = pair
+    answer["words"] = words[0] if single else words
+    if probabilities is not None:
+        answer["probabilities"] = {label: float(p) for label, p in zip(labels, probabilities)}
+    return answer
 
 
 def check_threshold(args, multi_label):

@@ -38,6 +38,9 @@ MANIFEST_FORMAT = 1
 # and the engine only change how fast, so a job started locally may be finished on Ray)
 OUTPUT_SETTINGS = ("backend", "quantize", "precision", "max_length", "top_k", "threshold", "with_prob",
                    "keep_columns", "text_column", "text_pair_column", "output_format", "shard_size")
+# --explain's settings (inference.explain.ExplainOptions.settings), recorded only when it is on: a manifest
+# written before the flag existed, or without it, has none of them, and resumes as it was
+EXPLAIN_SETTINGS = ("explain", "explain_method", "explain_steps")
 
 
 def add_file_flags(parser):
@@ -92,8 +95,9 @@ def check_file_flags(args):
                                          "--engine local")
 
 
-def classify_files(args, saved):
-    """Classify args.input_fn into args.output_fn; saved: the model's record (checkpoint.saved_model.SavedModel)."""
+def classify_files(args, saved, explain=None):
+    """Classify args.input_fn into args.output_fn; saved: the model's record (checkpoint.saved_model.SavedModel);
+    explain: inference.explain.ExplainOptions with --explain (a `words` column), else None."""
     started = time.time()
     output = Path(args.output_fn)
     columns = Columns(args.text_column, args.text_pair_column, args.keep_columns)
@@ -101,6 +105,8 @@ def classify_files(args, saved):
         raise UserError(f"--text_pair_column: {args.model_fn} was trained on single sentences, not pairs")
     sources = [stat_input(path, columns) for path in expand_inputs(args.input_fn, output)]
     settings = {key: getattr(args, key) for key in OUTPUT_SETTINGS}
+    if explain:
+        settings.update(explain.settings())
     if output.is_dir() and not (output / MANIFEST).exists() and any(
             p.name != ".lock" for p in output.iterdir()):
         raise UserError(f"--output_fn {output}: the directory holds files but no {MANIFEST}, so it is not the output "
@@ -145,7 +151,7 @@ def classify_files(args, saved):
 
         job = ShardJob(inputs=sources, columns=columns, output_dir=str(output), output_format=args.output_format,
                   settings=vars(args).copy(), labels=list(saved.labels), pairs=saved.pairs,
-                  single=not saved.multi_label and (args.top_k or 1) == 1)
+                  single=not saved.multi_label and (args.top_k or 1) == 1, explain=explain)
         done = {shard.index for shard in shards if part_path(job, shard.index).exists()}
         pending = [shard for shard in shards if shard.index not in done]
         n_lines = sum(shard.n_lines for shard in shards)
@@ -224,6 +230,9 @@ def _what_changed(previous, model, settings, sources, output):
     for key in OUTPUT_SETTINGS:
         if previous["settings"].get(key) != settings[key]:
             return f"with --{key} {previous['settings'].get(key)} (now {settings[key]})"
+    for key in EXPLAIN_SETTINGS:
+        if previous["settings"].get(key) != settings.get(key):
+            return f"with --{key} {previous['settings'].get(key)} (now {settings.get(key)})"
     recorded = [InputFile(**source) for source in previous["inputs"]]
     before, now = [source.path for source in recorded], [source.path for source in sources]
     if before != now:

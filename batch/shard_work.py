@@ -9,7 +9,7 @@ from pathlib import Path
 from data_load.shards import Columns, shard_examples
 from utils.files import atomic_write
 
-OUTPUT_COLUMNS = ("source", "line", "label", "score", "probabilities")
+OUTPUT_COLUMNS = ("source", "line", "label", "score", "probabilities", "words")
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ShardJob:
     labels: list
     pairs: bool
     single: bool  # one label a row: `label` a string and `score` a number (else lists)
+    explain: object = None  # inference.explain.ExplainOptions with --explain (a `words` column), else None
 
     def classifier_options(self):
         from inference.classifier import ClassifierOptions
@@ -47,6 +48,10 @@ def classify_shard(job, shard, classifier):
     examples = shard_examples(source, shard, job.columns, job.pairs, stats)
     settings = job.settings
     rows = 0
+    explainer = None
+    if job.explain:  # --explain: a `words` column (inference/explain.py)
+        from inference.explain import explainer_of
+        explainer = explainer_of(classifier, job.explain)
     # per process: a Ray task retried elsewhere may write the same shard while the first attempt still runs
     with atomic_write(part_path(job, shard.index), per_process=True) as temporary:
         writer = (ParquetPart if job.output_format == "parquet" else JsonlPart)(temporary, job, source)
@@ -54,7 +59,8 @@ def classify_shard(job, shard, classifier):
             # a pair model reads the pair (empty when the row has none); a single-sentence model never does
             items = [(example.text, (example.text_pair or "") if job.pairs else None) for example in chunk]
             prediction = classifier.predict(items, settings["top_k"], settings["threshold"])
-            writer.write(chunk, prediction.probabilities, prediction.scores, prediction.label_ids)
+            words = explainer.explain_pairs(items, prediction.label_ids) if explainer else None
+            writer.write(chunk, prediction.probabilities, prediction.scores, prediction.label_ids, words)
             rows += len(chunk)
         writer.close()
     return {"shard": shard.index, "rows": rows, "empty": stats.get("n_empty", 0)}
@@ -68,7 +74,7 @@ class Part:
         self.several = len(job.inputs) > 1
         self.kept = None  # input column -> output name, from the first row's record
 
-    def columns(self, chunk, probabilities, scores, ids):
+    def columns(self, chunk, probabilities, scores, ids, words=None):
         labels = self.job.labels
         columns = {}
         if self.several:
@@ -82,6 +88,8 @@ class Part:
             columns["score"] = [[float(s) for s in row] for row in scores]
         if self.job.settings["with_prob"]:
             columns["probabilities"] = probabilities
+        if words is not None:  # a list per printed label; one label a row: its list alone, as label and score
+            columns["words"] = [row[0] for row in words] if self.job.single else words
         if self.job.columns.keep:
             if self.kept is None:
                 names = self.source.columns or list(chunk[0].record)
@@ -102,9 +110,9 @@ class ParquetPart(Part):
             import pyarrow.parquet as pq
             self.input_schema = pq.read_schema(source.path)
 
-    def write(self, chunk, probabilities, scores, ids):
+    def write(self, chunk, probabilities, scores, ids, words=None):
         import pyarrow as pa
-        columns = self.columns(chunk, probabilities, scores, ids)
+        columns = self.columns(chunk, probabilities, scores, ids, words)
         arrays, names = [], []
         for name, values in columns.items():
             if name == "probabilities":
@@ -116,6 +124,11 @@ class ParquetPart(Part):
                 values = pa.array(values, pa.string() if self.job.single else pa.list_(pa.string()))
             elif name == "line":
                 values = pa.array(values, pa.int64())
+            elif name == "words":
+                values = pa.array([[{"word": w, "attribution": a} for w, a in row] for row in values]
+                                  if self.job.single else
+                                  [[[{"word": w, "attribution": a} for w, a in label] for label in row]
+                                   for row in values], words_type(self.job.single))
             elif self.input_schema is not None and name not in ("source",):
                 original = next(k for k, v in self.kept.items() if v == name)
                 values = pa.array(values, self.input_schema.field(original).type)
@@ -140,9 +153,19 @@ class ParquetPart(Part):
                 pa.field("line", pa.int64()),
                 pa.field("label", pa.string() if self.job.single else pa.list_(pa.string())),
                 pa.field("score", pa.float32() if self.job.single else pa.list_(pa.float32()))]
+            if self.job.explain:
+                fields.append(pa.field("words", words_type(self.job.single)))
             pq.write_table(pa.schema(fields).empty_table(), self.path)
             return
         self.writer.close()
+
+
+def words_type(single):
+    """Parquet's `words`: a list of {word, attribution} structs (JSONL: [word, attribution] pairs, as stdout has
+    them), a list of such lists for a multi-label model or --top_k."""
+    import pyarrow as pa
+    words = pa.list_(pa.struct([("word", pa.string()), ("attribution", pa.float32())]))
+    return words if single else pa.list_(words)
 
 
 class JsonlPart(Part):
@@ -150,8 +173,8 @@ class JsonlPart(Part):
         super().__init__(path, job, source)
         self.file = open(path, "w", encoding="utf-8")
 
-    def write(self, chunk, probabilities, scores, ids):
-        columns = self.columns(chunk, probabilities, scores, ids)
+    def write(self, chunk, probabilities, scores, ids, words=None):
+        columns = self.columns(chunk, probabilities, scores, ids, words)
         if "probabilities" in columns:
             columns["probabilities"] = [dict(zip(self.job.labels, map(float, row))) for row in probabilities]
         names = list(columns)
