@@ -16,6 +16,7 @@ import signal
 import socket
 
 from inference.classifier import ClassifierOptions, add_classifier_flags
+from inference.explain import Explainer, add_explain_flags, explain_options
 from inference.load import load_classifier
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error, require
@@ -49,6 +50,7 @@ def parse_args():
     server.add_argument("--max_chars", type=int_at_least(1), default=20000,
                         help="longest text (with its pair) in characters")
     server.add_argument("--access_log", action="store_true", help="log a line per request (uvicorn's access log)")
+    add_explain_flags(p.add_argument_group('explain (a request with "explain": true; README: Explain)'), switch=False)
     args = p.parse_args()
     if args.port > 65535:
         p.error(f"argument --port: {args.port} is out of range; expected a port number from 0 to 65535")
@@ -65,10 +67,12 @@ def main():
     import uvicorn
 
     from serving.app import create_app
+    explain = explain_options(vars(args), args.backend, args.quantize, switch=False)  # a request's defaults
     classifier = load_classifier(ClassifierOptions.from_flags(vars(args)))
+    explainer = Explainer(classifier, explain.method, explain.steps)
     sock = listen(args.host, args.port)
     app = create_app(classifier, args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_inputs,
-                     args.max_chars)
+                     args.max_chars, explainer)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     log.info(f"serving {args.model_fn} ({classifier.backend}{' int8' * (args.quantize == 'int8')}, "

@@ -37,7 +37,11 @@ CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection be
 
 
 def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, max_inputs=256, max_chars=20000,
-               body_timeout_s=BODY_TIMEOUT_S):
+               body_timeout_s=BODY_TIMEOUT_S, explainer=None):
+    """explainer: inference.explain.Explainer for {"explain": true} (None: built here with its defaults)."""
+    if explainer is None:
+        from inference.explain import Explainer
+        explainer = Explainer(classifier)
     metrics = Metrics()
     batcher = Batcher(classifier, max_batch_size, max_wait_ms, max_queue, metrics)
     limits = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
@@ -48,7 +52,8 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
             "long_text": classifier.long_text, "stride": classifier.stride, "window_pooling": classifier.window_pooling,
             **({"device": str(classifier.device), "precision": classifier.precision}
                if classifier.backend == "torch" else {}),
-            **limits, "versions": versions(classifier.backend)}
+            **limits, "versions": versions(classifier.backend),
+            "explain": {"method": explainer.method, "methods": list(explainer.methods), "steps": explainer.steps}}
     # A body holds at most max_inputs texts of max_chars (pairs twice), 4 bytes a character in UTF-8.
     max_body = max_inputs * 2 * max_chars * 4 + 65536
     page = PAGE.read_text(encoding="utf-8")
@@ -92,7 +97,16 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
         try:
             body = await read_body(request, max_body, body_timeout_s)
             parsed = parse_predict(body, classifier.pairs, max_inputs, max_chars)
+            method = explainer.method if parsed.explain is True else parsed.explain
+            if method and method not in explainer.methods:
+                raise BadRequest(422, "validation", f"explain: {method} is not possible on this server's backend "
+                                                    f"({classifier.backend}); it explains by "
+                                                    f"{', '.join(explainer.methods)}")
             prediction = await batcher.predict(parsed.items)
+            words = None
+            if method:  # in the model's one worker thread, after the batch that classified them
+                words = await asyncio.get_running_loop().run_in_executor(
+                    batcher.executor, explainer.explain_pairs, parsed.items, prediction.label_ids, method)
         except BadRequest as error:
             return refuse(error.status, error.error_type, str(error))
         except Overloaded as error:
@@ -108,7 +122,8 @@ def create_app(classifier, max_batch_size=64, max_wait_ms=5.0, max_queue=1024, m
             metrics.errors.labels("backend").inc()
             return json_response({"error": f"the model failed on this batch: {error}", "error_type": "backend"}, 500)
         values = prediction.logits if parsed.raw_scores else prediction.probabilities
-        results = [predictions(classifier.labels, values[i], prediction.probabilities[i], prediction.label_ids[i])
+        results = [predictions(classifier.labels, values[i], prediction.probabilities[i], prediction.label_ids[i],
+                               words[i] if words is not None else None)
                    for i in range(len(parsed.items))]
         metrics.inputs.inc(len(parsed.items))
         metrics.requests.labels("200").inc()

@@ -1,6 +1,6 @@
 """The /predict contract, as text-embeddings-inference's /predict has it.
 
-Request: {"inputs": ..., "raw_scores": false}
+Request: {"inputs": ..., "raw_scores": false, "explain": false}
   "a text"                          one input; the response is a list of {label, score}
   ["text", "pair"]                  one sentence pair (a model trained on pairs); as TEI reads it
   ["a", "b", "c"]                   a batch of texts (a model trained on single sentences)
@@ -8,6 +8,9 @@ Request: {"inputs": ..., "raw_scores": false}
 Every label comes back with its score, highest first (`raw_scores`: logits instead of probabilities),
 and `predicted` marks the labels classify_plm.py would print: the most probable one, or for a
 multi-label model every label at or above its threshold (the most probable when none is).
+"explain": true adds `words` to each predicted label: every word of the input (a pair: the text's, then the pair's)
+with its attribution towards that label, by the server's method (--explain_method); "integrated_gradients" or
+"occlusion" name the method instead (inference/explain.py).
 "truncate" is accepted for TEI clients: a text longer than the model's max length is handled as the model was
 trained (--long_text: truncated, head and tail, or sliding windows pooled into one prediction).
 
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FIELDS = ("inputs", "raw_scores", "truncate")
+FIELDS = ("inputs", "raw_scores", "truncate", "explain")
+EXPLAIN_METHODS = ("integrated_gradients", "occlusion")  # inference.explain.METHODS (kept torch- and numpy-light here)
 
 # OpenAPI (GET /docs): the body is parsed by hand (parse_predict) for exact one-line errors, so the
 # schema is written out here.
@@ -36,11 +40,17 @@ REQUEST_SCHEMA = {
         "truncate": {"type": "boolean", "default": True,
                      "description": "accepted for TEI clients; a text longer than the model's max length is "
                                     "handled as the model was trained (--long_text)"},
+        "explain": {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": list(EXPLAIN_METHODS)}], "default": False,
+                    "description": "word attributions for each predicted label (`words`): true for the server's "
+                                   "method (GET /info: explain), or a method's name"},
     },
 }
 PREDICTION_SCHEMA = {"type": "object", "properties": {
     "label": {"type": "string"}, "score": {"type": "number"},
-    "predicted": {"type": "boolean", "description": "a label classify_plm.py would print for this input"}}}
+    "predicted": {"type": "boolean", "description": "a label classify_plm.py would print for this input"},
+    "words": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "number"}]},
+              "description": "with explain, on predicted labels: every word of the input with its attribution "
+                             "towards this label (positive: towards it)"}}}
 RESPONSE_SCHEMA = {"oneOf": [{"type": "array", "items": PREDICTION_SCHEMA},
                              {"type": "array", "items": {"type": "array", "items": PREDICTION_SCHEMA}}]}
 
@@ -56,6 +66,7 @@ class PredictRequest:
     items: list  # (text, pair) pairs; pair None for a single-sentence model
     batch: bool  # the response is a list of lists
     raw_scores: bool
+    explain: object = False  # False, True (the server's method) or a method's name
 
 
 def parse_predict(body, pairs, max_inputs, max_chars):
@@ -77,6 +88,10 @@ def parse_predict(body, pairs, max_inputs, max_chars):
     for flag in ("raw_scores", "truncate"):
         if not isinstance(request.get(flag, False), bool):
             raise BadRequest(422, "validation", f"{flag} must be true or false, not {request[flag]!r}")
+    explain = request.get("explain", False)
+    if not isinstance(explain, bool) and explain not in EXPLAIN_METHODS:
+        raise BadRequest(422, "validation", f"explain must be true, false or one of {', '.join(EXPLAIN_METHODS)}, "
+                                            f"not {json.dumps(explain)[:60]}")
     items, batch = _items(request["inputs"], pairs)
     if len(items) > max_inputs:
         raise BadRequest(413, "validation", f"{len(items)} inputs in one request; at most {max_inputs} (--max_inputs)")
@@ -94,7 +109,7 @@ def parse_predict(body, pairs, max_inputs, max_chars):
         size = len(text) + len(pair or "")
         if size > max_chars:
             raise BadRequest(413, "validation", f"{where} has {size} characters; at most {max_chars} (--max_chars)")
-    return PredictRequest(items, batch, request.get("raw_scores", False))
+    return PredictRequest(items, batch, request.get("raw_scores", False), explain)
 
 
 def _items(inputs, pairs):
@@ -128,9 +143,15 @@ def _items(inputs, pairs):
     return items, True
 
 
-def predictions(labels, values, probabilities, chosen):
+def predictions(labels, values, probabilities, chosen, words=None):
     """Every label with its score (`values`: probabilities or logits), most probable first; `chosen`
-    (label ids) are marked predicted."""
+    (label ids) are marked predicted. words: with explain, one [[word, attribution], ...] per chosen label, in
+    the order of `chosen`, added to its label."""
+    explained = dict(zip(map(int, chosen), words)) if words is not None else {}
     chosen = set(chosen)
-    return [{"label": labels[j], "score": float(values[j]), "predicted": j in chosen}
-            for j in np.argsort(-probabilities, kind="stable")]
+    answer = []
+    for j in np.argsort(-probabilities, kind="stable"):
+        answer.append({"label": labels[j], "score": float(values[j]), "predicted": j in chosen})
+        if int(j) in explained:
+            answer[-1]["words"] = explained[int(j)]
+    return answer
