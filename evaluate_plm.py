@@ -6,7 +6,10 @@ table. Writes metrics.json, confusion_matrix.png, reliability_diagram.png and er
 highest-loss examples) into --output_fn, which appears only when all are written (a finished evaluation there is replaced only by a complete one).
 A regression model is scored by Pearson, Spearman, MSE and MAE, with prediction_scatter.png and the
 largest errors; long texts are handled as the model was trained unless --long_text says otherwise. The
-result is added to the model's card (README.md, from evaluations.json in the model directory)."""
+result is added to the model's card (README.md, from evaluations.json in the model directory).
+--explain explains every test row for the label the model printed (inference/explain.py): errors.tsv gets
+each wrong row's five strongest words, top_words.tsv and top_words.png each label's words of highest mean
+attribution."""
 import argparse
 from pathlib import Path
 
@@ -36,6 +39,8 @@ def parse_args():
     add_batch_flags(p.add_argument_group("batches"), batch_size=128)
     p.add_argument("--n_errors", type=int_at_least(0), default=50, help="highest-loss examples in errors.tsv")
     add_runtime_flags(p.add_argument_group("runtime"))
+    from inference.explain import add_explain_flags
+    add_explain_flags(p.add_argument_group("explain (README: Explain)"))
     return p.parse_args()
 
 
@@ -43,13 +48,16 @@ def main():
     args = parse_args()
     import dataclasses
 
+    from inference.explain import explain_options
+    explain = explain_options(vars(args), "torch")  # None without --explain
+
     from data_load import encode_split
     from data_load.lengths import model_max_length
     from data_load.readers import Labeling
     from data_load.splits import load_labelled
     from training.evaluation import evaluate_saved
     from scoring.report import (RELIABILITY_DIAGRAM, json_text, per_class_table, plot_confusion_matrix,
-                              plot_reliability, plot_scatter, write_errors)
+                              plot_reliability, plot_scatter, plot_top_words, write_errors, write_top_words)
     from checkpoint.model_card import evaluation_result, record_evaluation, refresh_model_card
     from checkpoint.saved_model import load_checkpoint
     from options.training_flags import flag_defaults
@@ -86,6 +94,18 @@ def main():
 
     result = evaluate_saved(model, tokenizer, saved, dataset, args.batch_size, device, precision, args.threshold, pooling)
     metrics = result["metrics"]
+    words = table = None
+    if explain:
+        from data_load.dataset import selected_column
+        from inference.explain import Explainer, explain_evaluation, loaded_model
+        texts = selected_column(dataset, "text").to_pylist()
+        # as the rows were tokenized: a pair column's missing pair is an empty one
+        pairs = ([pair or "" for pair in selected_column(dataset, "text_pair").to_pylist()]
+                 if "text_pair" in dataset.column_names else [None] * len(texts))
+        explainer = Explainer(loaded_model(tokenizer, model, saved, device, precision, max_length, long_text, stride,
+                                           pooling, args.batch_size), explain.method, explain.steps)
+        log.info(f"explaining {len(texts):,} examples ({explainer.method})")
+        words, table = explain_evaluation(explainer, list(zip(texts, pairs)), result)
 
     try:
         # an earlier evaluation there is replaced only by a complete one; per process: no lock keeps two
@@ -100,7 +120,10 @@ def main():
                 plot_scatter(result, tmp / "prediction_scatter.png")
             else:
                 plot_reliability(result, tmp / RELIABILITY_DIAGRAM)
-            write_errors(tmp / "errors.tsv", result, labels, args.n_errors)
+            write_errors(tmp / "errors.tsv", result, labels, args.n_errors, words)
+            if table is not None:
+                write_top_words(tmp / "top_words.tsv", table)
+                plot_top_words(table, tmp / "top_words.png")
     except OSError as error:
         raise UserError(f"--output_fn {output_dir}: cannot write the reports ({first_line(error)})") from None
 
@@ -109,11 +132,13 @@ def main():
         args.model_fn, evaluation_result(args.test_fn, split.digest, metrics, output_dir, args.model_fn)))
     print(f"{args.test_fn}: {metrics['n_examples']} examples\ntest: {summary_line(metrics)}\n{per_class_table(metrics)}")
     written = "metrics.json, errors.tsv" + (", confusion_matrix.png" if "confusion_matrix" in metrics else "") + (
-        ", prediction_scatter.png" if saved.regression else f", {RELIABILITY_DIAGRAM}")
+        ", prediction_scatter.png" if saved.regression else f", {RELIABILITY_DIAGRAM}") + (
+        ", top_words.tsv, top_words.png" if table is not None else "")
     log.info(f"\nwrote {written} to {output_dir}")
 
 
-REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png", "prediction_scatter.png", "reliability_diagram.png"}
+REPORTS = {"metrics.json", "errors.tsv", "confusion_matrix.png", "prediction_scatter.png", "reliability_diagram.png",
+           "top_words.tsv", "top_words.png"}
 
 
 def check_output_dir(output_dir, model_fn):

@@ -88,25 +88,31 @@ def write_report(directory, history, label_names, valid, test=None, n_errors=50)
             print(f"\n{split}: {summary_line(result['metrics'])}\n{per_class_table(result['metrics'])}")
 
 
-def write_errors(path, result, label_names, n):
-    """The n highest-loss examples, worst first: where mislabelled data and hard cases show up."""
+def write_errors(path, result, label_names, n, words=None):
+    """The n highest-loss examples, worst first: where mislabelled data and hard cases show up. words: {row:
+    text} for a last `words` column (evaluate_plm.py --explain: a wrong row's strongest words)."""
     if result["metrics"].get("multi_label"):
-        return write_multi_label_errors(path, result, label_names, n)
+        return write_multi_label_errors(path, result, label_names, n, words)
     if result["metrics"].get("regression"):
-        return write_regression_errors(path, result, n)
+        return write_regression_errors(path, result, n, words)
     labels = np.asarray(result["labels"])
     losses = example_losses(result["logits"], labels)
     probabilities = np.exp(log_softmax(result["logits"]))
     predictions = probabilities.argmax(axis=-1)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(["loss", "gold", "predicted", "p_gold", "text"])
+        writer.writerow(["loss", "gold", "predicted", "p_gold", "text"] + ["words"] * (words is not None))
         for i in np.argsort(-losses, kind="stable")[:n]:
             writer.writerow([f"{losses[i]:.4f}", label_names[labels[i]], label_names[predictions[i]],
-                             f"{probabilities[i, labels[i]]:.4f}", result["texts"][i]])
+                             f"{probabilities[i, labels[i]]:.4f}", result["texts"][i]] + _words(words, i))
 
 
-def write_multi_label_errors(path, result, label_names, n):
+def _words(words, i):
+    """errors.tsv's `words` cell of row i (none without --explain)."""
+    return [] if words is None else [words.get(int(i), "")]
+
+
+def write_multi_label_errors(path, result, label_names, n, words=None):
     """errors.tsv for multi-label examples: gold and predicted label sets (`, `-separated; `-` for none)."""
     gold = np.asarray(result["labels"])
     losses = binary_losses(result["logits"], gold)
@@ -116,21 +122,58 @@ def write_multi_label_errors(path, result, label_names, n):
         return ", ".join(label_names[j] for j in np.flatnonzero(row)) or "-"
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(["loss", "gold", "predicted", "text"])
+        writer.writerow(["loss", "gold", "predicted", "text"] + ["words"] * (words is not None))
         for i in np.argsort(-losses, kind="stable")[:n]:
-            writer.writerow([f"{losses[i]:.4f}", names(gold[i]), names(predicted[i]), result["texts"][i]])
+            writer.writerow([f"{losses[i]:.4f}", names(gold[i]), names(predicted[i]), result["texts"][i]]
+                            + _words(words, i))
 
 
-def write_regression_errors(path, result, n):
+def write_regression_errors(path, result, n, words=None):
     """errors.tsv for regression: the largest absolute errors first, gold and predicted numbers."""
     gold = np.asarray(result["labels"], dtype=np.float64)
     predicted = np.asarray(result["logits"], dtype=np.float64)[:, 0]  # evaluation() made them label units
     errors = np.abs(predicted - gold)
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(["abs_error", "gold", "predicted", "text"])
+        writer.writerow(["abs_error", "gold", "predicted", "text"] + ["words"] * (words is not None))
         for i in np.argsort(-errors, kind="stable")[:n]:
-            writer.writerow([f"{errors[i]:.4f}", f"{gold[i]:.4g}", f"{predicted[i]:.4f}", result["texts"][i]])
+            writer.writerow([f"{errors[i]:.4f}", f"{gold[i]:.4g}", f"{predicted[i]:.4f}", result["texts"][i]]
+                            + _words(words, i))
+
+
+def write_top_words(path, table):
+    """top_words.tsv (evaluate_plm.py --explain): per label, its words by mean attribution. table: {label:
+    [(word, mean attribution, count)]}."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(["label", "rank", "word", "mean_attribution", "count"])
+        for label, words in table.items():
+            for rank, (word, mean, count) in enumerate(words, 1):
+                writer.writerow([label, rank, word, f"{mean:.4g}", count])
+
+
+def plot_top_words(table, path, n=10):
+    """A panel per label: its n words of highest mean attribution, as horizontal bars (a quick look at what
+    each class leans on, shortcuts included)."""
+    plt = _pyplot()
+    labels = [label for label, words in table.items() if words]
+    if not labels:
+        labels = list(table)[:1]
+    columns = min(3, max(1, len(labels)))
+    rows = -(-len(labels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 0.32 * n * rows + 1.2 * rows), dpi=100,
+                             squeeze=False)
+    for ax in axes.ravel()[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.ravel(), labels):
+        words = table.get(label, [])[:n][::-1]
+        ax.barh([w for w, _, _ in words], [m for _, m, _ in words], color="#1a9641")
+        ax.set_title(str(label), fontsize=10)
+        ax.tick_params(labelsize=8)
+    fig.suptitle("Words with the highest mean attribution, by predicted label")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_scatter(result, path):
