@@ -430,6 +430,33 @@ def chromium_path():
     return None
 
 
+def check_explain_switch(page, server, lines):
+    """With Explain on, each line is shown again under its predicted label, every word of it coloured by the
+    attribution /predict gives it: green towards the label, red against it, the strongest the most opaque."""
+    page.fill("#inputs", "\n".join(lines))
+    page.check("#explain")
+    page.click("#classify")
+    page.wait_for_selector(".result >> nth=1 >> .why")
+    assert page.is_visible("#legend")
+    answers = server.post(lines, explain=True)[2]
+    for result, line, answer in zip(page.query_selector_all(".result"), lines, answers):
+        [why] = result.query_selector_all(".why")  # one predicted label, one explanation
+        assert why.get_attribute("data-label") == "positive" and why.text_content() == "why positive:" + line
+        words = next(p["words"] for p in answer if p["predicted"])
+        spans = why.query_selector_all(".word")
+        assert [span.text_content() for span in spans] == [word for word, _ in words]
+        shown = []
+        for span in spans:
+            colour = span.evaluate("e => getComputedStyle(e).backgroundColor")
+            r, g, b, alpha = (float(x) for x in re.match(r"rgba?\(([\d.]+), ([\d.]+), ([\d.]+)(?:, ([\d.]+))?\)",
+                                                         colour).groups(default="1"))
+            attribution = float(span.get_attribute("data-attribution"))
+            assert (g > r) if attribution > 0 else (r > g) if attribution < 0 else alpha == 0
+            shown.append((abs(attribution), alpha))
+        assert max(shown)[1] == pytest.approx(0.85, abs=0.01)  # the strongest word the most opaque
+        assert any(a > 0 for a, _ in shown)
+
+
 @pytest.mark.slow  # starts the real server and a browser
 def test_the_page_in_a_real_browser(models):
     """Chromium types two lines into the page, clicks Classify and reads the predicted labels off the bars;
@@ -465,6 +492,7 @@ def test_the_page_in_a_real_browser(models):
             page.fill("#inputs", "   ")
             page.click("#classify")
             assert page.text_content("#error") == "Type a text first."
+            check_explain_switch(page, server, lines)
             browser.close()
     finally:
         code, stderr = server.stop()
