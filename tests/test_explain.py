@@ -26,7 +26,8 @@ def models(tmp_path_factory):
     """Single-label, pair, multi-label (label 1 always passes its threshold of 0.0, label 0 never its 1.0) and
     regression tiny BERTs."""
     root = tmp_path_factory.mktemp("explain")
-    out = {"single": tiny_checkpoint(root / "single", "bert"), "pair": tiny_checkpoint(root / "pair", "bert", pairs=True)}
+    out = {"single": tiny_checkpoint(root / "single", "bert"),
+           "pair": tiny_checkpoint(root / "pair", "bert", pairs=True)}
     multi = tiny_checkpoint(root / "multi", "bert")
     edit_json(multi / "config.json", problem_type="multi_label_classification")
     edit_json(multi / "training_args.json", threshold=[1.0, 0.0])
@@ -194,7 +195,8 @@ def test_classify_prints_json_and_the_same_labels_and_scores(models, monkeypatch
                                  "--with_prob")
     answer = json.loads(out[0])
     assert answer["label"] == ["positive", "negative"] or answer["label"] == ["negative", "positive"]
-    assert len(answer["score"]) == len(answer["words"]) == 2 and set(answer["probabilities"]) == {"negative", "positive"}
+    assert len(answer["score"]) == len(answer["words"]) == 2
+    assert set(answer["probabilities"]) == {"negative", "positive"}
 
     out, _ = classify_in_process(monkeypatch, capsys, models["pair"], ["The lamp broke.\tIt works"], "--explain")
     answer = json.loads(out[0])
