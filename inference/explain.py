@@ -249,22 +249,32 @@ class Explainer:
         self.encoder = WordEncoder(self.saved.path, classifier.max_length, classifier.long_text, classifier.stride)
         self.batch_size = classifier.batch_size
         self.max_batch_tokens = classifier.max_batch_tokens
+        self.gradients_ready = False
         if classifier.backend == "torch":
             self.uses_types = "token_type_ids" in classifier.tokenizer.model_input_names
             if self.method == INTEGRATED_GRADIENTS:
-                require(["captum"], "--explain_method integrated_gradients",
-                        "pip install -r requirements/explain.txt (make setup installs it), or use occlusion")
-                import captum.attr  # noqa: F401  imported now (a second) rather than in a server's first request
-                # Only the embedding layer's output needs a gradient: without the weights' gradients the
-                # backward pass does about half the work.
-                for parameter in classifier.model.parameters():
-                    parameter.requires_grad_(False)
+                self.prepare_gradients()  # now (a second) rather than in a server's first request
+
+    def prepare_gradients(self):
+        """captum imported, and the model's weights set to need no gradient: only the embedding layer's output
+        needs one, and without the weights' gradients the backward pass does about half the work."""
+        if self.gradients_ready:
+            return
+        require(["captum"], "--explain_method integrated_gradients",
+                "pip install -r requirements/explain.txt (make setup installs it), or use occlusion")
+        import captum.attr  # noqa: F401
+        for parameter in self.classifier.model.parameters():
+            parameter.requires_grad_(False)
+        self.gradients_ready = True
 
     @property
     def methods(self):
-        """The methods this backend can run (the server accepts these per request)."""
-        torch_gradients = self.classifier.backend == "torch" and getattr(self.classifier, "quantize", "none") != "int8"
-        return METHODS if torch_gradients else (OCCLUSION,)
+        """The methods this backend can run (the server accepts these per request): integrated gradients on torch
+        without --quantize int8, where captum is installed; occlusion everywhere."""
+        import importlib.util
+        gradients = (self.classifier.backend == "torch" and getattr(self.classifier, "quantize", "none") != "int8"
+                     and importlib.util.find_spec("captum") is not None)
+        return METHODS if gradients else (OCCLUSION,)
 
     def explain(self, items, label_ids, method=None):
         """For each (text, pair) item: ([word, ...], [[attribution per word] for each of its label ids]).
@@ -392,6 +402,7 @@ class Explainer:
         logit's difference to the baseline; with_delta only, as it costs two more forward passes]), in order.
         Inputs of similar length share a pass of at most IG_TOKENS padded tokens, all steps counted."""
         import torch
+        self.prepare_gradients()
         from captum.attr import LayerIntegratedGradients
 
         classifier = self.classifier
