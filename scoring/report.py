@@ -161,7 +161,7 @@ def plot_top_words(table, path, n=10):
         labels = list(table)[:1]
     columns = min(3, max(1, len(labels)))
     rows = -(-len(labels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 0.32 * n * rows + 1.2 * rows), dpi=100,
+    fig, axes = plt.subplots(rows, columns, figsize=(max(6.0, 4.2 * columns), 0.32 * n * rows + 1.2 * rows), dpi=100,
                              squeeze=False)
     for ax in axes.ravel()[len(labels):]:
         ax.axis("off")
@@ -170,7 +170,8 @@ def plot_top_words(table, path, n=10):
         ax.barh([w for w, _, _ in words], [m for _, m, _ in words], color="#1a9641")
         ax.set_title(str(label), fontsize=10)
         ax.tick_params(labelsize=8)
-    fig.suptitle("Words with the highest mean attribution, by predicted label")
+        ax.set_xlabel("mean attribution", fontsize=8)
+    fig.suptitle("Words of highest mean attribution, by predicted label", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
