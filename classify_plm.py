@@ -90,7 +90,7 @@ def main():
             for i, item in enumerate(items):
                 out.write(json.dumps(explained(classifier, item, prediction.scores[i], prediction.label_ids[i],
                                                words[i], prediction.probabilities[i] if args.with_prob else None,
-                                               single=not classifier.multi_label and not args.top_k),
+                                               single=not classifier.multi_label and (args.top_k or 1) == 1),
                                      ensure_ascii=False) + "\n")
             out.flush()
             n_sentences += len(chunk)

@@ -191,6 +191,8 @@ def test_classify_prints_json_and_the_same_labels_and_scores(models, monkeypatch
             assert [w for w, _ in answer["words"]] == [text[s:e] for s, e in word_spans(text)]
             assert all(isinstance(a, float) for _, a in answer["words"])
 
+    out, _ = classify_in_process(monkeypatch, capsys, models["single"], REVIEWS[:1], "--explain", "--top_k", 1)
+    assert isinstance(json.loads(out[0])["label"], str)  # one label a line: no lists, as in file mode
     out, _ = classify_in_process(monkeypatch, capsys, models["single"], REVIEWS[:2], "--explain", "--top_k", 2,
                                  "--with_prob")
     answer = json.loads(out[0])
