@@ -167,7 +167,9 @@ def plot_top_words(table, path, n=10):
         ax.axis("off")
     for ax, label in zip(axes.ravel(), labels):
         words = table.get(label, [])[:n][::-1]
-        ax.barh([w for w, _, _ in words], [m for _, m, _ in words], color="#1a9641")
+        # the page's colours: towards the label green, against it red
+        ax.barh([w for w, _, _ in words], [m for _, m, _ in words],
+                color=["#1a9641" if m >= 0 else "#d73027" for _, m, _ in words])
         ax.set_title(str(label), fontsize=10)
         ax.tick_params(labelsize=8)
         ax.set_xlabel("mean attribution", fontsize=8)
