@@ -4,6 +4,8 @@ than words picked at random, and what does explaining cost?
     python bench/explain.py            # ~15 minutes on 2 cores (+5 to fine-tune the model the first time); writes
                                        # its section of docs/accuracy.md (bench/accuracy.py keeps it)
     python bench/explain.py --quick    # 40 lines, a tiny training run: proves it runs; keeps nothing
+    python bench/explain.py --lines 100 --repeats 1 --steps 20,15,10 --parts faithfulness,speed
+                                       # a smaller study (a few minutes): what --explain_steps buys; keeps nothing
 
   model            finetune_plm_native.py, default flags (all-MiniLM-L6-v2), on a seeded 4,000 lines of emotion's
                    train.txt (bench/distill.py's teacher), kept in --model_fn and reused when it is there
@@ -13,6 +15,9 @@ than words picked at random, and what does explaining cost?
                    averaged over the lines. Higher: the words named matter more to the model. Beside it
                    sufficiency, the drop when only those words are kept (lower: they alone carry the decision).
   random           the same number of words removed at random, 5 seeds (mean and spread)
+  completeness     integrated gradients: |attributions' sum - (the label's logit - the baseline's)| over
+                   |the label's logit - the baseline's|, per line (captum's convergence delta): median and 90th
+                   percentile; it shrinks with more steps
   speed            classify_plm.py on the 300 lines, with and without --explain (seconds after the model is
                    loaded, as the summary line reports them; median of 3), torch fp32 and onnx fp32
   page latency     serve_plm.py (torch): one sentence a request, as the page's Explain switch sends it, 40
@@ -20,6 +25,7 @@ than words picked at random, and what does explaining cost?
 Words are removed from the text itself (the words between them closed up), then the text is classified as
 classify_plm.py would: the same tokenizer, the same forward pass."""
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -34,13 +40,13 @@ from pathlib import Path
 
 from common import ROOT, emotion, git_commit, machine, median, require_shared, table, write_section, write_tsv
 
+from inference.explain import DEFAULT_STEPS
+
 N_TRAIN, N_LINES, SHARE, SEEDS = 4000, 300, 0.2, 5
-# (name, method, --explain_steps): faithfulness measured on torch (onnx's occlusion gives the same numbers, a test
-# checks); integrated gradients also at 10 steps, half the cost, to show what the steps buy
-METHODS = [("integrated_gradients", "integrated_gradients", 20), ("integrated_gradients, 10 steps",
-           "integrated_gradients", 10), ("occlusion", "occlusion", None)]
-SPEED_SYSTEMS = [("torch", "integrated_gradients", 20), ("torch", "integrated_gradients", 10),
-                 ("torch", "occlusion", None), ("onnx", "occlusion", None)]
+# integrated gradients' --explain_steps measured (faithfulness on torch; onnx's occlusion gives the same numbers, a
+# test checks): the default and 20, to show what the steps buy
+STEPS = (DEFAULT_STEPS, 20) if DEFAULT_STEPS != 20 else (20, 10)
+PARTS = ("faithfulness", "speed", "page")
 TARGETS = ("each method's comprehensiveness at least 2x random removal's; one sentence explained on the page in under "
            "0.5 s (p50, torch); explaining a corpus at least 1/30 of plain classification's speed")
 
@@ -52,21 +58,33 @@ def main():
     p.add_argument("--model_fn", default=str(ROOT / "models" / "bench" / "explain-emotion"),
                    help="the fine-tuned model: trained here unless it is there already")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lines", type=int, default=N_LINES, help="validation lines explained (a study of fewer keeps "
+                                                              "nothing)")
+    p.add_argument("--repeats", type=int, default=3, help="classify_plm.py runs a speed (the median)")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)),
+                   help="integrated gradients' --explain_steps to measure, comma-separated (another choice than the "
+                        "default keeps nothing)")
+    p.add_argument("--parts", default=",".join(PARTS), help="what to measure, comma-separated, of " + ", ".join(PARTS))
     args = p.parse_args()
     require_shared()
+    steps = [int(n) for n in args.steps.split(",")]
+    parts = args.parts.split(",")
+    full = (not args.quick and args.lines == N_LINES and args.repeats == 3 and steps == list(STEPS)
+            and parts == list(PARTS))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         model_fn = Path(tmp) / "model" if args.quick else Path(args.model_fn)
-        result = run(model_fn, Path(tmp), args.quick, env)
-    section = render(result)
-    print(section)
+        n_train, n_lines, repeats = (200, 40, 1) if args.quick else (N_TRAIN, args.lines, args.repeats)
+        result = run(model_fn, Path(tmp), n_train, n_lines, repeats, steps, parts, env)
     print(json.dumps(result), file=sys.stderr)
-    if not args.quick:
+    if full:
+        section = render(result)
+        print(section)
         write_section(ROOT / "docs" / "accuracy.md", "explain", section)
 
 
-def run(model_fn, tmp, quick, env):
-    n_train, n_lines, repeats = (200, 40, 1) if quick else (N_TRAIN, N_LINES, 3)
+def run(model_fn, tmp, n_train, n_lines, repeats, steps, parts, env):
+    quick = n_train < N_TRAIN
     if not (model_fn / "model.safetensors").exists():
         rows = emotion("train")
         order = random.Random(0).sample(range(len(rows)), len(rows))
@@ -80,9 +98,12 @@ def run(model_fn, tmp, quick, env):
     result = {"commit": git_commit(), "machine": machine(), "model": f"MiniLM fine-tuned on {n_train:,} lines of "
               f"emotion train.txt", "lines": len(texts), "share": SHARE, "seeds": SEEDS, "repeats": repeats}
     os.environ.update({key: env[key] for key in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM")})
-    result["faithfulness"] = faithfulness(model_fn, texts)
-    result["speed"] = speed(model_fn, texts, env, repeats)
-    result["page"] = page_latency(model_fn, texts[:40], env)
+    if "faithfulness" in parts:
+        result["faithfulness"] = faithfulness(model_fn, texts, steps)
+    if "speed" in parts:
+        result["speed"] = speed(model_fn, texts, env, repeats, steps)
+    if "page" in parts:
+        result["page"] = page_latency(model_fn, texts[:40], env)
     return result
 
 
@@ -94,22 +115,27 @@ def script(command, env, **kwargs):
     return done
 
 
-def faithfulness(model_fn, texts):
-    """{method: {comprehensiveness, sufficiency}} and random removal's, each a mean over the lines."""
+def faithfulness(model_fn, texts, steps):
+    """{method: {comprehensiveness, sufficiency}} and random removal's, each a mean over the lines; integrated
+    gradients' completeness too."""
+    import numpy as np
+
     import classify_plm
+    from inference.classifier import ClassifierOptions
     from inference.explain import Explainer, word_spans
     from inference.load import load_classifier
     sys.argv = ["classify_plm.py", "--model_fn", str(model_fn)]  # the classifier classify_plm.py builds
-    classifier = load_classifier(classify_plm.parse_args())
+    classifier = load_classifier(ClassifierOptions.from_flags(vars(classify_plm.parse_args())))
     items = [(text, None) for text in texts]
-    _, probabilities, _, ids = classifier.predict(items)
+    prediction = classifier.predict(items)
+    probabilities, ids = prediction.probabilities, prediction.label_ids
     label = [row[0] for row in ids]
     full = [probabilities[i][label[i]] for i in range(len(items))]
     spans = [word_spans(text) for text in texts]
     k = [max(1, round(SHARE * len(s))) for s in spans]
 
     def probability_of(kept_texts):
-        _, p, _, _ = classifier.predict([(text, None) for text in kept_texts])
+        p = classifier.predict([(text, None) for text in kept_texts]).probabilities
         return [p[i][label[i]] for i in range(len(kept_texts))]
 
     def scores(chosen):
@@ -121,15 +147,24 @@ def faithfulness(model_fn, texts):
                 float(statistics.mean(f - o for f, o in zip(full, only))))
 
     out = {}
-    for name, method, steps in METHODS:
+    methods = [(f"integrated_gradients, {n} steps", "integrated_gradients", n) for n in steps]
+    for name, method, n_steps in methods + [("occlusion", "occlusion", None)]:
+        explainer = Explainer(classifier, method, n_steps or DEFAULT_STEPS)
         started = time.perf_counter()
-        explained = Explainer(classifier, method, steps or 20).explain(items, ids)
+        explained = explainer.explain(items, ids)
         seconds = time.perf_counter() - started
         chosen = [set(sorted(range(len(rows[0])), key=lambda j: -rows[0][j])[:k[i]])
                   for i, (_, rows) in enumerate(explained)]
         comprehensiveness, sufficiency = scores(chosen)
         out[name] = {"backend": "torch", "comprehensiveness": round(comprehensiveness, 4),
                      "sufficiency": round(sufficiency, 4), "seconds": round(seconds, 1)}
+        if method == "integrated_gradients":  # each line's one input (emotion's lines fit one window)
+            inputs = [explainer.encoder.encode(text).inputs[0] for text in texts]
+            values, deltas = explainer.token_attributions(inputs, label, with_delta=True)
+            errors = np.array([abs(d) / max(abs(v.sum() - d), 1e-6) for v, d in zip(values, deltas)])
+            out[name]["completeness_p50"] = round(float(np.median(errors)), 4)
+            out[name]["completeness_p90"] = round(float(np.percentile(errors, 90)), 4)
+            out[name]["within_5%"] = round(float((errors <= 0.05).mean()), 4)
         print(f"{name}: comprehensiveness {comprehensiveness:.4f}", file=sys.stderr, flush=True)
     runs = []
     for seed in range(SEEDS):
@@ -147,7 +182,7 @@ def keep(text, spans, kept):
     return " ".join(text[s:e] for j, (s, e) in enumerate(spans) if j in kept)
 
 
-def speed(model_fn, texts, env, repeats):
+def speed(model_fn, texts, env, repeats, steps):
     """Sentences per second of classify_plm.py on the lines, plain and with --explain, per backend and method."""
     def rate(*flags):
         seconds = []
@@ -158,12 +193,14 @@ def speed(model_fn, texts, env, repeats):
         return round(len(texts) / median(seconds), 1)
     plain = {backend: rate("--backend", backend) for backend in ("torch", "onnx")}
     out = {}
-    for backend, method, steps in SPEED_SYSTEMS:
-        flags = ["--explain_method", method, *(["--explain_steps", steps] if steps else [])]
+    systems = ([("torch", "integrated_gradients", n) for n in steps] + [("torch", "occlusion", None)]
+               + [("onnx", "occlusion", None)])
+    for backend, method, n_steps in systems:
+        flags = ["--explain_method", method, *(["--explain_steps", n_steps] if n_steps else [])]
         explained = rate("--backend", backend, "--explain", *flags)
         name = " ".join(map(str, ["--backend", backend, *flags]))
         out[name] = {"plain": plain[backend], "explained": explained, "ratio": round(explained / plain[backend], 4),
-                     "default_steps": steps in (None, 20)}
+                     "default_steps": n_steps in (None, DEFAULT_STEPS)}
         print(f"{name}: {explained} explained/s, plain {plain[backend]}/s", file=sys.stderr, flush=True)
     return out
 
@@ -218,16 +255,20 @@ def render(result):
     rows = [{"attribution": method.replace("_", " "),
              "comprehensiveness": f"{run['comprehensiveness']:.4f}",
              "x random": f"{run['comprehensiveness'] / random_comp:.2f}" if random_comp > 0 else "-",
-             "sufficiency": f"{run['sufficiency']:.4f}", "seconds": f"{run['seconds']:.1f}"}
+             "sufficiency": f"{run['sufficiency']:.4f}", "seconds": f"{run['seconds']:.1f}",
+             "completeness error p50 / p90": (f"{run['completeness_p50']:.1%} / {run['completeness_p90']:.1%}"
+                                              if "completeness_p50" in run else "-")}
             for method, run in faithful.items() if method != "random"]
     rows.append({"attribution": f"random words ({result['seeds']} seeds)",
                  "comprehensiveness": f"{random_comp:.4f} ± {faithful['random']['comprehensiveness_sd']:.4f}",
-                 "x random": "1.00", "sufficiency": f"{faithful['random']['sufficiency']:.4f}", "seconds": "-"})
+                 "x random": "1.00", "sufficiency": f"{faithful['random']['sufficiency']:.4f}", "seconds": "-",
+                 "completeness error p50 / p90": "-"})
     speed_rows = [{"classify_plm.py --explain": name,
                    "plain sentences/s": f"{run['plain']:.1f}", "explained sentences/s": f"{run['explained']:.1f}",
                    "ratio": f"1/{1 / run['ratio']:.1f}" if run["ratio"] else "-"} for name, run in speeds.items()]
     ratios = {method: run["comprehensiveness"] / random_comp if random_comp > 0 else float("inf")
-              for method, run in faithful.items() if method in ("integrated_gradients", "occlusion")}
+              for method, run in faithful.items()
+              if method in (f"integrated_gradients, {DEFAULT_STEPS} steps", "occlusion")}
     verdict = [", ".join(f"{method.replace('_', ' ')} {ratio:.2f}x random{'' if ratio >= 2 else ' (NO)'}"
                          for method, ratio in ratios.items()),
                f"page p50 {page['explain']['p50']:.3f} s{'' if page['explain']['p50'] < 0.5 else ' (NO)'}",
