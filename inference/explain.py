@@ -5,7 +5,7 @@ Two methods, as practitioners know them from captum and transformers-interpret:
   integrated_gradients  (torch backend) captum's LayerIntegratedGradients on the word-embedding layer:
                         the gradients of the printed label's logit integrated along the straight line from a
                         baseline (the text's word pieces replaced by the padding token, its special tokens
-                        kept, as in captum's BERT tutorial) to the text, --explain_steps points (20) of
+                        kept, as in captum's BERT tutorial) to the text, --explain_steps points (15) of
                         captum's default Gauss-Legendre rule, several texts a pass. Completeness: a text's
                         attributions sum to its logit minus the baseline's logit. Unit: logits.
   occlusion             (both backends, so the torch-free ONNX path explains too) each word removed in turn
@@ -40,7 +40,11 @@ from utils.errors import UserError, first_line, require
 
 INTEGRATED_GRADIENTS, OCCLUSION = "integrated_gradients", "occlusion"
 METHODS = (INTEGRATED_GRADIENTS, OCCLUSION)
-DEFAULT_STEPS = 20
+# Integrated gradients' points on the path: 15 explains a corpus within the issue's 1/30 of plain classification's
+# speed, which 20 missed (each step a forward and a backward pass), and ranks the words as 20 and 10 do
+# (comprehensiveness); more steps only bring the attributions' sum closer to the logit difference (completeness).
+# Figures: docs/benchmarks.md, "Explaining".
+DEFAULT_STEPS = 15
 # Texts explained at a time: occlusion holds a variant per word of each, so a chunk of 8,192 lines would
 # hold some 150,000 token lists at once.
 EXPLAIN_CHUNK = 256
