@@ -236,21 +236,23 @@ def page_latency(model_fn, texts, env):
         server.wait(timeout=60)
 
 
-# What the measured rows say (commit e32fa0e's run; edit when the study is run again)
+# What the measured rows say (commit e32fa0e's run, at 20 and 10 steps; edit when the study is run again)
 NOTE = """Both methods name words that matter: removing a line's top 20% words by either drops the printed label's
 probability by 0.61-0.67 on average, 5-5.5x as much as removing as many random words (0.12). Sufficiency says the
 same from the other side: those words alone keep the prediction (a drop of 0.00) where random ones lose half of it
 (0.51): on emotion a label hangs on a word or two ("feel", "alone", "unwanted"). Integrated gradients ranked a
 little better than occlusion, which judges each word alone: with two words that each suffice for the label,
 removing either moves the probability little, so neither ranks first. 10 steps of integrated gradients ranked as
-well as 20 here; what steps buy is sums closer to the logit difference (completeness; not measured here, the
-tests hold 20 steps to 5% on a tiny model).
+well as 20 here; what steps buy is sums closer to the logit difference (completeness: a median error of 33% at
+10 steps, 12% at 15, 4.8% at 20 on 100 of these lines, docs/benchmarks.md, "Explaining").
 
-Cost: integrated gradients at the default 20 steps run each text forward and backward through the model 20 times
-(the backward costs about as much as the forward), about 40 forward passes' work against classification's one,
-so 1/34.5 of plain classification's speed: the 1/30 target is missed at the default. `--explain_steps 10`
-(1/21.1, as faithful on this measure) and occlusion (a pass per word: 1/17.2 torch, 1/18.2 onnx) meet it. One
-sentence on the page is explained in 0.24 s (p50, integrated gradients), within the 0.5 s target."""
+Cost: integrated gradients at 20 steps run each text forward and backward through the model 20 times (the
+backward costs about as much as the forward), about 40 forward passes' work against classification's one, so
+1/34.5 of plain classification's speed here (against a warm corpus rate 1/44: docs/benchmarks.md, "Explaining"):
+the 1/30 target was missed at what was then the default, and the default became 10 steps (1/27.5 against the
+warm rate, as faithful on this measure; the sums further from the logit difference, see there). Occlusion (a
+pass per word) meets it on both backends. One sentence on the page is explained in 0.24 s (p50, integrated
+gradients at 20 steps), within the 0.5 s target."""
 
 
 def render(result):

@@ -5,9 +5,10 @@ Two methods, as practitioners know them from captum and transformers-interpret:
   integrated_gradients  (torch backend) captum's LayerIntegratedGradients on the word-embedding layer:
                         the gradients of the printed label's logit integrated along the straight line from a
                         baseline (the text's word pieces replaced by the padding token, its special tokens
-                        kept, as in captum's BERT tutorial) to the text, --explain_steps points (15) of
+                        kept, as in captum's BERT tutorial) to the text, --explain_steps points (10) of
                         captum's default Gauss-Legendre rule, several texts a pass. Completeness: a text's
-                        attributions sum to its logit minus the baseline's logit. Unit: logits.
+                        attributions sum to its logit minus the baseline's logit, up to the integration's
+                        error, which more steps shrink. Unit: logits.
   occlusion             (both backends, so the torch-free ONNX path explains too) each word removed in turn
                         (its word pieces left out of the input), every variant of every text in one
                         length-sorted batched pass; a word's attribution is the drop in the printed label's
@@ -40,11 +41,11 @@ from utils.errors import UserError, first_line, require
 
 INTEGRATED_GRADIENTS, OCCLUSION = "integrated_gradients", "occlusion"
 METHODS = (INTEGRATED_GRADIENTS, OCCLUSION)
-# Integrated gradients' points on the path: 15 explains a corpus within the issue's 1/30 of plain classification's
-# speed, which 20 missed (each step a forward and a backward pass), and ranks the words as 20 and 10 do
-# (comprehensiveness); more steps only bring the attributions' sum closer to the logit difference (completeness).
-# Figures: docs/benchmarks.md, "Explaining".
-DEFAULT_STEPS = 15
+# Integrated gradients' points on the path: 10 explains a corpus within the issue's 1/30 of plain classification's
+# speed (each step is a forward and a backward pass; 15 and 20 missed it) and ranks the words as 15 and 20 do
+# (comprehensiveness); more steps bring the attributions' sum closer to the logit difference (completeness), so
+# raise --explain_steps when the sums matter. Figures: docs/benchmarks.md, "Explaining".
+DEFAULT_STEPS = 10
 # Texts explained at a time: occlusion holds a variant per word of each, so a chunk of 8,192 lines would
 # hold some 150,000 token lists at once.
 EXPLAIN_CHUNK = 256
