@@ -72,7 +72,7 @@ def main():
     explainer = Explainer(classifier, explain.method, explain.steps)
     sock = listen(args.host, args.port)
     app = create_app(classifier, args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_inputs,
-                     args.max_chars, explainer)
+                     args.max_chars, explainer=explainer)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     log.info(f"serving {args.model_fn} ({classifier.backend}{' int8' * (args.quantize == 'int8')}, "
