@@ -95,7 +95,7 @@ def main():
     train_set, teacher_valid = teacher_targets(distill, options, run, unlabelled)
     n_unlabelled = len(unlabelled) if unlabelled else 0
     run = dataclasses.replace(run, train_set=train_set, n_train_texts=run.n_train_texts + n_unlabelled,
-                              schedule=training_schedule(len(train_set), options.schedule, run.context.world_size))
+                              schedule=training_schedule(len(train_set), run.settings, run.context.world_size))
 
     soft_weight, temperature = distill.soft_weight, distill.temperature
     hard = f"{1 - soft_weight:g} x the labels' {'binary ' if run.splits.multi_label else ''}cross-entropy"
@@ -124,6 +124,10 @@ def check_flags(args, teacher):
     if args.hp_search:
         raise UserError("--hp_search: distill_plm.py trains one student; search a teacher's flags with "
                         "finetune_plm_native.py/_hf.py --hp_search, then distil the winner")
+    if args.lora_r is not None:
+        # the student is a new, smaller model (layers cut from the teacher): it needs every weight to train
+        raise UserError("--lora_r: distill_plm.py trains its student in full; train LoRA adapters with "
+                        "finetune_plm_native.py/_hf.py --lora_r")
     if teacher.regression or args.regression:
         raise UserError(f"{'--regression' if args.regression else args.teacher_fn + ' is a regression model'}: "
                         "distillation here is for classifiers (single- or multi-label)")

@@ -74,11 +74,13 @@ def start_at_label_odds(model, log_odds):
 
 
 def output_layer(model):
-    """The classification head's last Linear layer (BERT's `classifier`, RoBERTa's `classifier.out_proj`)."""
+    """The classification head's last Linear layer (BERT's `classifier`, RoBERTa's `classifier.out_proj`); of
+    a LoRA model, the copy that trains (peft keeps the original beside it)."""
     import torch
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return [module for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
-            and not name.startswith(model.base_model_prefix + ".")][-1]
+            and not name.startswith(model.base_model_prefix + ".") and "original_module" not in name][-1]
 
 
 def output_in_label_units(model, scale):

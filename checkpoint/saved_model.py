@@ -196,8 +196,12 @@ def weights_digest(model_fn):
 
 
 def save_model(directory, model, tokenizer, training_args):
-    """Weights as safetensors, config with label names, tokenizer, and the record of how it was trained."""
+    """Weights as safetensors, config with label names, tokenizer, and the record of how it was trained. A
+    LoRA model: its adapter in adapter/, the weights with it merged in (checkpoint.lora)."""
+    from checkpoint.lora import is_lora, save_lora_model
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if is_lora(model):
+        model = save_lora_model(directory, model)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (Path(directory) / TRAINING_ARGS).write_text(json.dumps(training_args, indent=2, ensure_ascii=False) + "\n")

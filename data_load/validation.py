@@ -23,11 +23,13 @@ def split_indices(label_codes, ratio, seed, n_rows=None):
     except ValueError:
         # Some class has a single example (or the split is too small to hold each class):
         # fall back to an unstratified split rather than refusing to train.
-        log.warning("cannot stratify the validation split (too few examples of some class); splitting at random")
+        log.warning("cannot stratify the validation split (too few examples of some class); splitting at random, "
+                    "so some class may be missing from validation: give a held-out file with --valid_fn")
         try:
             return train_test_split(positions, test_size=ratio, random_state=seed)
         except ValueError as error:
-            raise UserError(f"cannot split off {ratio:.0%} for validation: {error}") from None
+            raise UserError(f"cannot split off {ratio:.0%} for validation: {error}; give a held-out file with "
+                            "--valid_fn") from None
 
 
 def stratified_split(codes, ratio, seed):

@@ -32,7 +32,7 @@ CLASS_WEIGHT_HELP = ("weight each class's loss: `balanced` (n_examples / (n_clas
 # is scored on the same validation inputs, and the test set is encoded once), and the default space,
 # lr as factors of --lr (default: by model width). training/hp_search.py searches them.
 SEARCHABLE = ("lr", "n_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "weight_decay",
-              "warmup_ratio", "max_grad_norm", "early_stopping_patience")
+              "warmup_ratio", "max_grad_norm", "early_stopping_patience", "lora_r")
 DEFAULT_SPACE = {"lr": {"low": 0.25, "high": 2.0, "log": True}, "n_epochs": {"low": 2, "high": 5},
                  "batch_size": {"choices": [16, 32, 64]}, "warmup_ratio": {"low": 0.0, "high": 0.2},
                  "weight_decay": {"low": 0.0, "high": 0.1}}
@@ -63,6 +63,15 @@ class TrainingArgumentParser(ArgumentParser):
         stride_error = check_stride(parsed.stride, parsed.max_length)
         if stride_error:
             self.error(stride_error)
+        lora_flags = [f"--{name}" for name in ("lora_alpha", "lora_dropout", "lora_target_modules")
+                      if getattr(parsed, name) is not None]
+        if lora_flags and parsed.lora_r is None:
+            self.error(f"{', '.join(lora_flags)}: LoRA is off; add --lora_r R (e.g. 8) to train adapters, or drop them")
+        if parsed.lora_r is not None and parsed.freeze_encoder:
+            self.error("--freeze_encoder trains the head alone, --lora_r adapters and the head: drop one of them")
+        if parsed.lora_target_modules is not None and not [name for name in parsed.lora_target_modules.split(",")
+                                                           if name.strip()]:
+            self.error("--lora_target_modules: no layer names; give them comma-separated, e.g. query,value")
         if (parsed.hp_space or parsed.hp_storage) and not parsed.hp_search:
             self.error("--hp_space and --hp_storage are for a hyperparameter search: add --hp_search N")
         try:  # a tracker or the Hub's package missing: one line before anything runs
@@ -136,6 +145,23 @@ def add_model_flags(p):
                        help="add characters of the training data the tokenizer cannot represent "
                             "(e.g. Hangul for an English model) to its vocabulary; auto: only when more than "
                             "5%% of the training words are unknown to it")
+    add_lora_flags(p)
+
+
+def add_lora_flags(p):
+    lora = p.add_argument_group("LoRA (low-rank adapters, with peft)")
+    lora.add_argument("--lora_r", type=int_at_least(1), default=None, metavar="R",
+                      help="train low-rank adapters of rank R on the encoder (LoRA, Hu et al. 2021) and the "
+                           "classification head in full, instead of every weight; saves model.safetensors with the "
+                           "adapter merged in (loads like any other model) and the adapter alone in adapter/. "
+                           "Default: off")
+    lora.add_argument("--lora_alpha", type=float_above(0), default=None,
+                      help="LoRA scaling numerator (the update is scaled by alpha / r); default: 2 x --lora_r")
+    lora.add_argument("--lora_dropout", type=float_range(0, 1, high_open=True), default=None,
+                      help="dropout on the adapters' input; default: 0.1")
+    lora.add_argument("--lora_target_modules", default=None, metavar="NAME,NAME",
+                      help="comma-separated names of the linear layers that get adapters; default by model family: "
+                           "query,value (BERT, RoBERTa, XLM-R, ELECTRA, ALBERT), q_lin,v_lin (DistilBERT)")
 
 
 def add_training_flags(p):
@@ -145,6 +171,11 @@ def add_training_flags(p):
                        help="stop after this many optimizer steps (overrides --n_epochs; the learning-rate "
                             "schedule spans these steps), as TrainingArguments.max_steps")
     train.add_argument("--batch_size", type=int_at_least(1), default=32, help="samples per step per device")
+    train.add_argument("--few_shot", choices=["auto", "on", "off"], default="auto",
+                       help="the schedule for a small training set: batches of 8 and enough epochs for about 200 "
+                            "optimizer steps, in place of --batch_size and --n_epochs left at their defaults; auto: "
+                            "for single-label data with at most 64 training examples per class (docs/accuracy.md, "
+                            "Few labels)")
     train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     train.add_argument("--lr", type=float_above(0), default=None,
                        help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "
@@ -219,7 +250,8 @@ def add_search_flags(p):
                              "the command line is left out of it. --resume continues a killed search")
     search.add_argument("--hp_space", metavar="FILE.json",
                         help="replaces the default space: a JSON object naming flags (" + ", ".join(SEARCHABLE) +
-                             ') as {"low": 1e-5, "high": 1e-4, "log": true}, {"choices": [16, 32]} or one value')
+                             ') as {"low": 1e-5, "high": 1e-4, "log": true}, {"choices": [16, 32]} or one value; '
+                             '{"lora_r": {"choices": [4, 8, 16]}} searches the LoRA rank (each trial trains adapters)')
     search.add_argument("--hp_storage", metavar="URL",
                         help="the study in this Optuna RDB storage (e.g. postgresql://user@host/db) instead of SQLite "
                              "in the model directory: machines that run the same command share its trials, about N "
@@ -242,6 +274,10 @@ class ModelOptions:
     window_pooling: str
     freeze_encoder: bool
     extend_vocab: str
+    lora_r: int | None  # None: every weight trains (checkpoint.lora)
+    lora_alpha: float | None  # None: 2 x lora_r
+    lora_dropout: float | None  # None: 0.1
+    lora_target_modules: str | None  # comma-separated; None: by model family
 
 
 @dataclass(frozen=True)
@@ -256,6 +292,7 @@ class ScheduleOptions:
     warmup_ratio: float
     max_grad_norm: float
     class_weight: str | None
+    few_shot: str  # auto, on, off (training.few_shot)
     group_by_length: bool  # not --no_group_by_length
     seed: int
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from checkpoint.lora import trained_share
 from checkpoint.model_card import write_model_card
 from checkpoint.pretrained import output_in_label_units
 from checkpoint.run_dir import commit_run, partial_dir
@@ -30,7 +31,9 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
               **({CALIBRATION_KEY: valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
-              "data": data_record(splits), "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+              "trained_parameters": trained_share(model)[0], "all_parameters": trained_share(model)[1],
+              "data": data_record(splits), "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              **(extra or {})}
     if run.regression_scale is not None:  # the saved model outputs the number itself (checkpoint.pretrained)
         output_in_label_units(model, run.regression_scale)
     try:

@@ -30,7 +30,8 @@ def train(options, run, trainer_name, loss_fn):
     unweighted, as in the native loop), then save the run (training.finish.save_run); options: the run's
     TrainingOptions (options.training_flags)."""
     context, device, precision = run.context, run.device, run.precision
-    settings, eval_options, run_options = options.schedule, options.evaluation, options.run
+    # the schedule flags as used (run.settings: --few_shot's recipe may have set some, training.few_shot)
+    settings, eval_options, run_options = run.settings, options.evaluation, options.run
     model_fn = run_options.model_fn
 
     training_args = TrainingArguments(

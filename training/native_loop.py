@@ -32,7 +32,8 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     `record` added to its training_args.json; options: the run's TrainingOptions (options.training_flags);
     plan_notes: lines added to the printed plan."""
     context, device, precision, model, schedule = run.context, run.device, run.precision, run.model, run.schedule
-    settings, eval_options, run_options = options.schedule, options.evaluation, options.run
+    # the schedule flags as used (run.settings: --few_shot's recipe may have set some, training.few_shot)
+    settings, eval_options, run_options = run.settings, options.evaluation, options.run
     model_fn, accumulation = run_options.model_fn, settings.gradient_accumulation_steps
 
     init_process_group(context, device)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from checkpoint.lora import add_lora, trained_share
 from checkpoint.pretrained import load_pretrained_model, load_tokenizer
 from checkpoint.resume import check_resume_matches, run_fingerprint
 from checkpoint.run_dir import check_inputs_kept, check_output, lock_output
@@ -16,6 +17,7 @@ from data_load.lengths import clamp_max_length, model_max_length
 from data_load.long_text import check_stride, default_stride
 from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
 from scoring.metrics import best_metric_problem
+from training.few_shot import few_shot_schedule, is_few_shot
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
@@ -52,6 +54,8 @@ class Prepared:
     test_set: object | None
     fingerprint: dict  # what a --resume of this run must share with it
     class_weights: np.ndarray | None  # --class_weight resolved, in class-id order
+    settings: object = None  # ScheduleOptions as used: the flags', with the few-shot recipe where it applies
+    few_shot: dict | None = None  # the flags the few-shot recipe set ({flag: value}); None: it did not apply
     long_text: str = "truncate"  # --long_text as used (sentence pairs: truncate)
     stride: int | None = None  # sliding: --stride resolved
     window_pooling: str = "mean"
@@ -63,15 +67,20 @@ class Prepared:
         """Flags as actually used, for training_args.json (checkpoint.saved_model.SavedModel reads them)."""
         return {"pretrained_model_name": self.model_name, "lr": self.lr, "max_length": self.max_length,
                 "long_text": self.long_text, "stride": self.stride, "window_pooling": self.window_pooling,
-                "regression": self.regression_scale is not None,
+                "regression": self.regression_scale is not None, "few_shot_recipe": self.few_shot is not None,
+                **(self.few_shot or {}),
                 **({"target_mean": self.regression_scale[0], "target_std": self.regression_scale[1]}
                    if self.regression_scale else {})}
 
 
-def default_learning_rate(model):
+LORA_LR_FACTOR = 5
+
+def default_learning_rate(model, lora=False):
     """Small models fine-tune best with a larger step than the 2e-5..5e-5 that suits BERT-base:
-    on emotion, MiniLM-L6 reached 76% after 90 steps at 2e-4 against 66% at 1e-4."""
-    return 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
+    on emotion, MiniLM-L6 reached 76% after 90 steps at 2e-4 against 66% at 1e-4. LoRA: LORA_LR_FACTOR x
+    that, since low-rank updates that start at zero need larger steps to go as far."""
+    full = 2e-4 if getattr(model.config, "hidden_size", 768) <= 512 else 5e-5
+    return full * LORA_LR_FACTOR if lora else full
 
 
 def prepare(options, trainer_name):
@@ -103,6 +112,10 @@ def prepare(options, trainer_name):
                                                             multi_label=splits.multi_label)
     if problem:
         raise UserError(problem)
+    settings, few_shot = schedule, None
+    if is_few_shot(schedule.few_shot, len(splits.train), len(splits.labels),
+                   single_label=not (splits.regression or splits.multi_label)):
+        settings, few_shot = few_shot_schedule(schedule, len(splits.train), schedule_defaults())
     fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
     if run_options.resume:
         check_resume_matches(run_options.model_fn, fingerprint)
@@ -113,11 +126,14 @@ def prepare(options, trainer_name):
                             if splits.multi_label else None, regression=splits.regression)
     extend_vocab = model_options.extend_vocab
     unknown_share = check_vocabulary(tokenizer, list(splits.train.texts(limit=2000, pairs=False)), extend_vocab)
+    added = 0
     if extend_vocab == "yes" or (extend_vocab == "auto" and unknown_share > UNK_WARN_SHARE):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
         log.info(f"--extend_vocab {extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
                  f"added {added} characters to the vocabulary")
-    lr = schedule.lr if schedule.lr is not None else default_learning_rate(model)
+    lr = schedule.lr if schedule.lr is not None else default_learning_rate(model, lora=bool(model_options.lora_r))
+    if model_options.lora_r:
+        model = add_lora(model, model_options, train_embeddings=added > 0)
     max_length = clamp_max_length(model_options.max_length, model_max_length(model, tokenizer))
     long_text = "truncate" if splits.has_pairs else model_options.long_text
     stride = None
@@ -135,12 +151,20 @@ def prepare(options, trainer_name):
     return Prepared(
         context=context, device=device, precision=precision, splits=splits, tokenizer=tokenizer, model=model,
         model_name=model_name, lr=lr, max_length=max_length,
-        schedule=training_schedule(len(train_set), schedule, context.world_size), train_set=train_set,
+        schedule=training_schedule(len(train_set), settings, context.world_size), train_set=train_set,
+        settings=settings, few_shot=few_shot,
         valid_set=valid_set, test_set=test_set, fingerprint=fingerprint, class_weights=weights,
         long_text=long_text, stride=stride, window_pooling=model_options.window_pooling,
         n_train_texts=n_train_texts,
         regression_scale=target_scale(splits.train_targets()) if splits.regression else None,
         text_of_window=text_of_window)
+
+
+def schedule_defaults():
+    """The parser's defaults of the schedule flags (the few-shot recipe changes only flags left at them)."""
+    from options.training_flags import training_parser
+    parser = training_parser("")
+    return {name: parser.get_default(name) for name in ("n_epochs", "batch_size", "warmup_ratio")}
 
 
 def training_schedule(n_train, options, world_size):
@@ -159,13 +183,18 @@ def print_plan(run, options, trainer_name, notes=()):
     if not run.context.is_main:
         return
     splits, schedule, world = run.splits, run.schedule, run.context.world_size
-    flags, evaluation = options.schedule, options.evaluation
+    flags, evaluation = run.settings, options.evaluation
     labels = ", ".join(splits.labels[:10]) + (f", ... ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
     lr_note = "" if flags.lr is not None else f" (default for hidden size {run.model.config.hidden_size})"
-    n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    n_trainable, n_all = trained_share(run.model)
+    lora = options.model.lora_r and run.model.peft_config["default"]
+    lora_line = ([f"  LoRA: rank {lora.r}, alpha {lora.lora_alpha:g}, dropout {lora.lora_dropout:g} on "
+                  f"{', '.join(sorted(lora.target_modules))}; trained in full: {', '.join(sorted(set(lora.modules_to_save)))} "
+                  f"({n_trainable / n_all:.2%} of the parameters train)"] if lora else [])
     lines = [
         f"***** Running training ({trainer_name}) *****",
         f"  model = {run.model_name} ({run.model.config.model_type}, {n_trainable / 1e6:.1f}M trainable parameters)",
+        *lora_line,
         f"  examples: train = {len(splits.train)}, valid = {len(splits.valid)}, "
         f"test = {len(splits.test) if splits.test else 0}" + (" (sentence pairs)" if splits.has_pairs else ""),
         (f"  regression: targets mean {run.regression_scale[0]:.4g}, standard deviation {run.regression_scale[1]:.4g} "
@@ -173,6 +202,9 @@ def print_plan(run, options, trainer_name, notes=()):
          f"  labels = {len(splits.labels)}{' (multi-label)' if splits.multi_label else ''}: {labels}"),
         f"  max length = {run.max_length} tokens" + long_text_note(run),
         f"  epochs = {schedule.n_epochs}" + (f" (--max_steps {flags.max_steps})" if flags.max_steps else ""),
+        *([f"  few-shot recipe ({len(splits.train)} training examples, --few_shot {flags.few_shot}): "
+           + ", ".join(f"--{name} {value}" for name, value in run.few_shot.items())]
+          if run.few_shot is not None else []),
         f"  batch size per device = {flags.batch_size}, gradient accumulation = {flags.gradient_accumulation_steps}, "
         f"total batch size = {flags.batch_size * flags.gradient_accumulation_steps * world}",
         f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "
