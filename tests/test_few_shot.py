@@ -50,3 +50,14 @@ def test_recipe_for_a_small_set_and_not_for_a_large_one(tmp_path, tiny_model):
     # the recipe's model loads like any other
     out = run_script("classify_plm.py", "--model_fn", tmp_path / "small", stdin="Works well.\n").stdout
     assert out.split("\t")[0] in ("negative", "positive")
+
+
+def test_too_few_of_a_class_for_the_validation_split_hints_at_valid_fn(caplog, monkeypatch):
+    import logging
+
+    from data_load.validation import split_indices
+    monkeypatch.setattr(logging.getLogger("finetune_plm"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="finetune_plm"):
+        train, valid = split_indices([0, 0, 0, 0, 0, 0, 0, 1], 0.1, 0)  # one example of class 1
+    assert len(train) + len(valid) == 8
+    assert "cannot stratify the validation split" in caplog.text and "--valid_fn" in caplog.text
