@@ -69,7 +69,9 @@ from setfit import SetFitModel, Trainer, TrainingArguments
 from utils.hub import default_model_path
 train, test = json.loads(sys.stdin.read())
 model = SetFitModel.from_pretrained(default_model_path())
-args = TrainingArguments(num_iterations={iterations}, seed={seed}, show_progress_bar=False)
+import tempfile
+args = TrainingArguments(num_iterations={iterations}, seed={seed}, show_progress_bar=False, report_to="none",
+                         output_dir=tempfile.mkdtemp(prefix="setfit_"))
 trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({{"text": [t for _, t in train], "label": [l for l, _ in train]}}))
 trainer.train()
 predicted = model.predict([t for _, t in test], batch_size=64)
