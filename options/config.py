@@ -22,7 +22,7 @@ from utils.errors import first_line
 RECORD_KEYS = frozenset({
     "trainer", "labels", "has_pairs", "n_train", "n_valid", "world_size", "threshold", "calibration_temperature",
     "target_mean", "target_std", "versions", "finished_at", "optimizer_steps", "data", "distillation",
-    "hp_search", "config"})
+    "hp_search", "config", "few_shot_recipe", "trained_parameters", "all_parameters"})
 # Flags of a saved run that a repeat of it must ask for itself: continuing an interrupted run (the new one has
 # none) and publishing (to the same repository, over the model it repeats). A run's record is known by its
 # `trainer` and `versions` keys.
