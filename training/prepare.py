@@ -114,7 +114,8 @@ def prepare(options, trainer_name):
     if problem:
         raise UserError(problem)
     settings, few_shot = schedule, None
-    if is_few_shot(schedule.few_shot, len(splits.train), len(splits.labels),
+    # distill_plm.py trains on its unlabelled text as well: its labelled rows are few by design, its steps are not
+    if trainer_name != "distill" and is_few_shot(schedule.few_shot, len(splits.train), len(splits.labels),
                    single_label=not (splits.regression or splits.multi_label)):
         settings, few_shot = few_shot_schedule(schedule, len(splits.train), schedule_defaults())
     fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
