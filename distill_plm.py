@@ -120,6 +120,9 @@ def check_flags(args, teacher):
     if args.hp_search:
         raise UserError("--hp_search: distill_plm.py trains one student; search a teacher's flags with "
                         "finetune_plm_native.py/_hf.py --hp_search, then distil the winner")
+    if args.cv:
+        raise UserError("--cv: distill_plm.py trains one student; cross-validate with finetune_plm_native.py/_hf.py "
+                        "--cv K")
     if teacher.regression or args.regression:
         raise UserError(f"{'--regression' if args.regression else args.teacher_fn + ' is a regression model'}: "
                         "distillation here is for classifiers (single- or multi-label)")

@@ -2,12 +2,14 @@
 the partial directory, which then moves into place."""
 import time
 
+import numpy as np
 import torch
 
 from checkpoint.pretrained import output_in_label_units
 from checkpoint.run_dir import commit_run, partial_dir
 from checkpoint.saved_model import CALIBRATION_KEY, save_model
 from scoring.report import write_report
+from scoring.scores import probabilities_of
 from training.recorder import BEST_WEIGHTS
 from utils.errors import UserError, first_line
 from utils.log import log
@@ -32,12 +34,23 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
     try:
         save_model(partial, model, run.tokenizer, record)
         write_report(partial, history, splits.labels, valid, test, n_errors=options.evaluation.n_errors)
+        if options.cross_validation.cv_fold is not None:  # a fold of --cv: its held-out rows' probabilities
+            write_held_out(partial / HELD_OUT, splits.test, test["logits"], splits.multi_label)
     except Exception as error:  # disk full or permissions: OSError, or safetensors' own error type
         raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     # the best weights go only now: a failed save above keeps them for --resume
     (partial / BEST_WEIGHTS).unlink(missing_ok=True)
     commit_run(model_fn)
     log.info(f"\nsaved {model_fn}")
+
+
+HELD_OUT = "cv_held_out.npz"  # in a fold's model directory (training.cross_validation collects it)
+
+
+def write_held_out(path, held_out, logits, multi_label):
+    """The rows of the held-out fold (positions in the training source) and their probabilities."""
+    with open(path, "wb") as f:
+        np.savez(f, rows=held_out.indices, probabilities=probabilities_of(logits, multi_label))
 
 
 def _versions():

@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 from checkpoint.run_dir import SEARCH_FILE, commit_run, partial_dir, start_run
-from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
+from options.training_flags import DEFAULT_SPACE, SEARCHABLE, command_line, training_parser
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
@@ -436,18 +436,8 @@ def trial_argv(flags, values, model_fn):
     """One trial's flags: this run's (`flags`, {flag: value}: TrainingOptions.record) with the trial's values,
     its own --model_fn, and no --test_fn, --resume or search flags. Every flag whose value is not its default
     is passed on, so none is lost."""
-    flags = {**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False, "hp_search": None,
-             "hp_space": None, "hp_storage": None}
-    argv = []
-    for action in training_parser("")._actions:
-        if not action.option_strings or action.dest == "help" or flags[action.dest] == action.default:
-            continue
-        flag = max(action.option_strings, key=len)
-        if action.nargs == 0:  # a switch: given when it sets the value (--calibrate and --no_calibrate share one)
-            argv += [flag] if flags[action.dest] == action.const else []
-        else:
-            argv += [flag, str(flags[action.dest])]
-    return argv
+    return command_line({**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False,
+                         "hp_search": None, "hp_space": None, "hp_storage": None})
 
 
 def study_name(trainer_name, run, space, calibrate=False):
