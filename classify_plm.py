@@ -15,7 +15,11 @@ flat on any number of lines. Two backends give the same output: PyTorch (the def
 File mode, for a corpus of any size: `--input_fn corpus/ --output_fn predictions/` writes Parquet (or
 JSONL) shards with each row's line, label and score; rerunning the same command after an interruption
 classifies only the missing shards, and `--engine ray` spreads the shards over a Ray cluster
-(batch/job.py, README "Classify a corpus")."""
+(batch/job.py, README "Classify a corpus").
+
+Which texts to label next: `--select N --input_fn unlabelled.txt --output_fn next.csv` writes the N texts the
+model is least sure of (--strategy margin|entropy|random, --diversity), to be labelled and added to the
+training data (inference/selection.py)."""
 import argparse
 import sys
 import time
@@ -25,6 +29,7 @@ from batch.job import add_file_flags, check_file_flags
 from data_load.readers import split_pair
 from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.load import load_classifier
+from inference.selection import add_selection_flags, check_selection_flags, select_texts
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.log import log
@@ -48,11 +53,14 @@ def parse_args():
     output.add_argument("--chunk_size", type=int_at_least(1), default=8192,
                         help="lines read, sorted and classified at a time")
     add_file_flags(p)
+    add_selection_flags(p)
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    if check_selection_flags(args):  # --select N: which texts of --input_fn to label next
+        return select_texts(args, load_classifier(ClassifierOptions.from_flags(vars(args))))
     check_file_flags(args)
     if args.input_fn:
         from batch import job as batch_job

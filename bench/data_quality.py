@@ -1,0 +1,262 @@
+"""Data quality: how well --cv + find_label_errors.py find planted label errors, what --fix gives back, and
+whether classify_plm.py --select (uncertainty sampling) beats labelling at random.
+
+    python bench/data_quality.py                 # the issue's protocol (hours on 2 CPU cores), docs/accuracy.md
+    python bench/data_quality.py --train_rows 1000 --valid_rows 500 --al_seeds 1 --out /tmp/dq.md   # smaller
+
+Label errors. A seeded sample of emotion's training file (--train_rows, 4,000) with --noise (10%) of its
+labels flipped, seeded, in two ways: `random` (to any other class) and `confusion` (to another class drawn
+from the row of the clean model's validation confusion matrix, which makes flips the model finds plausible:
+harder). Per kind: `--cv` (--folds) on the noisy file, then find_label_errors.py --fix drop; precision and
+recall of label_issues.tsv at the number of flips (its first that many rows) against a seeded random
+ranking; and the validation accuracy (emotion's val.txt, --valid_rows) of one model trained on the clean
+file, one on the noisy file and one on the --fix copy.
+
+Active learning. From the clean training sample as an unlabelled pool: --al_start (200) random labelled rows,
+then --al_rounds (4) rounds that each label --al_step (200) more, chosen by classify_plm.py --select with each
+strategy (margin, entropy, margin with --diversity, random) from a model trained on the rows labelled so far;
+validation accuracy at every size, the mean of --al_seeds (3) seeds.
+
+Every step is a script run, as a user types it (finetune_plm_native.py, find_label_errors.py,
+classify_plm.py); its result is kept in --work_dir, so a rerun (after --budget_s stopped it, or a kill) does
+only the missing steps. --budget_s: start no step after that many seconds (for runs in chunks)."""
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, emotion, git_commit, machine, require_shared, table, write_section, write_tsv
+
+PY = sys.executable
+STRATEGIES = {"margin": ["--strategy", "margin"], "entropy": ["--strategy", "entropy"],
+              "margin+diversity": ["--strategy", "margin", "--diversity"], "random": ["--strategy", "random"]}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_rows", type=int, default=4000)
+    p.add_argument("--valid_rows", type=int, default=2000, help="rows of emotion's val.txt scored (all: 2000)")
+    p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--kinds", default="random,confusion")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--al_start", type=int, default=200)
+    p.add_argument("--al_step", type=int, default=200)
+    p.add_argument("--al_rounds", type=int, default=4)
+    p.add_argument("--al_seeds", type=int, default=3)
+    p.add_argument("--al_epochs", type=int, default=3,
+                   help="epochs of the active-learning models (200 rows are 7 steps an epoch)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--parts", default="errors,active", help="errors, active or both")
+    p.add_argument("--n_epochs", type=int, default=1)
+    p.add_argument("--max_length", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work_dir", default="/tmp/data_quality_bench")
+    p.add_argument("--budget_s", type=float, default=None, help="start no step after this many seconds")
+    p.add_argument("--out", default=str(ROOT / "docs" / "accuracy.md"))
+    return p.parse_args()
+
+
+class Steps:
+    """Each step's result in work_dir/steps/NAME.json: done once, read back by every later run."""
+
+    def __init__(self, work, budget_s):
+        self.dir = work / "steps"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.started, self.budget_s = time.time(), budget_s
+        self.seconds = 0.0
+
+    def run(self, name, do):
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if self.budget_s is not None and time.time() - self.started > self.budget_s:
+            print(f"budget of {self.budget_s:.0f} s spent: stopping before {name}; run again to go on", flush=True)
+            sys.exit(3)
+        started = time.time()
+        result = do()
+        result = {**result, "seconds": round(time.time() - started, 1)}
+        path.write_text(json.dumps(result))
+        print(f"  {name}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))})}", flush=True)
+        return result
+
+
+def script(*argv, timeout=None):
+    done = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(map(str, argv[:1]))} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def train(args, model_fn, train_fn, valid_fn, *extra, epochs=None, seed_flag=None):
+    """A native fine-tune; its validation metrics."""
+    import shutil
+    shutil.rmtree(model_fn, ignore_errors=True)
+    script("finetune_plm_native.py", "--model_fn", model_fn, "--train_fn", train_fn, "--valid_fn", valid_fn,
+           "--n_epochs", epochs or args.n_epochs, "--max_length", args.max_length,
+           "--seed", args.seed if seed_flag is None else seed_flag, *extra)
+    metrics = json.loads((Path(model_fn) / "metrics.json").read_text())["valid"]
+    return metrics
+
+
+def flip(rows, share, kind, labels, confusion, seed):
+    """rows with `share` of their labels changed (seeded); the positions flipped."""
+    rng = random.Random(seed)
+    flipped = sorted(rng.sample(range(len(rows)), round(share * len(rows))))
+    noisy = list(rows)
+    for i in flipped:
+        label, text = rows[i]
+        others = [other for other in labels if other != label]
+        if kind == "confusion" and confusion is not None:
+            row = confusion[labels.index(label)]
+            weights = [row[labels.index(other)] for other in others]
+            new = rng.choices(others, weights=weights)[0] if sum(weights) else rng.choice(others)
+        else:
+            new = rng.choice(others)
+        noisy[i] = (new, text)
+    return noisy, flipped
+
+
+def label_errors(args, steps, work, clean_fn, valid_fn, rows, clean):
+    labels = sorted({label for label, _ in rows})
+    results = {}
+    for kind in args.kinds.split(","):
+        noisy_rows, flipped = flip(rows, args.noise, kind, labels, clean["confusion_matrix"], args.seed + 1)
+        noisy_fn = write_tsv(work / f"noisy_{kind}.tsv", noisy_rows)
+        cv_dir = work / f"cv_{kind}"
+
+        def cross_validate():
+            import shutil
+            resume = (cv_dir.parent / f".{cv_dir.name}.partial" / "cv.json").exists()
+            if not resume:
+                shutil.rmtree(cv_dir, ignore_errors=True)
+            script("finetune_plm_native.py", "--model_fn", cv_dir, "--train_fn", noisy_fn, "--cv", args.folds,
+                   "--n_epochs", args.n_epochs, "--max_length", args.max_length, "--seed", args.seed,
+                   *(["--resume"] if resume else []))
+            return json.loads((cv_dir / "cv_metrics.json").read_text())["mean"]
+        cv = steps.run(f"cv_{kind}", cross_validate)
+
+        def find():
+            out = work / f"issues_{kind}"
+            script("find_label_errors.py", "--oof", cv_dir / "oof_predictions.parquet", "--output_fn", out,
+                   "--fix", "drop")
+            with open(out / "label_issues.tsv", encoding="utf-8") as f:
+                flagged = [int(row["line"]) - 1 for row in csv.DictReader(f, delimiter="\t")]
+            return {"flagged": flagged}
+        found = steps.run(f"issues_{kind}", find)["flagged"]
+        truth = set(flipped)
+        n = len(flipped)
+        top = found[:n]
+        hits = len(truth.intersection(top))
+        ranking = random.Random(args.seed + 2).sample(range(len(rows)), len(rows))[:n]
+        random_hits = len(truth.intersection(ranking))
+        all_hits = len(truth.intersection(found))
+        noisy = steps.run(f"train_noisy_{kind}", lambda: train(args, work / f"model_noisy_{kind}", noisy_fn, valid_fn))
+        fixed_fn = work / f"issues_{kind}" / f"noisy_{kind}.fixed.tsv"
+        fixed = steps.run(f"train_fixed_{kind}", lambda: train(args, work / f"model_fixed_{kind}", fixed_fn, valid_fn))
+        lost = clean["accuracy"] - noisy["accuracy"]
+        results[kind] = {
+            "flips": n, "flagged": len(found), "precision_at_flips": hits / max(1, len(top)), "recall_at_flips": hits / n,
+            "random_precision": random_hits / n, "precision_flagged": all_hits / max(1, len(found)),
+            "recall_flagged": all_hits / n, "cv_accuracy": cv["accuracy"], "clean": clean["accuracy"],
+            "noisy": noisy["accuracy"], "fixed": fixed["accuracy"],
+            "recovered": (fixed["accuracy"] - noisy["accuracy"]) / lost if lost > 0 else None}
+    return results
+
+
+def active_learning(args, steps, work, rows, valid_fn):
+    strategies = args.strategies.split(",")
+    sizes = [args.al_start + args.al_step * r for r in range(args.al_rounds + 1)]
+    curves = {name: [[] for _ in sizes] for name in strategies}
+    for seed in range(args.al_seeds):
+        start = random.Random(1000 + seed).sample(range(len(rows)), args.al_start)
+
+        def first_model(seed=seed, start=start):
+            model_fn = work / f"al_s{seed}_start"
+            labelled_fn = write_tsv(work / f"al_s{seed}_start.tsv", [rows[i] for i in start])
+            return train(args, model_fn, labelled_fn, valid_fn, epochs=args.al_epochs, seed_flag=seed)
+        accuracy0 = steps.run(f"al_s{seed}_r0", first_model)["accuracy"]
+        for name in strategies:
+            curves[name][0].append(accuracy0)
+            labelled = list(start)
+            model_fn = work / f"al_s{seed}_start"
+            for r in range(1, args.al_rounds + 1):
+                tag = f"al_s{seed}_{name}_r{r}"
+
+                def one_round(labelled=tuple(labelled), model_fn=model_fn, tag=tag):
+                    chosen = set(labelled)
+                    pool = [i for i in range(len(rows)) if i not in chosen]
+                    pool_fn = work / f"{tag}_pool.txt"
+                    pool_fn.write_text("".join(rows[i][1] + "\n" for i in pool), encoding="utf-8")
+                    picked_fn = work / f"{tag}_picked.csv"
+                    script("classify_plm.py", "--model_fn", model_fn, "--input_fn", pool_fn, "--output_fn", picked_fn,
+                           "--select", args.al_step, "--max_length", args.max_length, "--seed", seed,
+                           *STRATEGIES[name])
+                    with open(picked_fn, encoding="utf-8") as f:
+                        picked = [pool[int(row["line"]) - 1] for row in csv.DictReader(f)]
+                    now = list(labelled) + picked
+                    labelled_fn = write_tsv(work / f"{tag}.tsv", [rows[i] for i in now])
+                    metrics = train(args, work / tag, labelled_fn, valid_fn, epochs=args.al_epochs, seed_flag=seed)
+                    if model_fn.name != f"al_s{seed}_start":  # the last round's weights are no longer needed
+                        (model_fn / "model.safetensors").unlink(missing_ok=True)
+                    return {"accuracy": metrics["accuracy"], "labelled": now}
+                result = steps.run(tag, one_round)
+                labelled, model_fn = result["labelled"], work / tag
+                curves[name][r].append(result["accuracy"])
+    return sizes, curves
+
+
+def main():
+    args = parse_args()
+    require_shared()
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    steps = Steps(work, args.budget_s)
+    rows = emotion("train", args.train_rows, seed=args.seed)
+    clean_fn = write_tsv(work / "clean.tsv", rows)
+    valid_fn = write_tsv(work / "valid.tsv", emotion("val", args.valid_rows, seed=args.seed))
+    parts = args.parts.split(",")
+    clean = steps.run("train_clean", lambda: train(args, work / "model_clean", clean_fn, valid_fn))
+    errors = label_errors(args, steps, work, clean_fn, valid_fn, rows, clean) if "errors" in parts else {}
+    sizes, curves = active_learning(args, steps, work, rows, valid_fn) if "active" in parts else (None, None)
+    report(args, errors, sizes, curves, steps)
+
+
+def report(args, errors, sizes, curves, steps):
+    lines = ["## Data quality: label errors and what to label next (bench/data_quality.py)", "",
+             f"Machine: {machine()}; commit {git_commit()}.",
+             f"Scale run: emotion, {args.train_rows} training rows (seed {args.seed}), {args.valid_rows} validation rows, "
+             f"MiniLM, {args.n_epochs} epoch(s) at max_length {args.max_length}, --cv {args.folds}; active learning "
+             f"{args.al_start} + {args.al_rounds} x {args.al_step} labels, {args.al_epochs} epochs a model, "
+             f"{args.al_seeds} seed(s).", ""]
+    if errors:
+        rows = []
+        for kind, r in errors.items():
+            rows.append({"flips": f"{kind}, {args.noise:.0%}", "n flipped": r["flips"], "flagged": r["flagged"],
+                         "precision@flips": f"{r['precision_at_flips']:.3f}", "recall@flips": f"{r['recall_at_flips']:.3f}",
+                         "random ranking": f"{r['random_precision']:.3f}",
+                         "clean acc": f"{r['clean']:.4f}", "noisy acc": f"{r['noisy']:.4f}",
+                         "--fix drop acc": f"{r['fixed']:.4f}",
+                         "lost accuracy recovered": "n/a" if r["recovered"] is None else f"{r['recovered']:.0%}"})
+        lines += ["Label errors (precision and recall of label_issues.tsv's first n-flipped rows; accuracy on "
+                  "validation):", "", table(rows, list(rows[0])), ""]
+    if curves:
+        rows = []
+        for name, per_size in curves.items():
+            rows.append({"strategy": name, **{str(size): f"{sum(v) / len(v):.4f}" if v else "" for size, v in
+                                              zip(sizes, per_size)}})
+        lines += [f"Active learning: validation accuracy by labelled rows (mean of {args.al_seeds} seed(s)):", "",
+                  table(rows, ["strategy", *map(str, sizes)]), ""]
+    text = "\n".join(lines)
+    print(text)
+    result = {"args": vars(args), "errors": errors, "sizes": sizes, "curves": curves}
+    (Path(args.work_dir) / "result.json").write_text(json.dumps(result, indent=1))
+    if args.out:
+        write_section(args.out, "data-quality", text)
+
+
+if __name__ == "__main__":
+    main()
