@@ -69,11 +69,16 @@ class Steps:
         self.started, self.budget_s = time.time(), budget_s
         self.seconds = 0.0
 
-    def run(self, name, do):
+    def remaining(self):
+        return None if self.budget_s is None else max(1.0, self.budget_s - (time.time() - self.started))
+
+    def run(self, name, do, estimate_s=60):
+        """estimate_s: a step that would end past --budget_s is left to the next run (one that can be cut
+        and resumed, --cv, gets the time left as its timeout instead)."""
         path = self.dir / f"{name}.json"
         if path.exists():
             return json.loads(path.read_text())
-        if self.budget_s is not None and time.time() - self.started > self.budget_s:
+        if self.budget_s is not None and time.time() - self.started + estimate_s > self.budget_s:
             print(f"budget of {self.budget_s:.0f} s spent: stopping before {name}; run again to go on", flush=True)
             sys.exit(3)
         started = time.time()
@@ -85,7 +90,11 @@ class Steps:
 
 
 def script(*argv, timeout=None):
-    done = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    try:
+        done = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"budget spent during {argv[0]}: run again to resume it", flush=True)
+        sys.exit(3)
     if done.returncode != 0:
         sys.exit(f"{' '.join(map(str, argv[:1]))} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -135,9 +144,9 @@ def label_errors(args, steps, work, clean_fn, valid_fn, rows, clean):
                 shutil.rmtree(cv_dir, ignore_errors=True)
             script("finetune_plm_native.py", "--model_fn", cv_dir, "--train_fn", noisy_fn, "--cv", args.folds,
                    "--n_epochs", args.n_epochs, "--max_length", args.max_length, "--seed", args.seed,
-                   *(["--resume"] if resume else []))
+                   *(["--resume"] if resume else []), timeout=steps.remaining())
             return json.loads((cv_dir / "cv_metrics.json").read_text())["mean"]
-        cv = steps.run(f"cv_{kind}", cross_validate)
+        cv = steps.run(f"cv_{kind}", cross_validate, estimate_s=30)
 
         def find():
             out = work / f"issues_{kind}"
@@ -146,7 +155,7 @@ def label_errors(args, steps, work, clean_fn, valid_fn, rows, clean):
             with open(out / "label_issues.tsv", encoding="utf-8") as f:
                 flagged = [int(row["line"]) - 1 for row in csv.DictReader(f, delimiter="\t")]
             return {"flagged": flagged}
-        found = steps.run(f"issues_{kind}", find)["flagged"]
+        found = steps.run(f"issues_{kind}", find, estimate_s=10)["flagged"]
         truth = set(flipped)
         n = len(flipped)
         top = found[:n]
@@ -154,9 +163,11 @@ def label_errors(args, steps, work, clean_fn, valid_fn, rows, clean):
         ranking = random.Random(args.seed + 2).sample(range(len(rows)), len(rows))[:n]
         random_hits = len(truth.intersection(ranking))
         all_hits = len(truth.intersection(found))
-        noisy = steps.run(f"train_noisy_{kind}", lambda: train(args, work / f"model_noisy_{kind}", noisy_fn, valid_fn))
+        noisy = steps.run(f"train_noisy_{kind}", lambda: train(args, work / f"model_noisy_{kind}", noisy_fn, valid_fn),
+                          estimate_s=90)
         fixed_fn = work / f"issues_{kind}" / f"noisy_{kind}.fixed.tsv"
-        fixed = steps.run(f"train_fixed_{kind}", lambda: train(args, work / f"model_fixed_{kind}", fixed_fn, valid_fn))
+        fixed = steps.run(f"train_fixed_{kind}", lambda: train(args, work / f"model_fixed_{kind}", fixed_fn, valid_fn),
+                          estimate_s=90)
         lost = clean["accuracy"] - noisy["accuracy"]
         results[kind] = {
             "flips": n, "flagged": len(found), "precision_at_flips": hits / max(1, len(top)), "recall_at_flips": hits / n,
@@ -178,7 +189,7 @@ def active_learning(args, steps, work, rows, valid_fn):
             model_fn = work / f"al_s{seed}_start"
             labelled_fn = write_tsv(work / f"al_s{seed}_start.tsv", [rows[i] for i in start])
             return train(args, model_fn, labelled_fn, valid_fn, epochs=args.al_epochs, seed_flag=seed)
-        accuracy0 = steps.run(f"al_s{seed}_r0", first_model)["accuracy"]
+        accuracy0 = steps.run(f"al_s{seed}_r0", first_model, estimate_s=40)["accuracy"]
         for name in strategies:
             curves[name][0].append(accuracy0)
             labelled = list(start)
@@ -203,7 +214,7 @@ def active_learning(args, steps, work, rows, valid_fn):
                     if model_fn.name != f"al_s{seed}_start":  # the last round's weights are no longer needed
                         (model_fn / "model.safetensors").unlink(missing_ok=True)
                     return {"accuracy": metrics["accuracy"], "labelled": now}
-                result = steps.run(tag, one_round)
+                result = steps.run(tag, one_round, estimate_s=150)
                 labelled, model_fn = result["labelled"], work / tag
                 curves[name][r].append(result["accuracy"])
     return sizes, curves
@@ -219,7 +230,7 @@ def main():
     clean_fn = write_tsv(work / "clean.tsv", rows)
     valid_fn = write_tsv(work / "valid.tsv", emotion("val", args.valid_rows, seed=args.seed))
     parts = args.parts.split(",")
-    clean = steps.run("train_clean", lambda: train(args, work / "model_clean", clean_fn, valid_fn))
+    clean = steps.run("train_clean", lambda: train(args, work / "model_clean", clean_fn, valid_fn), estimate_s=90)
     errors = label_errors(args, steps, work, clean_fn, valid_fn, rows, clean) if "errors" in parts else {}
     sizes, curves = active_learning(args, steps, work, rows, valid_fn) if "active" in parts else (None, None)
     report(args, errors, sizes, curves, steps)
