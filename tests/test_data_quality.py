@@ -167,9 +167,10 @@ def test_fix_drop_trains_and_relabel_restores_the_labels(cv_run, tiny_model, tmp
 
 @pytest.mark.slow
 def test_a_killed_cv_resumes_with_the_unfinished_folds(tmp_path, tiny_model):
+    """With the Trainer loop (the other tests use the native one): --cv is the same in both."""
     train_fn = write_rows(tmp_path / "toy.tsv", toy_rows(90))
     model_fn = tmp_path / "cv"
-    argv = [sys.executable, str(ROOT / "finetune_plm_native.py"), "--model_fn", str(model_fn), "--train_fn",
+    argv = [sys.executable, str(ROOT / "finetune_plm_hf.py"), "--model_fn", str(model_fn), "--train_fn",
             str(train_fn), "--cv", "3", "--pretrained_model_name", str(tiny_model), "--max_steps", "2",
             "--max_length", "16"]
     first_fold = tmp_path / ".cv.partial" / "cv_folds" / "fold-0" / "cv_held_out.npz"
@@ -180,9 +181,9 @@ def test_a_killed_cv_resumes_with_the_unfinished_folds(tmp_path, tiny_model):
     os.kill(run.pid, signal.SIGKILL)  # the fold it was training dies with it (start_worker)
     run.wait()
     assert first_fold.exists() and not model_fn.exists()
-    refused = run_script("finetune_plm_native.py", *argv[2:], check=False)
+    refused = run_script("finetune_plm_hf.py", *argv[2:], check=False)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = run_script("finetune_plm_native.py", *argv[2:], "--resume")
+    resumed = run_script("finetune_plm_hf.py", *argv[2:], "--resume")
     assert "continuing: folds 0 are done" in resumed.stderr
     assert "***** fold 0 of 3" not in resumed.stderr and "***** fold 1 of 3" in resumed.stderr
     assert (model_fn / "oof_predictions.parquet").exists() and not (tmp_path / ".cv.partial").exists()
@@ -277,3 +278,39 @@ def test_oof_of_other_data_and_empty_pool_are_refused(cv_run, tmp_path):
                         tmp_path / "next.csv", "--select", 5, check=False)
     assert result.returncode == 2 and "empty.txt: no texts in it" in result.stderr
     assert not (tmp_path / "next.csv").exists()
+
+
+def test_multi_label_issues_find_the_missing_and_extra_labels():
+    from scoring.label_issues import find_issues
+    rng = np.random.default_rng(0)
+    truth = rng.random((200, 4)) < 0.3
+    probabilities = np.where(truth, rng.uniform(0.75, 0.99, truth.shape), rng.uniform(0.01, 0.25, truth.shape))
+    given = truth.copy()
+    wrong = [3, 50, 120, 177]
+    given[wrong, 0] = ~given[wrong, 0]  # a label missing or one too many
+    issues = find_issues([list(np.flatnonzero(row)) for row in given], probabilities, True, list("abcd"))
+    assert set(issues.flagged[:len(wrong)].tolist()) == set(wrong)
+    assert (issues.suggested[wrong] == truth[wrong]).all()
+    assert {row["label"] for row in issues.counts} == set("abcd")
+    assert issues.counts[0]["label"] == "a"
+
+
+@pytest.mark.parametrize("name, text, flags, expected", [
+    ("t.csv", 'text,label,id\n"a, b",pos,1\nc,neg,2\n"d\nstill d",pos,3\ne,neg,4\n', {},
+     'text,label,id\n"a, b",neg,1\n"d\nstill d",neg,3\ne,neg,4\n'),
+    ("t.jsonl", '{"text": "a", "label": "pos"}\n{"text": "c", "label": "neg"}\n{"text": "e", "label": ["x"]}\n',
+     {}, '{"text": "a", "label": "neg"}\n{"text": "e", "label": ["y"]}\n'),
+    ("t.tsv", "pos\ta\r\nneg\tc\r\npos\te\r\n", {}, "neg\ta\r\npos\te\r\n"),
+    ("t.tsv", "id\tsentence\tgold\n1\ta\tpos\n2\tc\tneg\n", {"text_column": "sentence", "label_column": "gold"},
+     "id\tsentence\tgold\n1\ta\tneg\n"),
+])
+def test_fixed_copy_keeps_the_files_format(tmp_path, name, text, flags, expected):
+    from data_load.rewrite import write_fixed_copy
+    source = tmp_path / name
+    source.write_bytes(text.encode())
+    records = {"t.csv": {2: "neg", 3: None, 4: "neg"}, "t.jsonl": {1: "neg", 2: None, 3: ["y"]}}
+    changes = records.get(name, {1: "neg", 2: None} if "id" not in text else {2: "neg", 3: None})
+    target = tmp_path / f"fixed_{name}"
+    write_fixed_copy(source, target, flags, changes)
+    assert target.read_bytes().decode() == expected
+    assert source.read_bytes().decode() == text
