@@ -214,7 +214,7 @@ def active_learning(args, steps, work, rows, valid_fn):
                     if model_fn.name != f"al_s{seed}_start":  # the last round's weights are no longer needed
                         (model_fn / "model.safetensors").unlink(missing_ok=True)
                     return {"accuracy": metrics["accuracy"], "labelled": now}
-                result = steps.run(tag, one_round, estimate_s=150)
+                result = steps.run(tag, one_round, estimate_s=70)
                 labelled, model_fn = result["labelled"], work / tag
                 curves[name][r].append(result["accuracy"])
     return sizes, curves

@@ -26,11 +26,11 @@ SCRIPT_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED
 # Entry points a test may run inside its own process: what a script run adds is an interpreter start and
 # the imports of torch, transformers and datasets (4-5 s of CPU each time on this machine), which the
 # suite paid about sixty times. What needs a process of its own still gets one: a different environment
-# (`env=`), worker processes or a Ray cluster (file mode's --num_workers, --engine), the search's trials,
+# (`env=`), worker processes or a Ray cluster (file mode's --num_workers, --engine), the search's trials and --cv's folds,
 # and the tests that send signals, start torchrun or read `-X importtime` (they call subprocess themselves).
 IN_PROCESS = {"finetune_plm_native.py", "finetune_plm_hf.py", "distill_plm.py", "classify_plm.py", "evaluate_plm.py",
               "export_plm.py"}
-NEEDS_A_PROCESS = {"--num_workers", "--engine", "--ray_address", "--hp_search"}
+NEEDS_A_PROCESS = {"--num_workers", "--engine", "--ray_address", "--hp_search", "--cv"}
 
 
 def run_script(script, *args, stdin=None, check=True, timeout=600, env=None, in_process=None):
