@@ -256,7 +256,9 @@ def test_cv_refusals(tmp_path, tiny_model):
              (["--cv", 3, "--cv_fold", 3], "folds are numbered 0 to 2"),
              (["--cv", 3, "--regression"], "--cv: out-of-fold probabilities are for classes")]
     for flags, message in cases:
-        result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "model", *common, *flags, check=False)
+        # refused before any fold starts: in this process (a --cv run otherwise gets one of its own)
+        result = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "model", *common, *flags, check=False,
+                            in_process=True)
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr[-500:])
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         assert sorted(path.name for path in tmp_path.iterdir()) == ["toy.tsv"]
