@@ -190,9 +190,9 @@ def pytest_configure(config):
 # `make test` runs files two at a time (--dist loadfile), in collection order: the longest first, so that
 # the last file to start is a short one and neither worker idles while the other finishes a long one.
 # Seconds per file in a full run on this 2-core machine (the order matters, not the figures): end_to_end 200,
-# robustness 141, training_options 113, multi_label 64, accuracy_bench 22-60, onnx 58, hp_search 55, model_shapes 49.
-LONGEST_FIRST = ["test_end_to_end.py", "test_robustness.py", "test_training_options.py", "test_multi_label.py",
-                 "test_onnx.py", "test_hp_search.py", "test_model_shapes.py", "test_hostile_runs.py",
+# robustness 141, training_options 113, data_quality 100, multi_label 64, accuracy_bench 22-60, onnx 58, hp_search 55, model_shapes 49.
+LONGEST_FIRST = ["test_end_to_end.py", "test_robustness.py", "test_training_options.py", "test_data_quality.py",
+                 "test_multi_label.py", "test_onnx.py", "test_hp_search.py", "test_model_shapes.py", "test_hostile_runs.py",
                  "test_bad_input.py", "test_serve.py"]
 
 
