@@ -61,13 +61,20 @@ def parse_args():
     p.add_argument("--work_dir", default="/tmp/data_quality_bench")
     p.add_argument("--budget_s", type=float, default=None, help="start no step after this many seconds")
     p.add_argument("--out", default=str(ROOT / "docs" / "accuracy.md"))
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: report the steps done so far in --work_dir (a run cut short)")
     return p.parse_args()
+
+
+class Missing(Exception):
+    """--report_only: a step not run yet."""
 
 
 class Steps:
     """Each step's result in work_dir/steps/NAME.json: done once, read back by every later run."""
 
-    def __init__(self, work, budget_s):
+    def __init__(self, work, budget_s, report_only=False):
+        self.report_only = report_only
         self.dir = work / "steps"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started, self.budget_s = time.time(), budget_s
@@ -82,6 +89,8 @@ class Steps:
         path = self.dir / f"{name}.json"
         if path.exists():
             return json.loads(path.read_text())
+        if self.report_only:
+            raise Missing(name)
         if self.budget_s is not None and time.time() - self.started + estimate_s > self.budget_s:
             print(f"budget of {self.budget_s:.0f} s spent: stopping before {name}; run again to go on", flush=True)
             sys.exit(3)
@@ -137,52 +146,60 @@ def label_errors(args, steps, work, clean_fn, valid_fn, rows, clean):
     labels = sorted({label for label, _ in rows})
     results = {}
     for kind in args.kinds.split(","):
-        noisy_rows, flipped = flip(rows, args.noise, kind, labels, clean["confusion_matrix"], args.seed + 1)
-        noisy_fn = write_tsv(work / f"noisy_{kind}.tsv", noisy_rows)
-        cv_dir = work / f"cv_{kind}"
-
-        def cross_validate():
-            import shutil
-            resume = (cv_dir.parent / f".{cv_dir.name}.partial" / "cv.json").exists()
-            if not resume:
-                shutil.rmtree(cv_dir, ignore_errors=True)
-            script("finetune_plm_native.py", "--model_fn", cv_dir, "--train_fn", noisy_fn, "--cv", args.folds,
-                   "--n_epochs", args.cv_epochs, "--max_length", args.max_length, "--seed", args.seed,
-                   *(["--resume"] if resume else []), timeout=steps.remaining())
-            return json.loads((cv_dir / "cv_metrics.json").read_text())["mean"]
-        cv = steps.run(f"cv_{kind}", cross_validate, estimate_s=30)
-
-        def find(fix):
-            out = work / f"issues_{kind}_{fix}"
-            script("find_label_errors.py", "--oof", cv_dir / "oof_predictions.parquet", "--output_fn", out,
-                   "--fix", fix)
-            with open(out / "label_issues.tsv", encoding="utf-8") as f:
-                flagged = [int(row["line"]) - 1 for row in csv.DictReader(f, delimiter="\t")]
-            return {"flagged": flagged}
-        fixes = args.fixes.split(",")
-        found = [steps.run(f"issues_{kind}_{fix}", lambda fix=fix: find(fix), estimate_s=10)["flagged"]
-                 for fix in fixes][0]
-        truth = set(flipped)
-        n = len(flipped)
-        top = found[:n]
-        hits = len(truth.intersection(top))
-        ranking = random.Random(args.seed + 2).sample(range(len(rows)), len(rows))[:n]
-        random_hits = len(truth.intersection(ranking))
-        all_hits = len(truth.intersection(found))
-        noisy = steps.run(f"train_noisy_{kind}", lambda: train(args, work / f"model_noisy_{kind}", noisy_fn, valid_fn),
-                          estimate_s=90)
-        fixed = {fix: steps.run(f"train_fixed_{kind}_{fix}", lambda fix=fix: train(
-            args, work / f"model_fixed_{kind}_{fix}", work / f"issues_{kind}_{fix}" / f"noisy_{kind}.fixed.tsv",
-            valid_fn), estimate_s=75) for fix in fixes}
-        lost = clean["accuracy"] - noisy["accuracy"]
-        results[kind] = {
-            "flips": n, "flagged": len(found), "precision_at_flips": hits / max(1, len(top)), "recall_at_flips": hits / n,
-            "random_precision": random_hits / n, "precision_flagged": all_hits / max(1, len(found)),
-            "recall_flagged": all_hits / n, "cv_accuracy": cv["accuracy"], "clean": clean["accuracy"],
-            "noisy": noisy["accuracy"], **{f"fixed_{fix}": fixed[fix]["accuracy"] for fix in fixes},
-            **{f"recovered_{fix}": (fixed[fix]["accuracy"] - noisy["accuracy"]) / lost if lost > 0 else None
-               for fix in fixes}}
+        try:
+            results[kind] = one_kind(args, steps, work, valid_fn, rows, clean, labels, kind)
+        except Missing as missing:
+            print(f"{kind} flips: not run yet ({missing})")
     return results
+
+
+def one_kind(args, steps, work, valid_fn, rows, clean, labels, kind):
+    """One kind of flips: --cv on the noisy file, find_label_errors.py, and the models trained on it."""
+    noisy_rows, flipped = flip(rows, args.noise, kind, labels, clean["confusion_matrix"], args.seed + 1)
+    noisy_fn = write_tsv(work / f"noisy_{kind}.tsv", noisy_rows)
+    cv_dir = work / f"cv_{kind}"
+
+    def cross_validate():
+        import shutil
+        resume = (cv_dir.parent / f".{cv_dir.name}.partial" / "cv.json").exists()
+        if not resume:
+            shutil.rmtree(cv_dir, ignore_errors=True)
+        script("finetune_plm_native.py", "--model_fn", cv_dir, "--train_fn", noisy_fn, "--cv", args.folds,
+               "--n_epochs", args.cv_epochs, "--max_length", args.max_length, "--seed", args.seed,
+               *(["--resume"] if resume else []), timeout=steps.remaining())
+        return json.loads((cv_dir / "cv_metrics.json").read_text())["mean"]
+    cv = steps.run(f"cv_{kind}", cross_validate, estimate_s=30)
+
+    def find(fix):
+        out = work / f"issues_{kind}_{fix}"
+        script("find_label_errors.py", "--oof", cv_dir / "oof_predictions.parquet", "--output_fn", out,
+               "--fix", fix)
+        with open(out / "label_issues.tsv", encoding="utf-8") as f:
+            flagged = [int(row["line"]) - 1 for row in csv.DictReader(f, delimiter="\t")]
+        return {"flagged": flagged}
+    fixes = args.fixes.split(",")
+    found = [steps.run(f"issues_{kind}_{fix}", lambda fix=fix: find(fix), estimate_s=10)["flagged"]
+             for fix in fixes][0]
+    truth = set(flipped)
+    n = len(flipped)
+    top = found[:n]
+    hits = len(truth.intersection(top))
+    ranking = random.Random(args.seed + 2).sample(range(len(rows)), len(rows))[:n]
+    random_hits = len(truth.intersection(ranking))
+    all_hits = len(truth.intersection(found))
+    noisy = steps.run(f"train_noisy_{kind}", lambda: train(args, work / f"model_noisy_{kind}", noisy_fn, valid_fn),
+                      estimate_s=90)
+    fixed = {fix: steps.run(f"train_fixed_{kind}_{fix}", lambda fix=fix: train(
+        args, work / f"model_fixed_{kind}_{fix}", work / f"issues_{kind}_{fix}" / f"noisy_{kind}.fixed.tsv",
+        valid_fn), estimate_s=75) for fix in fixes}
+    lost = clean["accuracy"] - noisy["accuracy"]
+    return {
+        "flips": n, "flagged": len(found), "precision_at_flips": hits / max(1, len(top)), "recall_at_flips": hits / n,
+        "random_precision": random_hits / n, "precision_flagged": all_hits / max(1, len(found)),
+        "recall_flagged": all_hits / n, "cv_accuracy": cv["accuracy"], "clean": clean["accuracy"],
+        "noisy": noisy["accuracy"], **{f"fixed_{fix}": fixed[fix]["accuracy"] for fix in fixes},
+        **{f"recovered_{fix}": (fixed[fix]["accuracy"] - noisy["accuracy"]) / lost if lost > 0 else None
+           for fix in fixes}}
 
 
 def active_learning(args, steps, work, rows, valid_fn):
@@ -196,7 +213,10 @@ def active_learning(args, steps, work, rows, valid_fn):
             model_fn = work / f"al_s{seed}_start"
             labelled_fn = write_tsv(work / f"al_s{seed}_start.tsv", [rows[i] for i in start])
             return train(args, model_fn, labelled_fn, valid_fn, epochs=args.al_epochs, seed_flag=seed)
-        accuracy0 = steps.run(f"al_s{seed}_r0", first_model, estimate_s=40)["accuracy"]
+        try:
+            accuracy0 = steps.run(f"al_s{seed}_r0", first_model, estimate_s=40)["accuracy"]
+        except Missing:
+            continue
         for name in strategies:
             curves[name][0].append(accuracy0)
             labelled = list(start)
@@ -221,7 +241,10 @@ def active_learning(args, steps, work, rows, valid_fn):
                     if model_fn.name != f"al_s{seed}_start":  # the last round's weights are no longer needed
                         (model_fn / "model.safetensors").unlink(missing_ok=True)
                     return {"accuracy": metrics["accuracy"], "labelled": now}
-                result = steps.run(tag, one_round, estimate_s=70)
+                try:
+                    result = steps.run(tag, one_round, estimate_s=70)
+                except Missing:
+                    break
                 labelled, model_fn = result["labelled"], work / tag
                 curves[name][r].append(result["accuracy"])
     return sizes, curves
@@ -232,7 +255,7 @@ def main():
     require_shared()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    steps = Steps(work, args.budget_s)
+    steps = Steps(work, args.budget_s, args.report_only)
     rows = emotion("train", args.train_rows, seed=args.seed)
     clean_fn = write_tsv(work / "clean.tsv", rows)
     valid_fn = write_tsv(work / "valid.tsv", emotion("val", args.valid_rows, seed=args.seed))
