@@ -36,6 +36,14 @@ STRATEGIES = {"margin": ["--strategy", "margin"], "entropy": ["--strategy", "ent
               "margin+diversity": ["--strategy", "margin", "--diversity"], "random": ["--strategy", "random"]}
 
 
+def parse_defaults():
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return parse_args()
+    finally:
+        sys.argv = argv
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train_rows", type=int, default=4000)
@@ -250,8 +258,12 @@ def active_learning(args, steps, work, rows, valid_fn):
     return sizes, curves
 
 
+DEFAULTS = {}
+
+
 def main():
     args = parse_args()
+    DEFAULTS.update(vars(parse_defaults()))
     require_shared()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -292,11 +304,18 @@ def report(args, errors, sizes, curves, steps):
     if curves:
         rows = []
         for name, per_size in curves.items():
-            rows.append({"strategy": name, **{str(size): f"{sum(v) / len(v):.4f}" if v else "" for size, v in
+            rows.append({"strategy": name, **{str(size): f"{sum(v) / len(v):.4f}" if v else "not run" for size, v in
                                               zip(sizes, per_size)}})
         lines += [f"Active learning: validation accuracy by labelled rows (mean of {args.al_seeds} seed(s)):", "",
                   table(rows, ["strategy", *map(str, sizes)]), ""]
+    missing = [kind for kind in args.kinds.split(",") if kind not in errors]
+    if missing:
+        lines += [f"Not run (the run was cut short): the {', '.join(missing)} flips.", ""]
     lines += targets(args, errors, sizes, curves)
+    given = {key: value for key, value in vars(args).items()
+             if key not in ("report_only", "budget_s", "out", "work_dir") and value != DEFAULTS.get(key)}
+    lines += ["", "This run: `python bench/data_quality.py " + " ".join(f"--{key} {value}" for key, value in given.items())
+              + "` (in chunks: `--budget_s 290`, rerun until done)."]
     lines += ["", "The issue's full protocol (4,000 training rows, all 2,000 validation rows, 3 seeds) is the "
               "bench's defaults: `python bench/data_quality.py`."]
     text = "\n".join(lines)
