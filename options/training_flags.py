@@ -225,7 +225,7 @@ def add_cross_validation_flags(p):
     cv.add_argument("--cv_fold", type=int_at_least(0), default=None, metavar="k",
                     help="with --cv K: train only fold k (0..K-1) into --model_fn, e.g. on another machine; "
                          "copy its directory to <dir>/.<name>.partial/cv_folds/fold-k of the --cv run, which "
-                         "--resume then counts as done (README, \"Cross-validation\")")
+                         "--resume then counts as done (README, \"Better labels\")")
 
 
 def cross_validation_problem(parsed):
