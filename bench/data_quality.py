@@ -351,7 +351,10 @@ def targets(args, errors, sizes, curves):
                 if margin and chance:
                     gain = (sum(margin) / len(margin) - sum(chance) / len(chance)) * 100
                     lines.append(f"- margin beats random by >= 2 points at {size} labels: {gain:+.1f} points, "
-                                 f"{'met' if gain >= 2 else 'not met'}")
+                                 f"{'met' if gain >= 2 else 'not met'}"
+                                 + (f" (one seed of {DEFAULTS.get('al_seeds', 3)})" if len(margin) == 1 else ""))
+                else:
+                    lines.append(f"- margin beats random by >= 2 points at {size} labels: not measured (not run)")
     return lines
 
 
