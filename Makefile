@@ -8,7 +8,7 @@ DEMO_MODEL ?= models/demo
 
 .PHONY: setup demo serve test test-fast bench-train bench-classify bench-classify-scale bench-serve accuracy clean
 
-$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/ray.txt requirements/search.txt requirements/tracking.txt requirements/explain.txt requirements/test_requirements.txt
+$(VENV)/.installed: requirements/requirements.txt requirements/onnx.txt requirements/serve.txt requirements/ray.txt requirements/search.txt requirements/tracking.txt requirements/explain.txt requirements/quality.txt requirements/test_requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test_requirements.txt
 	touch $@

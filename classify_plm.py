@@ -18,7 +18,12 @@ classifies only the missing shards, and `--engine ray` spreads the shards over a
 (batch/job.py, README "Classify a corpus").
 
 --explain adds word attributions (inference/explain.py): stdin mode prints one JSON object a line,
-{"label": ..., "score": ..., "text": ..., "words": [[word, attribution], ...]}, file mode a `words` column."""
+{"label": ..., "score": ..., "text": ..., "words": [[word, attribution], ...]}, file mode a `words` column.
+
+
+Which texts to label next: `--select N --input_fn unlabelled.txt --output_fn next.csv` writes the N texts the
+model is least sure of (--strategy margin|entropy|random, --diversity), to be labelled and added to the
+training data (inference/selection.py)."""
 import argparse
 import json
 import sys
@@ -30,6 +35,7 @@ from data_load.readers import LINE_PIECE, split_pair
 from inference.classifier import ClassifierOptions, add_classifier_flags
 from inference.explain import add_explain_flags, explain_options, explainer_of
 from inference.load import load_classifier
+from inference.selection import add_selection_flags, check_selection_flags, select_texts
 from options.parser import ArgumentParser, float_range, int_at_least
 from utils.errors import UserError, exit_on_user_error
 from utils.log import log
@@ -54,11 +60,14 @@ def parse_args():
                         help="lines read, sorted and classified at a time")
     add_explain_flags(p.add_argument_group("explain (README: Explain)"))
     add_file_flags(p)
+    add_selection_flags(p)
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    if check_selection_flags(args):  # --select N: which texts of --input_fn to label next
+        return select_texts(args, load_classifier(ClassifierOptions.from_flags(vars(args))))
     check_file_flags(args)
     explain = explain_options(vars(args), args.backend, args.quantize)  # None without --explain
     if args.input_fn:

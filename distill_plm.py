@@ -128,6 +128,9 @@ def check_flags(args, teacher):
         # the student is a new, smaller model (layers cut from the teacher): it needs every weight to train
         raise UserError("--lora_r: distill_plm.py trains its student in full; train LoRA adapters with "
                         "finetune_plm_native.py/_hf.py --lora_r")
+    if args.cv:
+        raise UserError("--cv: distill_plm.py trains one student; cross-validate with finetune_plm_native.py/_hf.py "
+                        "--cv K")
     if teacher.regression or args.regression:
         raise UserError(f"{'--regression' if args.regression else args.teacher_fn + ' is a regression model'}: "
                         "distillation here is for classifiers (single- or multi-label)")

@@ -3,6 +3,7 @@
 Runs unchanged on one CPU/GPU or under `torchrun --nproc_per_node=N` / `accelerate launch`."""
 from options.training_flags import training_options, training_parser
 from training.finish import check_publishing, publish
+from training.cross_validation import cross_validate
 from training.hp_search import search
 from training.loss import loss_function
 from training.native_loop import train
@@ -17,6 +18,9 @@ def main():
     if options.search.hp_search:  # N trials of this script, each a subprocess; the best one's model is saved
         search(options, "native", __file__)
         return publish(options, repo_id)
+    if options.cross_validation.collects_folds:  # K folds of this script, each a subprocess; oof probabilities
+        cross_validate(options, "native", __file__)
+        return publish(options, repo_id) if options.cross_validation.cv_final else None
     run = prepare(options, "native")  # device, data, model; bad input fails here, before anything is written
     # the loop (training/native_loop.py) evaluates, keeps the best weights and saves the run
     train(options, run, "native", loss_function(run.class_weights, run.splits.multi_label, run.regression_scale))

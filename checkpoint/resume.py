@@ -11,7 +11,7 @@ TRAINER_SCRIPTS = {"native": "finetune_plm_native.py", "hf": "finetune_plm_hf.py
 def run_fingerprint(flags, trainer, labels, world_size, data, ignore=("model_fn", "resume", "save_every",
                                                                        "save_total_limit", "n_errors", "log_dir",
                                                                        "test_fn", "device", "cache_dir",
-                                                                       "preprocessing_num_workers", "calibrate",
+                                                                       "preprocessing_num_workers", "calibrate", "cv_final",
                                                                        "hp_storage", "config", "report_to",
                                                                        "push_to_hub", "hub_private")):
     """What a resumed run must share with the interrupted one: the flags that shape training (`flags`:

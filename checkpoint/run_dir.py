@@ -20,6 +20,10 @@ from utils.processes import close_lock, open_lock
 RUN_FILE = "run.json"  # in the partial directory: what the interrupted run was, checked by --resume
 SEARCH_FILE = "hp_search.json"  # in the partial directory of a hyperparameter search (training/hp_search.py)
 STUDY_FILE = "hp_study.db"  # beside it: the search's own Optuna study (SQLite), unless --hp_storage names another
+CV_FILE = "cv.json"  # in the partial directory of a --cv run (training/cross_validation.py)
+CV_METRICS = "cv_metrics.json"  # what a finished --cv run writes, with or without a model (--cv_final)
+# what makes a partial directory one to --resume, besides a training state: a search's, a cross-validation's plan
+PLANS = {SEARCH_FILE: "the search so far is", CV_FILE: "the folds finished so far are"}
 
 
 def partial_dir(model_fn):
@@ -34,7 +38,7 @@ def resume_dir(model_fn):
 def resumable(model_fn):
     """Whether the partial directory holds something --resume continues: a saved training state, or a
     hyperparameter search (its study and finished trials)."""
-    return bool(train_states(resume_dir(model_fn))) or (partial_dir(model_fn) / SEARCH_FILE).exists()
+    return bool(train_states(resume_dir(model_fn))) or any((partial_dir(model_fn) / plan).exists() for plan in PLANS)
 
 
 def lock_output(model_fn):
@@ -71,6 +75,8 @@ def lock_output(model_fn):
         if (partial / SEARCH_FILE).exists():
             # a damaged study cannot be continued: the error says what to do instead
             return None if study_damage(model_fn) else f"the search so far is kept in {partial}: continue with --resume"
+        if (partial / CV_FILE).exists():
+            return f"the folds finished so far are kept in {partial}: continue with --resume"
         if partial.is_dir() and train_states(resume_dir(model_fn)):
             return f"the resumable state in {resume_dir(model_fn)} is kept: continue with --resume"
         if not partial_was_there:
@@ -163,11 +169,11 @@ def check_output(model_fn, resume):
     if old.is_dir() and not model_fn.exists():  # a crash between commit_run's two renames
         os.replace(old, model_fn)
         log.warning(f"restored {model_fn} from {old} (an earlier run stopped while replacing it)")
-    if model_fn.exists() and not (model_fn / TRAINING_ARGS).exists() and (
+    if model_fn.exists() and not (model_fn / TRAINING_ARGS).exists() and not (model_fn / CV_METRICS).exists() and (
             not model_fn.is_dir() or any(model_fn.iterdir())):
         raise UserError(f"{model_fn}: exists and is not a model written by this tool; "
                         "refusing to replace it: choose another --model_fn")
-    if resume and not ((partial / "resume").is_dir() or (partial / SEARCH_FILE).exists()):
+    if resume and not ((partial / "resume").is_dir() or any((partial / plan).exists() for plan in PLANS)):
         raise UserError(f"--resume: no interrupted run of {model_fn} to continue (no {partial}/resume)")
     # a partial directory with nothing to resume from is not refused: rank 0's lock_output removes it (the
     # other processes of a distributed run check before or after it does)

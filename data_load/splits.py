@@ -43,6 +43,8 @@ class DataOptions:
     # data must be one of them
     classes: tuple | None = None
     classes_of: str = "the model"  # whose classes, for messages
+    folds: int | None = None  # --cv K: the training rows cut into K folds (data_load.folds)
+    fold: int | None = None  # --cv_fold: this run trains on the other folds and predicts this one (its test set)
 
     def __post_init__(self):
         """One training data set, named once: checked here, where every DataOptions is made (the trainers'
@@ -109,6 +111,8 @@ class Splits:
     test: Split | None
     labels: list  # index = class id; regression: the one output, [REGRESSION_LABEL]
     regression: bool = False
+    pool: Split | None = None  # --cv: every training row the folds share out (before any validation split)
+    folds: np.ndarray | None = None  # --cv: the fold of each row of `pool`
 
     @property
     def label2id(self):
@@ -211,23 +215,51 @@ def load_splits(options):
         if mixed:  # `a;b` among `a,b` fields: a class of its own unless the file mixes separators by mistake
             log.warning(f"{train.name}: the label {mixed[0]!r} contains {mixed[1]!r}: if it holds several labels, "
                         f"the file mixes separators; --label_separator is {labeling.separator!r}")
+    valid = test = None
     if valid_source is not None:
         valid = read(valid_source)
         check_known_labels(valid, labels, known_from)
-    else:
-        # codes in text order, as np.unique orders the label texts: the split the rows would get.
-        # Label sets (multi-label) cannot be stratified: split at random.
-        codes = None if train.multi_label else label_ids(train.column("label"), sorted(labels)).to_numpy()
-        train_positions, valid_positions = split_indices(codes, options.valid_ratio, options.seed, len(train))
-        train, valid = train.subset(train_positions), train.subset(valid_positions)
-    test = None
     if test_source is not None:
         test = read(test_source)
         check_known_labels(test, labels, known_from)
+    if options.folds:
+        return _cross_validation_splits(options, train, valid, test, labels)
+    if valid is None:
+        train, valid = _split_off_validation(train, labels, options)
     train = seeded_subset(train, options.max_train_samples, options.seed)
     valid = seeded_subset(valid, options.max_eval_samples, options.seed)
     test = test and seeded_subset(test, options.max_eval_samples, options.seed)
     return Splits(train=train, valid=valid, test=test, labels=labels)
+
+
+def _split_off_validation(train, labels, options):
+    """(train, valid): --valid_ratio of the rows split off, seeded, stratified by label."""
+    # codes in text order, as np.unique orders the label texts: the split the rows would get.
+    # Label sets (multi-label) cannot be stratified: split at random.
+    codes = None if train.multi_label else label_ids(train.column("label"), sorted(labels)).to_numpy()
+    train_positions, valid_positions = split_indices(codes, options.valid_ratio, options.seed, len(train))
+    return train.subset(train_positions), train.subset(valid_positions)
+
+
+def _cross_validation_splits(options, train, valid, test, labels):
+    """--cv K: the training rows (a --max_train_samples subset first) cut into K folds. The run of fold k
+    (options.fold) trains on the other folds, is validated on --valid_fn or on --valid_ratio of those (never on
+    fold k: the fold's probabilities must come from a model that neither trained nor chose its epoch on it),
+    and predicts fold k as its test set. Without options.fold (the --cv run itself, and --cv_final), the
+    splits are those of a run without --cv."""
+    from data_load.folds import fold_of_rows
+    pool = seeded_subset(train, options.max_train_samples, options.seed)
+    folds = fold_of_rows(pool, labels, options.folds, options.seed)
+    if options.fold is None:
+        train = pool
+    else:
+        train, test = pool.subset(np.flatnonzero(folds != options.fold)), pool.subset(np.flatnonzero(folds == options.fold))
+    if valid is None:
+        train, valid = _split_off_validation(train, labels, options)
+    valid = seeded_subset(valid, options.max_eval_samples, options.seed)
+    if options.fold is None:
+        test = test and seeded_subset(test, options.max_eval_samples, options.seed)
+    return Splits(train=train, valid=valid, test=test, labels=labels, pool=pool, folds=folds)
 
 
 def _regression_splits(options, train, valid, test):

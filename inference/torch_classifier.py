@@ -30,26 +30,45 @@ class TorchClassifier(Classifier):
         self.autocast = autocast_context(self.device, self.precision)
 
     def logits(self, items):
+        return self.logits_and_embeddings(items, embeddings=False)[0]
+
+    def logits_and_embeddings(self, items, embeddings=True):
+        """(logits as `logits` gives them, and with `embeddings` each text's sentence embedding: the mean of
+        the fine-tuned encoder's last hidden states over its tokens, sliding windows averaged; else None),
+        from one forward pass."""
         examples = [Example(text=text, text_pair=pair) for text, pair in items]
         dataset = TextClassificationDataset(examples, self.tokenizer, self.max_length, long_text=self.long_text,
                                             stride=self.stride)
-        logits = classify(self.model, self.collate, dataset, self.batch_size, self.device, self.autocast,
-                          self.max_batch_tokens).numpy()
+        logits, vectors = classify(self.model, self.collate, dataset, self.batch_size, self.device, self.autocast,
+                                   self.max_batch_tokens, embeddings)
+        logits = logits.numpy()
         if self.saved.calibration:  # --calibrate (the ONNX export has the same division in its graph)
             logits /= self.saved.temperature
-        return self.pooled(logits, dataset.text_of_item, len(examples))
+        if vectors is not None and dataset.text_of_item is not None:
+            from data_load.long_text import pool
+            vectors = pool(vectors.numpy(), dataset.text_of_item, len(examples), "mean")
+        elif vectors is not None:
+            vectors = vectors.numpy()
+        return self.pooled(logits, dataset.text_of_item, len(examples)), vectors
 
 
 @torch.inference_mode()
-def classify(model, collate, dataset, batch_size, device, autocast, max_batch_tokens=None):
-    """float32 logits of a TextClassificationDataset's items in order; batches are formed from length-sorted
-    items (sliding windows of many texts mixed)."""
+def classify(model, collate, dataset, batch_size, device, autocast, max_batch_tokens=None, embeddings=False):
+    """(float32 logits of a TextClassificationDataset's items in order, and with `embeddings` their mean-pooled
+    last hidden states, else None); batches are formed from length-sorted items (sliding windows of many
+    texts mixed)."""
     logits = torch.empty(len(dataset), model.config.num_labels)
+    vectors = torch.empty(len(dataset), model.config.hidden_size) if embeddings else None
     for indices in length_batches(dataset.lengths, batch_size, max_batch_tokens):
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
         with autocast:
-            logits[indices] = model(**batch).logits.float().cpu()
-    return logits
+            output = model(**batch, output_hidden_states=embeddings)
+            logits[indices] = output.logits.float().cpu()
+            if embeddings:
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                states = output.hidden_states[-1].float()
+                vectors[indices] = ((states * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu()
+    return logits, vectors
 
 
 def quantize_int8(model):

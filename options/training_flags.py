@@ -72,6 +72,9 @@ class TrainingArgumentParser(ArgumentParser):
         if parsed.lora_target_modules is not None and not [name for name in parsed.lora_target_modules.split(",")
                                                            if name.strip()]:
             self.error("--lora_target_modules: no layer names; give them comma-separated, e.g. query,value")
+        cv_problem = cross_validation_problem(parsed)
+        if cv_problem:
+            self.error(cv_problem)
         if (parsed.hp_space or parsed.hp_storage) and not parsed.hp_search:
             self.error("--hp_space and --hp_storage are for a hyperparameter search: add --hp_search N")
         try:  # a tracker or the Hub's package missing: one line before anything runs
@@ -94,6 +97,7 @@ def training_parser(description):
     add_training_flags(p)
     add_reporting_flags(p)
     add_search_flags(p)
+    add_cross_validation_flags(p)
     return p
 
 
@@ -258,6 +262,63 @@ def add_search_flags(p):
                              "in all, and each saves the best trial it ran itself")
 
 
+def add_cross_validation_flags(p):
+    cv = p.add_argument_group("cross-validation (label errors: find_label_errors.py)")
+    cv.add_argument("--cv", type=int_at_least(2), default=None, metavar="K",
+                    help="train K models on K seeded folds of the training data (stratified by label; multi-label: "
+                         "iterative stratification), each with these flags, validated on --valid_fn or on "
+                         "--valid_ratio of its own training folds; --model_fn gets every training row's out-of-fold "
+                         "probabilities (oof_predictions.parquet, for find_label_errors.py) and each fold's scores "
+                         "with their mean and standard deviation (cv_metrics.json). Each fold is a process of its "
+                         "own: --resume after a kill runs only the unfinished folds")
+    cv.add_argument("--cv_final", action="store_true",
+                    help="with --cv: also train one model on all the training data (as without --cv) into "
+                         "--model_fn, which --test_fn then scores")
+    cv.add_argument("--cv_fold", type=int_at_least(0), default=None, metavar="k",
+                    help="with --cv K: train only fold k (0..K-1) into --model_fn, e.g. on another machine; "
+                         "copy its directory to <dir>/.<name>.partial/cv_folds/fold-k of the --cv run, which "
+                         "--resume then counts as done (README, \"Better labels\")")
+
+
+def cross_validation_problem(parsed):
+    """What is wrong with the --cv flags as given, or None."""
+    if parsed.cv is None:
+        if parsed.cv_final or parsed.cv_fold is not None:
+            return f"{'--cv_final' if parsed.cv_final else '--cv_fold'} is for cross-validation: add --cv K"
+        return None
+    if parsed.regression:
+        return "--cv: out-of-fold probabilities are for classes; --regression predicts a number: drop one of them"
+    if parsed.hp_search:
+        return ("--cv and --hp_search: search first, then cross-validate with the values it found "
+                "(training_args.json of its model)")
+    if parsed.cv_fold is not None and parsed.cv_fold >= parsed.cv:
+        return f"--cv_fold {parsed.cv_fold}: folds are numbered 0 to {parsed.cv - 1} with --cv {parsed.cv}"
+    if parsed.cv_fold is not None and parsed.cv_final:
+        return "--cv_fold trains one fold; --cv_final is for the --cv run that collects them: drop one of them"
+    return None
+
+
+def command_line(flags):
+    """The trainers' command line (a list of arguments) that gives `flags` ({flag: value}, every trainer flag):
+    each flag whose value is not its default, so that a subprocess of the same script (a search's trial, a
+    fold of --cv) runs with every setting of its parent."""
+    argv = []
+    for action in training_parser("")._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = flags[action.dest]
+        if isinstance(value, (tuple, list)):  # --report_to's trackers: as the flag's text, a,b
+            value = ",".join(map(str, value))
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # a switch: given when it sets the value (--calibrate and --no_calibrate share one)
+            argv += [flag] if value == action.const else []
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 # The options: the trainers' flags as typed, frozen values, grouped by what reads them. An entry point
 # builds them once (training_options) and hands them down; nothing below it sees the parsed namespace, and
 # nothing changes them in place. A flag the entry point settles itself goes in through training_options, so
@@ -334,6 +395,19 @@ class SearchOptions:
 
 
 @dataclass(frozen=True)
+class CrossValidationOptions:
+    """--cv (training.cross_validation); the folds themselves are data (DataOptions.folds, .fold)."""
+    cv: int | None  # the number of folds; None: no cross-validation
+    cv_fold: int | None  # the one fold this run trains
+    cv_final: bool
+
+    @property
+    def collects_folds(self):
+        """Whether this run is the --cv run that trains the folds (each a subprocess) and collects them."""
+        return self.cv is not None and self.cv_fold is None
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     """Everything a training run is told, as the groups above. `flags` is every flag as the command line gave
     it (resolved by the entry point, e.g. distill_plm.py's student), as (name, value) pairs in the parser's
@@ -346,6 +420,7 @@ class TrainingOptions:
     evaluation: EvalOptions
     run: RunOptions
     search: SearchOptions
+    cross_validation: CrossValidationOptions
     flags: tuple
 
     @property
@@ -371,6 +446,7 @@ def options_from_flags(flags):
         data=data_options(flags), model=pick(ModelOptions),
         schedule=pick(ScheduleOptions, group_by_length=not flags["no_group_by_length"]),
         evaluation=pick(EvalOptions), run=pick(RunOptions), search=pick(SearchOptions),
+        cross_validation=CrossValidationOptions(flags.get("cv"), flags.get("cv_fold"), bool(flags.get("cv_final"))),
         flags=tuple(flags.items()))
 
 
@@ -386,7 +462,8 @@ def data_options(flags):
         labeling=dataclasses.replace(labeling, numbers=bool(flags["regression"])),
         valid_ratio=flags["valid_ratio"], seed=flags["seed"], max_train_samples=flags["max_train_samples"],
         max_eval_samples=flags["max_eval_samples"], cache_dir=flags["cache_dir"],
-        regression=bool(flags["regression"]), delimiter=flags["delimiter"])
+        regression=bool(flags["regression"]), delimiter=flags["delimiter"], folds=flags.get("cv"),
+        fold=flags.get("cv_fold"))
 
 
 def flag_defaults():

@@ -26,11 +26,11 @@ SCRIPT_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED
 # Entry points a test may run inside its own process: what a script run adds is an interpreter start and
 # the imports of torch, transformers and datasets (4-5 s of CPU each time on this machine), which the
 # suite paid about sixty times. What needs a process of its own still gets one: a different environment
-# (`env=`), worker processes or a Ray cluster (file mode's --num_workers, --engine), the search's trials,
+# (`env=`), worker processes or a Ray cluster (file mode's --num_workers, --engine), the search's trials and --cv's folds,
 # and the tests that send signals, start torchrun or read `-X importtime` (they call subprocess themselves).
 IN_PROCESS = {"finetune_plm_native.py", "finetune_plm_hf.py", "distill_plm.py", "classify_plm.py", "evaluate_plm.py",
               "export_plm.py"}
-NEEDS_A_PROCESS = {"--num_workers", "--engine", "--ray_address", "--hp_search"}
+NEEDS_A_PROCESS = {"--num_workers", "--engine", "--ray_address", "--hp_search", "--cv"}
 
 
 def run_script(script, *args, stdin=None, check=True, timeout=600, env=None, in_process=None):
@@ -190,10 +190,11 @@ def pytest_configure(config):
 # `make test` runs files two at a time (--dist loadfile), in collection order: the longest first, so that
 # the last file to start is a short one and neither worker idles while the other finishes a long one.
 # Seconds per file in a full run on this 2-core machine (the order matters, not the figures): end_to_end 200,
-# robustness 141, training_options 113, multi_label 64, accuracy_bench 22-60, onnx 58, hp_search 55, lora 52 (alone),
-# model_shapes 49.
-LONGEST_FIRST = ["test_end_to_end.py", "test_robustness.py", "test_training_options.py", "test_multi_label.py",
-                 "test_onnx.py", "test_hp_search.py", "test_lora.py", "test_model_shapes.py", "test_hostile_runs.py",
+# robustness 141, training_options 113, data_quality 100, multi_label 64, accuracy_bench 22-60, onnx 58, hp_search 55,
+# lora 52 (alone), model_shapes 49.
+LONGEST_FIRST = ["test_end_to_end.py", "test_robustness.py", "test_training_options.py", "test_data_quality.py",
+                 "test_multi_label.py", "test_onnx.py", "test_hp_search.py", "test_lora.py", "test_model_shapes.py",
+                 "test_hostile_runs.py",
                  "test_bad_input.py", "test_serve.py"]
 
 

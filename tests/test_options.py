@@ -59,11 +59,11 @@ def test_every_trainer_flag_has_a_typed_home():
     not got would be in training_args.json but read by nothing."""
     import dataclasses
 
-    from options.training_flags import (EvalOptions, ModelOptions, RunOptions, ScheduleOptions, SearchOptions,
-                                        training_parser)
+    from options.training_flags import (CrossValidationOptions, EvalOptions, ModelOptions, RunOptions,
+                                        ScheduleOptions, SearchOptions, training_parser)
     from data_load.splits import DataOptions
     fields = {field.name for group in (DataOptions, ModelOptions, ScheduleOptions, EvalOptions, RunOptions,
-                                       SearchOptions) for field in dataclasses.fields(group)}
+                                       SearchOptions, CrossValidationOptions) for field in dataclasses.fields(group)}
     # read into another field: DataOptions.labeling and ScheduleOptions.group_by_length
     converted = {"multi_label", "label_separator", "label_columns", "label_names_fn", "no_group_by_length"}
     # read by the parser itself: a --config file's values are the other flags' (options/config.py)
@@ -79,7 +79,7 @@ def test_options_are_frozen():
     from inference.classifier import ClassifierOptions, Prediction
     options = training_options()
     groups = [options, options.data, options.model, options.schedule, options.evaluation, options.run,
-              options.search, ClassifierOptions(*[None] * 11), Prediction(None, None, [], [])]
+              options.search, options.cross_validation, ClassifierOptions(*[None] * 11), Prediction(None, None, [], [])]
     for group in groups:
         name = dataclasses.fields(group)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):

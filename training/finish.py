@@ -4,6 +4,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from checkpoint.lora import trained_share
@@ -13,6 +14,7 @@ from checkpoint.run_dir import commit_run, partial_dir
 from checkpoint.saved_model import CALIBRATION_KEY, save_model
 from options.training_flags import flag_defaults
 from scoring.report import write_report
+from scoring.scores import probabilities_of
 from training.recorder import BEST_WEIGHTS
 from utils.errors import UserError, first_line
 from utils.log import log
@@ -40,6 +42,8 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
         save_model(partial, model, run.tokenizer, record)
         write_report(partial, history, splits.labels, valid, test, n_errors=options.evaluation.n_errors)
         write_model_card(partial, flag_defaults(), name=Path(model_fn).name)
+        if options.cross_validation.cv_fold is not None:  # a fold of --cv: its held-out rows' probabilities
+            write_held_out(partial / HELD_OUT, splits.test, test["logits"], splits.multi_label)
     except Exception as error:  # disk full or permissions: OSError, or safetensors' own error type
         raise UserError(f"{partial}: cannot write the model ({first_line(error)}); {model_fn} is unchanged") from None
     # the best weights go only now: a failed save above keeps them for --resume
@@ -80,6 +84,15 @@ def data_record(splits):
             notes.append("a seeded random subset (--max_train_samples / --max_eval_samples)")
         record[name] = {"source": split.name, "digest": split.digest, "rows": len(split), "note": "; ".join(notes)}
     return record
+
+
+HELD_OUT = "cv_held_out.npz"  # in a fold's model directory (training.cross_validation collects it)
+
+
+def write_held_out(path, held_out, logits, multi_label):
+    """The rows of the held-out fold (positions in the training source) and their probabilities."""
+    with open(path, "wb") as f:
+        np.savez(f, rows=held_out.indices, probabilities=probabilities_of(logits, multi_label))
 
 
 def _versions():

@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 from checkpoint.run_dir import SEARCH_FILE, STUDY_FILE, commit_run, partial_dir, start_run
-from options.training_flags import DEFAULT_SPACE, SEARCHABLE, training_parser
+from options.training_flags import DEFAULT_SPACE, SEARCHABLE, command_line, training_parser
 from scoring.trackers import TRACKER_PARENT_ENV, Trackers
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
@@ -500,23 +500,9 @@ def trial_argv(flags, values, model_fn):
     is passed on, so none is lost."""
     # not the config file either (the trial gets every value as a flag; the file would give it the search's
     # --hp_search and --test_fn back), nor --push_to_hub (the search pushes its winner)
-    flags = {**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False, "hp_search": None,
-             "hp_space": None, "hp_storage": None, "config": None, "push_to_hub": None, "hub_private": False}
-    argv = []
-    for action in training_parser("")._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = flags[action.dest]
-        if isinstance(value, (tuple, list)):  # --report_to's trackers: as the flag's text, a,b
-            value = ",".join(map(str, value))
-        if value == action.default:
-            continue
-        flag = max(action.option_strings, key=len)
-        if action.nargs == 0:  # a switch: given when it sets the value (--calibrate and --no_calibrate share one)
-            argv += [flag] if value == action.const else []
-        else:
-            argv += [flag, str(value)]
-    return argv
+    return command_line({**flags, **values, "model_fn": str(model_fn), "test_fn": None, "resume": False,
+                         "hp_search": None, "hp_space": None, "hp_storage": None, "config": None,
+                         "push_to_hub": None, "hub_private": False})
 
 
 def study_name(trainer_name, run, space, calibrate=False):

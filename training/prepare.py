@@ -88,6 +88,9 @@ def prepare(options, trainer_name):
     """options: the run's TrainingOptions (options.training_flags); its data options say whose classes the
     model must have, when they are given (distillation: the teacher's)."""
     data, model_options, schedule, run_options = options.data, options.model, options.schedule, options.run
+    if options.cross_validation.cv is not None:
+        from training.cross_validation import become_fold
+        become_fold()
     context = distributed_context()
     setup_logging(context.rank)  # the other processes of a distributed run: errors only
     device = choose_device(run_options.device, context.local_rank)
