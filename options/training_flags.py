@@ -293,6 +293,9 @@ def cross_validation_problem(parsed):
                 "(training_args.json of its model)")
     if parsed.cv_fold is not None and parsed.cv_fold >= parsed.cv:
         return f"--cv_fold {parsed.cv_fold}: folds are numbered 0 to {parsed.cv - 1} with --cv {parsed.cv}"
+    if parsed.push_to_hub and not parsed.cv_final:
+        return ("--push_to_hub with --cv: only --cv_final trains a model to push (the folds' models are not kept); "
+                "add --cv_final, or drop --push_to_hub")
     if parsed.cv_fold is not None and parsed.cv_final:
         return "--cv_fold trains one fold; --cv_final is for the --cv run that collects them: drop one of them"
     return None
