@@ -50,22 +50,27 @@ def find_issues(given, probabilities, multi_label, label_names, filter_by=DEFAUL
 
 
 def _multi_label_issues(given, probabilities, label_names, filter_by):
-    from cleanlab.multilabel_classification.dataset import common_multilabel_issues
-    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.filter import find_label_issues, find_multilabel_issues_per_class
     from cleanlab.multilabel_classification.rank import get_label_quality_scores
     given = [list(map(int, row)) for row in given]
     flagged = find_label_issues(given, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence",
                                 n_jobs=1)
     quality = get_label_quality_scores(given, probabilities)
     suggested = (probabilities >= MULTI_LABEL_THRESHOLD).astype(np.int8)
-    table = common_multilabel_issues(labels=given, pred_probs=probabilities, class_names=list(label_names))
+    # per label, the rows whose given membership looks wrong: what cleanlab's common_multilabel_issues counts,
+    # computed here with n_jobs=1, since it has no n_jobs and its pool of forked processes hung in a process
+    # that had run torch (the suite's multi-label test waited forever)
+    issues, _, _ = find_multilabel_issues_per_class(labels=given, pred_probs=probabilities,
+                                                    return_indices_ranked_by="self_confidence", n_jobs=1)
+    in_given = np.zeros(probabilities.shape, dtype=bool)
+    for row, ids in enumerate(given):
+        in_given[row, ids] = True
     counts = []
-    for label in label_names:
-        rows = table[table["Class Name"] == label]
-        missing = rows[(rows["In Given Label"] == False) & (rows["In Suggested Label"] == True)]  # noqa: E712
-        extra = rows[(rows["In Given Label"] == True) & (rows["In Suggested Label"] == False)]  # noqa: E712
-        counts.append({"label": label, "estimated missing": int(missing["Num Examples"].sum()),
-                       "estimated extra": int(extra["Num Examples"].sum())})
+    for k, label in enumerate(label_names):
+        wrong = np.zeros(len(given), dtype=bool)
+        wrong[issues[k]] = True
+        counts.append({"label": label, "estimated missing": int(np.sum(wrong & ~in_given[:, k])),
+                       "estimated extra": int(np.sum(wrong & in_given[:, k]))})
     counts.sort(key=lambda row: -(row["estimated missing"] + row["estimated extra"]))
     return LabelIssues(np.asarray(flagged, dtype=np.int64), quality, suggested, counts,
                        int(sum(row["estimated missing"] + row["estimated extra"] for row in counts)))
