@@ -27,10 +27,11 @@ import numpy as np
 from checkpoint.run_dir import CV_FILE, CV_METRICS, commit_run, partial_dir, resumable, start_run
 from options.training_flags import command_line
 from training.finish import HELD_OUT
+from training.trial import FOLD_ENV
 from utils.errors import UserError, first_line
 from utils.files import atomic_write
 from utils.log import log
-from utils.processes import die_with_parent, start_worker
+from utils.processes import start_worker
 
 OOF_FILE = "oof_predictions.parquet"
 FOLDS_DIR = "cv_folds"
@@ -40,7 +41,6 @@ OOF_METADATA_KEY = b"finetune_plm"  # the Parquet schema metadata: labels, data 
 SHOWN = ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "mcc", "ece", "loss")
 # a fold's files not worth keeping: the weights (90 MB each for MiniLM) and its TensorBoard logs
 DROPPED = ("model.safetensors", "runs")
-FOLD_ENV = "FINETUNE_PLM_CV_FOLD"  # in the environment of a fold the --cv run started
 
 
 def cross_validate(options, trainer_name, script):
@@ -109,13 +109,6 @@ def cross_validate(options, trainer_name, script):
 def write_json(path, value):
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def become_fold():
-    """In a fold (or --cv_final) that a --cv run started: die with it (a fold without its run would train
-    for nothing)."""
-    if os.environ.get(FOLD_ENV):
-        die_with_parent()
 
 
 def run_fold(options, script, fold, fold_dir):

@@ -89,7 +89,7 @@ def prepare(options, trainer_name):
     model must have, when they are given (distillation: the teacher's)."""
     data, model_options, schedule, run_options = options.data, options.model, options.schedule, options.run
     if options.cross_validation.cv is not None:
-        from training.cross_validation import become_fold
+        from training.trial import become_fold
         become_fold()
     context = distributed_context()
     setup_logging(context.rank)  # the other processes of a distributed run: errors only

@@ -1,7 +1,8 @@
 """A trial of --hp_search as the trial sees it: the subprocess the search started finds its Optuna trial in
 the environment (TRIAL_ENV), reports each evaluation's --best_metric to it (training.recorder), and ends
 with PRUNED_EXIT when the pruner calls it hopeless. Apart from training/hp_search.py (the search that
-starts trials) so that the recorder, which every run has, does not import the search."""
+starts trials) so that the recorder, which every run has, does not import the search. A fold of --cv is such
+a subprocess too (FOLD_ENV, become_fold), started by training/cross_validation.py."""
 import json
 import os
 import sys
@@ -11,6 +12,14 @@ from utils.processes import die_with_parent
 
 TRIAL_ENV = "FINETUNE_PLM_HP_TRIAL"  # in a trial's environment: where its Optuna trial is (JSON)
 PRUNED_EXIT = 3  # a trial's exit status when the pruner stopped it (2 is a user error, 1 a bug)
+FOLD_ENV = "FINETUNE_PLM_CV_FOLD"  # in the environment of a fold (or --cv_final) that a --cv run started
+
+
+def become_fold():
+    """In a fold (or --cv_final) that a --cv run started: die with it (a fold without its run would train
+    for nothing). Here, not in training/cross_validation.py, which imports training.prepare that calls it."""
+    if os.environ.get(FOLD_ENV):
+        die_with_parent()
 
 
 def median_pruner(n_trials):
