@@ -26,6 +26,7 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
     model_fn = options.run.model_fn
     partial = partial_dir(model_fn)
     splits = run.splits
+    trained, every = trained_share(model)
     record = {**options.record, **run.resolved_settings(), "trainer": trainer_name, "labels": splits.labels,
               "has_pairs": splits.has_pairs, "n_train": len(splits.train), "n_valid": len(splits.valid),
               "precision": run.precision, "world_size": run.context.world_size, "multi_label": splits.multi_label,
@@ -33,7 +34,7 @@ def save_run(options, trainer_name, run, model, history, valid, test, extra=None
               **({"threshold": valid["metrics"]["threshold"]} if splits.multi_label else {}),
               # --calibrate: the temperature fitted on validation, which every classifier divides the logits by
               **({CALIBRATION_KEY: valid["metrics"]["temperature"]} if "temperature" in valid["metrics"] else {}),
-              "trained_parameters": trained_share(model)[0], "all_parameters": trained_share(model)[1],
+              "trained_parameters": trained, "all_parameters": every,
               "data": data_record(splits), "versions": _versions(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               **(extra or {})}
     if run.regression_scale is not None:  # the saved model outputs the number itself (checkpoint.pretrained)
