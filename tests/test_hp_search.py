@@ -43,6 +43,17 @@ def trial_states(study):
         return []
 
 
+def running_trial_has_values(study):
+    """Whether the running trial has its values: the search sets its `host` after suggesting them (a SIGTERM
+    between Optuna's ask and the suggestions leaves a failed trial with none, as a busy machine showed)."""
+    try:
+        with sqlite3.connect(f"file:{study}?mode=ro", uri=True, timeout=0.1) as db:
+            return bool(db.execute("SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = "
+                                   "t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'host'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return False
+
+
 @pytest.mark.slow  # the search and 2 trials, killed; the search again and 1 trial; classify_plm.py (~30 s)
 def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_flags):
     script, model_fn = ROOT / "finetune_plm_native.py", tmp_path / "searched"
@@ -53,7 +64,8 @@ def test_killed_search_resumes_prunes_and_saves_the_best_trial(tmp_path, search_
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     study = tmp_path / ".searched.partial" / "hp_study.db"
     deadline = time.time() + 300
-    while trial_states(study) != ["COMPLETE", "RUNNING"]:  # trial 0 finished, trial 1 under way
+    # trial 0 finished, trial 1 under way with its values
+    while trial_states(study) != ["COMPLETE", "RUNNING"] or not running_trial_has_values(study):
         assert search.poll() is None and time.time() < deadline, search.stderr.read()[-3000:]
         time.sleep(0.1)
     search.send_signal(signal.SIGTERM)
