@@ -176,10 +176,15 @@ def add_training_flags(p):
                             "schedule spans these steps), as TrainingArguments.max_steps")
     train.add_argument("--batch_size", type=int_at_least(1), default=32, help="samples per step per device")
     train.add_argument("--few_shot", choices=["auto", "on", "off"], default="auto",
-                       help="the schedule for a small training set: batches of 8 and enough epochs for about 200 "
-                            "optimizer steps, in place of --batch_size and --n_epochs left at their defaults; auto: "
+                       help="the recipe for a small training set: the encoder first trained on pairs of training "
+                            "texts (--few_shot_pairs), then batches of 8 and enough epochs for about 200 optimizer "
+                            "steps, in place of --batch_size and --n_epochs left at their defaults; auto: "
                             "for single-label data with at most 64 training examples per class (docs/accuracy.md, "
                             "Few labels)")
+    train.add_argument("--few_shot_pairs", type=int_at_least(0), default=20,
+                       help="with the few-shot recipe, single-label: first train the encoder on this many pairs "
+                            "of each kind (same class, other class) per training example, SetFit's contrastive "
+                            "phase, then the classifier (0: no pair phase)")
     train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     train.add_argument("--lr", type=float_above(0), default=None,
                        help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "
@@ -357,6 +362,7 @@ class ScheduleOptions:
     max_grad_norm: float
     class_weight: str | None
     few_shot: str  # auto, on, off (training.few_shot)
+    few_shot_pairs: int  # the recipe's pair phase: pairs of each kind per example (training.few_shot.pair_phase)
     group_by_length: bool  # not --no_group_by_length
     seed: int
 

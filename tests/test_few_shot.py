@@ -5,7 +5,8 @@ import json
 import pytest
 from conftest import ROOT, run_script, training_options
 
-from training.few_shot import FEW_SHOT_BATCH, FEW_SHOT_PER_CLASS, few_shot_schedule, is_few_shot
+from training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_MIN_VALID_TO_CHOOSE, FEW_SHOT_PER_CLASS, few_shot_schedule,
+                               is_few_shot, keeps_last_weights, mean_pooled, pair_phase, sentence_pairs)
 
 TRAIN_FN = ROOT / "data" / "review.sample.en.tsv"  # 480 lines, 2 classes: 216 training examples a class
 
@@ -41,8 +42,11 @@ def test_recipe_for_a_small_set_and_not_for_a_large_one(tmp_path, tiny_model):
     small = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "small", "--train_fn", small_set(tmp_path),
                        *common)
     assert "training examples, --few_shot auto): --batch_size 8" in small.stderr
+    assert "the encoder first learns from pairs of the 21 training texts" in small.stderr
+    assert "weights kept: the last epoch's (3 validation examples are too few" in small.stderr
     record = json.loads((tmp_path / "small" / "training_args.json").read_text())
     assert record["few_shot_recipe"] is True and record["batch_size"] == FEW_SHOT_BATCH
+    assert record["few_shot_pairs"] == 20
     large = run_script("finetune_plm_hf.py", "--model_fn", tmp_path / "large", "--train_fn", TRAIN_FN, *common)
     assert "few-shot recipe" not in large.stderr
     record = json.loads((tmp_path / "large" / "training_args.json").read_text())
@@ -50,6 +54,74 @@ def test_recipe_for_a_small_set_and_not_for_a_large_one(tmp_path, tiny_model):
     # the recipe's model loads like any other
     out = run_script("classify_plm.py", "--model_fn", tmp_path / "small", stdin="Works well.\n").stdout
     assert out.split("\t")[0] in ("negative", "positive")
+
+
+def test_the_last_weights_are_kept_when_validation_cannot_choose(tmp_path):
+    from training.recorder import EvaluationRecorder
+    assert keeps_last_weights({"batch_size": 8}, FEW_SHOT_MIN_VALID_TO_CHOOSE - 1)
+    assert not keeps_last_weights({"batch_size": 8}, FEW_SHOT_MIN_VALID_TO_CHOOSE)
+    assert not keeps_last_weights(None, 3)  # no recipe: the best epoch, as always
+    for keep_last, kept in ((False, 0), (True, 1)):
+        recorder = EvaluationRecorder(tmp_path / str(keep_last), tmp_path / str(keep_last), "accuracy", is_main=False,
+                                      keep_last=keep_last)
+        recorder._keep({"epoch": 1}, {"accuracy": 0.8})
+        recorder._keep({"epoch": 2}, {"accuracy": 0.6})  # worse, later
+        assert recorder.best_index == kept
+
+
+def test_sentence_pairs_as_setfit_samples_them():
+    labels = [0, 0, 0, 1, 1, 2]
+    pairs = sentence_pairs(labels, 5, seed=0)
+    assert len(pairs) == 2 * 5 * len(labels)
+    for i in range(len(labels)):
+        mine = [(j, target) for first, j, target in pairs if first == i]
+        assert sorted(target for _, target in mine) == [0.0] * 5 + [1.0] * 5
+        assert all((labels[j] == labels[i]) == (target == 1.0) for j, target in mine)
+    one_class = sentence_pairs([1, 1, 1], 3, seed=0)  # a single class: positive pairs only
+    assert len(one_class) == 9 and all(target == 1.0 for _, _, target in one_class)
+
+
+def test_pair_phase_draws_a_class_together_and_leaves_the_head(tiny_model, monkeypatch):
+    """On two classes of distinct words, the phase makes texts of one class closer (mean-pooled cosine) than
+    texts of the two classes, changes the encoder and not the classifier's head. (The tiny model is untrained:
+    it moves at a larger step than SetFit's 2e-5 for a pretrained encoder.)"""
+    import torch
+
+    from training import few_shot
+    monkeypatch.setattr(few_shot, "PAIR_LR", 1e-3)
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from data_load import TextClassificationCollator
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [f"{word} {other}" for word in ("apple", "pear", "plum", "grape") for other in ("red", "green")] + \
+            [f"{word} {other}" for word in ("truck", "train", "boat", "plane") for other in ("fast", "slow")]
+    labels = [0] * 8 + [1] * 8
+    encoded = tokenizer(texts)
+    train_set = Dataset.from_dict({"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"],
+                                   "labels": labels})
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    collate = TextClassificationCollator(tokenizer)
+
+    def gap():
+        model.eval()
+        with torch.no_grad():
+            batch = {k: v for k, v in collate([dict(input_ids=i, token_type_ids=t) for i, t in
+                                              zip(encoded["input_ids"], encoded["token_type_ids"])]).items()}
+            vectors = torch.nn.functional.normalize(mean_pooled(model.base_model, batch), dim=1)
+        similarity = vectors @ vectors.T
+        same = torch.tensor([[a == b for b in labels] for a in labels]) & ~torch.eye(16, dtype=torch.bool)
+        other = torch.tensor([[a != b for b in labels] for a in labels])
+        return (similarity[same].mean() - similarity[other].mean()).item()
+    before = gap()
+    head = {name: value.clone() for name, value in model.classifier.state_dict().items()}
+    encoder = model.base_model.encoder.layer[0].attention.self.query.weight.clone()
+    assert pair_phase(model, train_set, collate, torch.device("cpu"), seed=0, iterations=20,
+                      show_progress=False) == 2 * 20 * 16
+    assert gap() > before + 0.2
+    assert not torch.equal(model.base_model.encoder.layer[0].attention.self.query.weight, encoder)
+    assert all(torch.equal(value, head[name]) for name, value in model.classifier.state_dict().items())
 
 
 def test_too_few_of_a_class_for_the_validation_split_hints_at_valid_fn(caplog, monkeypatch):

@@ -19,6 +19,7 @@ from scoring.metrics import trainer_compute_metrics
 from training.evaluation import FIT_TEMPERATURE, evaluation
 from training.finish import save_run
 from training.loss import loss_function
+from training.few_shot import pairs_first
 from training.prepare import print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, open_trackers
 from utils.log import log
@@ -33,6 +34,7 @@ def train(options, run, trainer_name, loss_fn):
     # the schedule flags as used (run.settings: --few_shot's recipe may have set some, training.few_shot)
     settings, eval_options, run_options = run.settings, options.evaluation, options.run
     model_fn = run_options.model_fn
+    pairs_first(run, run_options.resume)  # the few-shot recipe's pair phase, where it applies
 
     training_args = TrainingArguments(
         output_dir=str(resume_dir(model_fn)),  # resumable states; the model itself is saved below
@@ -72,7 +74,8 @@ def train(options, run, trainer_name, loss_fn):
     partial = start_run(model_fn, run.fingerprint) if context.is_main else partial_dir(model_fn)
     recorder = EvaluationRecorder(open_trackers(options, trainer_name, context.is_main), partial, eval_options.best_metric,
                                   context.is_main, by_steps=bool(eval_options.eval_steps),
-                                  patience=eval_options.early_stopping_patience)
+                                  patience=eval_options.early_stopping_patience,
+                                  keep_last=run.keep_last_weights)
     loss = TrackedLoss(run.model, loss_fn, loss_function(None, run.splits.multi_label, run.regression_scale))
     valid_windows, text_of_window = window_rows(run.valid_set)  # sliding: Trainer evaluates windows, scored per text
     callback = RecorderCallback(recorder, StopRequest(context), loss, run.splits.multi_label,

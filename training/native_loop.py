@@ -21,6 +21,7 @@ from data_load import LengthGroupedBatchSampler, TextClassificationCollator, col
 from data_load.collator import TARGETS
 from training.evaluation import FIT_TEMPERATURE, all_logits, evaluation
 from training.finish import save_run
+from training.few_shot import pairs_first
 from training.prepare import print_plan
 from training.recorder import LOG_EVERY, EvaluationRecorder, load_best_weights, open_trackers
 from utils.log import log
@@ -37,6 +38,7 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     model_fn, accumulation = run_options.model_fn, settings.gradient_accumulation_steps
 
     init_process_group(context, device)
+    pairs_first(run, run_options.resume)  # the few-shot recipe's pair phase, where it applies
     model.to(device)
     if context.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -59,7 +61,8 @@ def train(options, run, trainer_name, loss_fn, plan_notes=(), record=None):
     context.barrier()
     recorder = EvaluationRecorder(open_trackers(options, trainer_name, context.is_main), partial, eval_options.best_metric,
                                   context.is_main, by_steps=bool(eval_options.eval_steps),
-                                  patience=eval_options.early_stopping_patience)
+                                  patience=eval_options.early_stopping_patience,
+                                  keep_last=run.keep_last_weights)
     recorder.restore(progress["history"])
     # The training loss since the last evaluation stays on the device: reading it (.item()) waits for
     # the GPU, so it is read only every LOG_EVERY steps and at each evaluation.

@@ -17,7 +17,7 @@ from data_load.lengths import clamp_max_length, model_max_length
 from data_load.long_text import check_stride, default_stride
 from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
 from scoring.metrics import best_metric_problem
-from training.few_shot import few_shot_schedule, is_few_shot
+from training.few_shot import few_shot_schedule, is_few_shot, keeps_last_weights
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
@@ -56,6 +56,7 @@ class Prepared:
     class_weights: np.ndarray | None  # --class_weight resolved, in class-id order
     settings: object = None  # ScheduleOptions as used: the flags', with the few-shot recipe where it applies
     few_shot: dict | None = None  # the flags the few-shot recipe set ({flag: value}); None: it did not apply
+    keep_last_weights: bool = False  # the last evaluation's weights, not the best's (training.few_shot)
     long_text: str = "truncate"  # --long_text as used (sentence pairs: truncate)
     stride: int | None = None  # sliding: --stride resolved
     window_pooling: str = "mean"
@@ -121,6 +122,10 @@ def prepare(options, trainer_name):
     if trainer_name != "distill" and is_few_shot(schedule.few_shot, len(splits.train), len(splits.labels),
                    single_label=not (splits.regression or splits.multi_label)):
         settings, few_shot = few_shot_schedule(schedule, len(splits.train), schedule_defaults())
+        # the pair phase trains the whole encoder on class-labelled pairs: not for LoRA or a frozen encoder
+        if (schedule.few_shot_pairs and not (splits.regression or splits.multi_label) and not model_options.lora_r
+                and not model_options.freeze_encoder):
+            few_shot["few_shot_pairs"] = schedule.few_shot_pairs
     fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
     if run_options.resume:
         check_resume_matches(run_options.model_fn, fingerprint)
@@ -157,7 +162,7 @@ def prepare(options, trainer_name):
         context=context, device=device, precision=precision, splits=splits, tokenizer=tokenizer, model=model,
         model_name=model_name, lr=lr, max_length=max_length,
         schedule=training_schedule(len(train_set), settings, context.world_size), train_set=train_set,
-        settings=settings, few_shot=few_shot,
+        settings=settings, few_shot=few_shot, keep_last_weights=keeps_last_weights(few_shot, len(valid_set)),
         valid_set=valid_set, test_set=test_set, fingerprint=fingerprint, class_weights=weights,
         long_text=long_text, stride=stride, window_pooling=model_options.window_pooling,
         n_train_texts=n_train_texts,
@@ -210,6 +215,8 @@ def print_plan(run, options, trainer_name, notes=()):
         *([f"  few-shot recipe ({len(splits.train)} training examples, --few_shot {flags.few_shot}): "
            + ", ".join(f"--{name} {value}" for name, value in run.few_shot.items())]
           if run.few_shot is not None else []),
+        *([f"  weights kept: the last epoch's ({len(run.valid_set)} validation examples are too few to choose an "
+           f"epoch by; --valid_fn with more lets the best epoch be chosen)"] if run.keep_last_weights else []),
         f"  batch size per device = {flags.batch_size}, gradient accumulation = {flags.gradient_accumulation_steps}, "
         f"total batch size = {flags.batch_size * flags.gradient_accumulation_steps * world}",
         f"  optimizer steps = {schedule.total_steps} ({schedule.steps_per_epoch} per epoch), "

@@ -39,9 +39,11 @@ class EvaluationRecorder:
     the early-stopping decision must be the same everywhere); only the main process writes.
 
     by_steps: evaluations every --eval_steps optimizer steps, logged against the step; else once per
-    epoch, logged against the epoch. patience: --early_stopping_patience (None: never stop early)."""
+    epoch, logged against the epoch. patience: --early_stopping_patience (None: never stop early).
+    keep_last: the last evaluation's weights are kept, not the best's (a validation set too small to choose by:
+    training.few_shot.keeps_last_weights)."""
 
-    def __init__(self, trackers, directory, best_metric, is_main, by_steps=False, patience=None):
+    def __init__(self, trackers, directory, best_metric, is_main, by_steps=False, patience=None, keep_last=False):
         """trackers: a scoring.trackers.Trackers (open_trackers), or a directory for TensorBoard alone."""
         self.trackers = (trackers if isinstance(trackers, Trackers)
                          else Trackers(("tensorboard",), trackers, Path(directory).name, {}, enabled=is_main))
@@ -50,6 +52,7 @@ class EvaluationRecorder:
         self.is_main = is_main
         self.by_steps = by_steps
         self.patience = patience
+        self.keep_last = keep_last
         self.history = []
         self.best_score = -math.inf
         self.best_index = -1
@@ -93,7 +96,7 @@ class EvaluationRecorder:
     def _keep(self, row, metrics):
         self.history.append(row)
         score = selection_score(metrics, self.best_metric)
-        if score > self.best_score:
+        if score > self.best_score or self.keep_last:
             self.best_score, self.best_index = score, len(self.history) - 1
             return True
         return False
