@@ -304,10 +304,12 @@ def report(args, errors, sizes, curves, steps):
     if curves:
         rows = []
         for name, per_size in curves.items():
-            rows.append({"strategy": name, **{str(size): f"{sum(v) / len(v):.4f}" if v else "not run" for size, v in
-                                              zip(sizes, per_size)}})
-        lines += [f"Active learning: validation accuracy by labelled rows (mean of {args.al_seeds} seed(s)):", "",
-                  table(rows, ["strategy", *map(str, sizes)]), ""]
+            rows.append({"strategy": name, "seeds": f"{len(per_size[-1])} of {args.al_seeds}",
+                         **{str(size): f"{mean(v[:len(per_size[-1]) or len(v)]):.4f}" if v else "not run"
+                            for size, v in zip(sizes, per_size)}})
+        lines += ["Active learning: validation accuracy by labelled rows (mean of the seeds run to the last round):",
+                  "",
+                  table(rows, ["strategy", "seeds", *map(str, sizes)]), ""]
     missing = [kind for kind in args.kinds.split(",") if kind not in errors]
     if missing:
         lines += [f"Not run (the run was cut short): the {', '.join(missing)} flips.", ""]
@@ -324,6 +326,10 @@ def report(args, errors, sizes, curves, steps):
     (Path(args.work_dir) / "result.json").write_text(json.dumps(result, indent=1))
     if args.out:
         write_section(args.out, "data-quality", text)
+
+
+def mean(values):
+    return sum(values) / len(values)
 
 
 def targets(args, errors, sizes, curves):
@@ -347,12 +353,14 @@ def targets(args, errors, sizes, curves):
         for size in (600, 1000):
             if size in sizes:
                 i = sizes.index(size)
-                margin, chance = curves["margin"][i], curves["random"][i]
+                done = min(len(curves["margin"][-1]), len(curves["random"][-1]))  # seeds through every round
+                margin, chance = curves["margin"][i][:done], curves["random"][i][:done]
                 if margin and chance:
                     gain = (sum(margin) / len(margin) - sum(chance) / len(chance)) * 100
                     lines.append(f"- margin beats random by >= 2 points at {size} labels: {gain:+.1f} points, "
                                  f"{'met' if gain >= 2 else 'not met'}"
-                                 + (f" (one seed of {DEFAULTS.get('al_seeds', 3)})" if len(margin) == 1 else ""))
+                                 + (f" ({min(len(margin), len(chance))} seed(s) of {args.al_seeds})"
+                                    if min(len(margin), len(chance)) < args.al_seeds else ""))
                 else:
                     lines.append(f"- margin beats random by >= 2 points at {size} labels: not measured (not run)")
     return lines
