@@ -47,7 +47,8 @@ def write_rows(path, rows):
     return path
 
 
-TRAIN_FLAGS = ["--n_epochs", 6, "--lr", "5e-3", "--max_length", 16, "--batch_size", 16]
+# --few_shot off: these small sets would take the few-shot recipe's pair phase, seconds a fold and not the subject here
+TRAIN_FLAGS = ["--n_epochs", 6, "--lr", "5e-3", "--max_length", 16, "--batch_size", 16, "--few_shot", "off"]
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_fix_drop_trains_and_relabel_restores_the_labels(cv_run, tiny_model, tmp
     original = cv_run["train_fn"].read_text().splitlines()
     assert fixed_fn.read_text().splitlines() == [line for i, line in enumerate(original, 1) if i not in flagged]
     run_script("finetune_plm_native.py", "--model_fn", tmp_path / "fixed", "--train_fn", fixed_fn,
-               "--pretrained_model_name", tiny_model, "--max_steps", 2, "--max_length", 16)
+               "--pretrained_model_name", tiny_model, "--max_steps", 2, "--max_length", 16, "--few_shot", "off")
     relabelled = tmp_path / "relabelled.tsv"
     run_script("find_label_errors.py", "--oof", cv_run["model_fn"] / "oof_predictions.parquet", "--fix", "relabel",
                "--output_fn", tmp_path / "issues", "--fixed_fn", relabelled)
@@ -171,7 +172,7 @@ def test_a_killed_cv_resumes_with_the_unfinished_folds(tmp_path, tiny_model):
     train_fn = write_rows(tmp_path / "toy.tsv", toy_rows(90))
     model_fn = tmp_path / "cv"
     argv = [sys.executable, str(ROOT / "finetune_plm_hf.py"), "--model_fn", str(model_fn), "--train_fn",
-            str(train_fn), "--cv", "3", "--pretrained_model_name", str(tiny_model), "--max_steps", "2",
+            str(train_fn), "--cv", "3", "--pretrained_model_name", str(tiny_model), "--max_steps", "2", "--few_shot", "off",
             "--max_length", "16"]
     first_fold = tmp_path / ".cv.partial" / "cv_folds" / "fold-0" / "cv_held_out.npz"
     run = subprocess.Popen(argv, cwd=ROOT, env=SCRIPT_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

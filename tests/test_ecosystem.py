@@ -14,7 +14,8 @@ TRAIN = ROOT / "data" / "review.sample.en.tsv"
 
 def tiny_run(script, model_fn, tiny_model, *flags, check=True):
     return run_script(script, "--model_fn", model_fn, "--train_fn", TRAIN, "--pretrained_model_name", tiny_model,
-                      "--n_epochs", 2, "--max_train_samples", 120, "--batch_size", 16, *flags, check=check)
+                      "--n_epochs", 2, "--max_train_samples", 120, "--batch_size", 16,
+                      "--few_shot", "off", *flags, check=check)  # 120 rows would take the recipe's pair phase: seconds
 
 
 @pytest.fixture(scope="module")

@@ -291,3 +291,30 @@ def test_space_and_max_steps_never_override_each_other(tmp_path, space, argv, me
             search(training_options(args), "native", "finetune_plm_native.py")
     assert str(refused.value).startswith(f"--hp_space {path}: {message}"), str(refused.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.json"]  # refused before anything is written
+
+
+def test_a_sigterm_whose_exception_was_lost_still_stops_the_program():
+    """Python ignores an exception raised inside a garbage-collection callback: a SIGTERM that lands in one must
+    still stop the search (utils.errors.check_terminated after each trial's wait)."""
+    import gc
+    import os
+    import weakref
+
+    from utils import errors
+    previous = signal.signal(signal.SIGTERM, errors._terminate)
+    try:
+        class Held:
+            pass
+        def callback(ref):  # the signal arrives, and its handler runs, inside the callback
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(10000))
+        held = Held()
+        reference = weakref.ref(held, callback)
+        del held  # Python prints "Exception ignored in ..." and goes on
+        gc.collect()
+        assert reference() is None and errors._terminated
+        with pytest.raises(errors.Terminated):
+            errors.check_terminated()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        errors._terminated.clear()

@@ -31,7 +31,7 @@ from training.trial import FOLD_ENV
 from utils.errors import UserError, first_line
 from utils.files import atomic_write
 from utils.log import log
-from utils.processes import start_worker
+from utils.processes import start_worker, wait_for_worker
 
 OOF_FILE = "oof_predictions.parquet"
 FOLDS_DIR = "cv_folds"
@@ -129,7 +129,7 @@ def run_unit(options, script, what, model_fn, changed):
     child = start_worker([str(script), *command_line(flags)], env={FOLD_ENV: "1"}, stdin=subprocess.DEVNULL,
                          stdout=sys.stderr)
     try:
-        status = child.wait()
+        status = wait_for_worker(child)  # a SIGTERM whose exception was lost stops it too (utils.errors)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the fold keeps what it saved; --resume continues it
         child.send_signal(signal.SIGTERM)
         child.wait()

@@ -38,7 +38,7 @@ from scoring.trackers import TRACKER_PARENT_ENV, Trackers
 from training.trial import PRUNED_EXIT, TRIAL_ENV, median_pruner
 from utils.errors import UserError, first_line, require
 from utils.log import log
-from utils.processes import start_worker
+from utils.processes import start_worker, wait_for_worker
 
 TRIALS_TABLE = "hp_trials.tsv"
 TRIALS_DIR = "trials"
@@ -194,7 +194,7 @@ def run_trial(trial, options, script, plan, position):
     child = start_worker([str(script), *trial_argv(options.record, values, model_fn)],
                          env={TRIAL_ENV: json.dumps(where)}, stdin=subprocess.DEVNULL, stdout=sys.stderr)
     try:
-        status = child.wait()
+        status = wait_for_worker(child)  # a SIGTERM whose exception was lost stops it too (utils.errors)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (utils.errors): the trial runs again from its start
         child.kill()
         child.wait()

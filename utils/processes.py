@@ -52,6 +52,22 @@ def start_worker(command, env=None, **popen):
     return subprocess.Popen([sys.executable, *command], env=env, **popen)
 
 
+def wait_for_worker(child):
+    """child.wait(), except that a SIGTERM whose exception was lost (utils.errors.check_terminated) stops the wait
+    within half a second, as the exception would have at once."""
+    import subprocess
+
+    from utils.errors import check_terminated
+    while True:
+        try:
+            status = child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            status = None
+        check_terminated()
+        if status is not None:
+            return status
+
+
 def become_worker():
     """At a worker's start: die with the parent, and leave Ctrl-C to it (the terminal sends SIGINT to
     the whole process group; the parent stops its workers itself)."""
