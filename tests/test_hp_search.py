@@ -295,7 +295,8 @@ def test_space_and_max_steps_never_override_each_other(tmp_path, space, argv, me
 
 def test_a_sigterm_whose_exception_was_lost_still_stops_the_program():
     """Python ignores an exception raised inside a garbage-collection callback: a SIGTERM that lands in one must
-    still stop the search (utils.errors.check_terminated after each trial's wait)."""
+    still stop the search (utils.errors.check_terminated, which utils.processes.wait_for_worker calls while it
+    waits for a trial or a fold)."""
     import gc
     import os
     import weakref

@@ -118,13 +118,13 @@ def prepare(options, trainer_name):
     if problem:
         raise UserError(problem)
     settings, few_shot = schedule, None
+    single_label = not (splits.regression or splits.multi_label)
     # distill_plm.py trains on its unlabelled text as well: its labelled rows are few by design, its steps are not
     if trainer_name != "distill" and is_few_shot(schedule.few_shot, len(splits.train), len(splits.labels),
-                   single_label=not (splits.regression or splits.multi_label)):
+                                                 single_label=single_label):
         settings, few_shot = few_shot_schedule(schedule, len(splits.train), schedule_defaults())
         # the pair phase trains the whole encoder on class-labelled pairs: not for LoRA or a frozen encoder
-        if (schedule.few_shot_pairs and not (splits.regression or splits.multi_label) and not model_options.lora_r
-                and not model_options.freeze_encoder):
+        if schedule.few_shot_pairs and single_label and not model_options.lora_r and not model_options.freeze_encoder:
             few_shot["few_shot_pairs"] = schedule.few_shot_pairs
     fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
     if run_options.resume:
