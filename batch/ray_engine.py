@@ -248,7 +248,21 @@ def _run(job, pending, num_workers, address, finished):
             raise UserError(f"the Ray job failed: {first_line(error)}") from None
     finally:
         if started:
-            ray.shutdown()
+            shut_down_all_of_ray(ray)
+
+
+def shut_down_all_of_ray(ray):
+    """ray.shutdown(), then SIGKILL to whatever of the cluster this process started outlived it: the dashboard and
+    runtime-env agents that the raylet starts ignore SIGTERM, and a job that ended while they started left both
+    running for minutes (a killed driver, in a fresh-clone CI run). Taken before the shutdown: once the raylet is
+    gone they are no longer this process's descendants."""
+    import psutil
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=2)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def _user_error(error, seen=None):
