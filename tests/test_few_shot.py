@@ -5,8 +5,11 @@ import json
 import pytest
 from conftest import ROOT, run_script, training_options
 
-from training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_MIN_VALID_TO_CHOOSE, FEW_SHOT_PER_CLASS, few_shot_schedule,
-                               is_few_shot, keeps_last_weights, mean_pooled, pair_phase, sentence_pairs)
+from test_robustness import freeze_at_state, start
+
+from training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_MIN_VALID_TO_CHOOSE, FEW_SHOT_PAIRS_LR, FEW_SHOT_PER_CLASS,
+                               add_mean_pooling_layer, few_shot_schedule, fit_head, head_parameters, is_few_shot, keeps_last_weights, mean_pooled,
+                               pair_phase, sentence_pairs)
 
 TRAIN_FN = ROOT / "data" / "review.sample.en.tsv"  # 480 lines, 2 classes: 216 training examples a class
 
@@ -36,24 +39,101 @@ def test_recipe_keeps_the_flags_given():
     assert settings.batch_size == FEW_SHOT_BATCH and "n_epochs" not in changes and settings.max_steps == 50
 
 
-@pytest.mark.slow  # two short runs of the real trainer on the tiny model
+@pytest.mark.slow  # three short runs of the real trainers on the tiny model
 def test_recipe_for_a_small_set_and_not_for_a_large_one(tmp_path, tiny_model):
-    common = ["--pretrained_model_name", tiny_model, "--max_steps", 3]
-    small = run_script("finetune_plm_native.py", "--model_fn", tmp_path / "small", "--train_fn", small_set(tmp_path),
-                       *common)
+    """The recipe for 21 training texts (its pair phase, the pooling layer, its learning rate, the last weights
+    kept), through a kill and --resume; its model loads, classifies and exports like any other; none for 432."""
+    common = ["--pretrained_model_name", tiny_model, "--max_steps", 12, "--save_every", 4]
+    small_args = ["--model_fn", tmp_path / "small", "--train_fn", small_set(tmp_path), *common]
+    with open(tmp_path / "log", "w") as log:
+        process = start("finetune_plm_native.py", small_args, log)
+        freeze_at_state(tmp_path / "small", 4, process)
+        process.kill()
+        process.wait()
+    first = (tmp_path / "log").read_text()
+    assert "the encoder first learns from pairs of the 21 training texts" in first
+    assert "a last layer passes the mean of the tokens" in first and "the head fitted first" in first
+    small = run_script("finetune_plm_native.py", *small_args, "--resume")
+    assert "resuming from" in small.stderr and "learns from pairs" not in small.stderr  # the state holds its result
     assert "training examples, --few_shot auto): --batch_size 8" in small.stderr
-    assert "the encoder first learns from pairs of the 21 training texts" in small.stderr
     assert "weights kept: the last epoch's (3 validation examples are too few" in small.stderr
     record = json.loads((tmp_path / "small" / "training_args.json").read_text())
     assert record["few_shot_recipe"] is True and record["batch_size"] == FEW_SHOT_BATCH
-    assert record["few_shot_pairs"] == 20
-    large = run_script("finetune_plm_hf.py", "--model_fn", tmp_path / "large", "--train_fn", TRAIN_FN, *common)
+    assert record["few_shot_pairs"] == 20 and record["lr"] == FEW_SHOT_PAIRS_LR
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3  # the tiny model's 2 and the pooling layer
+    large = run_script("finetune_plm_hf.py", "--model_fn", tmp_path / "large", "--train_fn", TRAIN_FN,
+                       "--pretrained_model_name", tiny_model, "--max_steps", 3)
     assert "few-shot recipe" not in large.stderr
     record = json.loads((tmp_path / "large" / "training_args.json").read_text())
     assert record["few_shot_recipe"] is False and record["batch_size"] == 32
-    # the recipe's model loads like any other
-    out = run_script("classify_plm.py", "--model_fn", tmp_path / "small", stdin="Works well.\n").stdout
-    assert out.split("\t")[0] in ("negative", "positive")
+    # the recipe's model loads and exports like any other
+    texts = "Works well.\nBroke after a day.\n"
+    by_torch = run_script("classify_plm.py", "--model_fn", tmp_path / "small", "--with_prob", stdin=texts).stdout
+    run_script("export_plm.py", "--model_fn", tmp_path / "small")
+    by_onnx = run_script("classify_plm.py", "--model_fn", tmp_path / "small", "--with_prob", "--backend", "onnx",
+                         stdin=texts).stdout
+    for a, b in zip(by_torch.splitlines(), by_onnx.splitlines(), strict=True):
+        assert a.split("\t")[0] == b.split("\t")[0] in ("negative", "positive")
+        assert float(a.split("\t")[1]) == pytest.approx(float(b.split("\t")[1]), abs=1e-3)
+
+
+def test_fit_head_trains_the_head_alone(tiny_model):
+    """fit_head lowers the loss by training the pooler and the classifier only, and leaves requires_grad as it was.
+    (The untrained tiny model's first token is nearly the same for every text: the head reads the mean, as in the
+    recipe.)"""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from data_load import TextClassificationCollator
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [f"{word} is here" for word in ("apple", "pear", "plum", "grape", "truck", "train", "boat", "plane")]
+    encoded = tokenizer(texts)
+    train_set = Dataset.from_dict({"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"],
+                                   "labels": [0, 0, 0, 0, 1, 1, 1, 1]})
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    assert add_mean_pooling_layer(model)
+    head = {id(parameter) for parameter in head_parameters(model)}
+    assert head == {id(parameter) for name, parameter in model.named_parameters()
+                    if name.startswith(("bert.pooler.", "classifier."))}
+    before = {name: parameter.clone() for name, parameter in model.named_parameters()}
+    collate = TextClassificationCollator(tokenizer)
+    first = fit_head(model, train_set, collate, torch.device("cpu"), seed=0, steps=1)
+    last = fit_head(model, train_set, collate, torch.device("cpu"), seed=0, steps=100, lr=0.02)  # an untrained encoder
+    assert last < first / 2
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad
+        assert torch.equal(parameter, before[name]) != (id(parameter) in head), name
+
+
+def test_the_pooling_layer_hands_the_mean_to_the_first_token(tmp_path, tiny_model):
+    """After add_mean_pooling_layer the first token's output is the previous layer's mean over the real tokens
+    (standardized), the saved model is an ordinary one with a layer more, and a layer of another shape is left."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
+                              DistilBertForSequenceClassification)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+    batch = tokenizer(["a short one", "a somewhat longer text with more words in it"], padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        before = model.base_model(**batch).last_hidden_state
+        assert add_mean_pooling_layer(model) and model.config.num_hidden_layers == 3
+        after = model.base_model(**batch).last_hidden_state
+        logits = model(**batch).logits
+    mean = mean_pooled(lambda **_: type("Out", (), {"last_hidden_state": before}), batch)
+    standardized = torch.nn.functional.layer_norm(mean, mean.shape[-1:])
+    assert torch.cosine_similarity(after[:, 0], standardized).min() > 0.99
+    assert torch.cosine_similarity(before[:, 0], standardized).max() < 0.9  # the first token was not the mean
+    model.save_pretrained(tmp_path / "pooled")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pooled").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, logits, atol=1e-6)
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2,
+                                                                  hidden_dim=64))
+    assert not add_mean_pooling_layer(distil) and distil.config.n_layers == 1
 
 
 def test_the_last_weights_are_kept_when_validation_cannot_choose(tmp_path):

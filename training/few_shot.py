@@ -1,14 +1,15 @@
-"""--few_shot: the recipe for a small training set: a pair phase for the encoder (pair_phase, SetFit's contrastive
-phase), then the classifier with the schedule below. The defaults (3 epochs of batches of 32) were tuned on
-thousands of rows; on emotion with 16 examples a class (96 rows) they make 9 optimizer steps and score below
-always predicting the majority class (issue 30: 0.257 and 0.230 on two draws, majority 0.348). The recipe
-gives such a set enough small steps instead: batches of FEW_SHOT_BATCH, as many epochs as reach
-FEW_SHOT_STEPS optimizer steps (at most FEW_SHOT_MAX_EPOCHS); the learning rate and warm-up share stay. Its figures against the
-defaults and SetFit: docs/accuracy.md ("Few labels"), bench/few_shot.py.
+"""--few_shot: the recipe for a small training set, in the order it runs: a pair phase for the encoder (pair_phase,
+SetFit's contrastive phase on mean-pooled embeddings), a layer that hands the mean to the first-token head
+(add_mean_pooling_layer), the head fitted alone (fit_head), then the whole model fine-tuned with the schedule below
+at FEW_SHOT_PAIRS_LR. The defaults (3 epochs of batches of 32) were tuned on thousands of rows; on emotion with 16
+examples a class (96 rows) they make 9 optimizer steps and score below always predicting the majority class (issue
+30: 0.257 and 0.230 on two draws, majority 0.348). The recipe gives such a set enough small steps instead: batches
+of FEW_SHOT_BATCH, as many epochs as reach FEW_SHOT_STEPS optimizer steps (at most FEW_SHOT_MAX_EPOCHS). Its figures
+against the defaults and SetFit: docs/accuracy.md ("Few labels"), bench/few_shot.py.
 
-Only the schedule flags left at their defaults change (a flag given on the command line is kept), so a
-model trained with the recipe is saved, loaded, exported and served like any other; training_args.json
-records the values used."""
+Only the schedule flags left at their defaults change (a flag given on the command line is kept), and the model is
+an ordinary one of its architecture (with the pair phase, one layer more), so it is saved, loaded, exported and
+served like any other; training_args.json records the values used."""
 import dataclasses
 import math
 import random
@@ -25,7 +26,6 @@ FEW_SHOT_MAX_EPOCHS = 50
 # 0.328; SST-2 (2 validation texts) 0.499 and 0.583 (docs/accuracy.md, "Few labels"). Below this many
 # validation texts the recipe keeps the last epoch's weights.
 FEW_SHOT_MIN_VALID_TO_CHOOSE = 50
-RECIPE_FLAGS = ("n_epochs", "batch_size")
 
 
 def is_few_shot(mode, n_train, n_classes, single_label=True):
@@ -63,8 +63,21 @@ def few_shot_schedule(schedule, n_train, defaults):
 # instead of the mean, the same phase scored 0.281: the offline MiniLM was trained as a mean-pooled sentence
 # encoder.
 PAIR_ITERATIONS = 20  # pairs of each kind (same class, other class) per example: SetFit's num_iterations
+# The classifier's learning rate after the pair phase (and the pooling layer below), where --lr is not given: the
+# default for MiniLM's width (2e-4) moves the encoder the phase trained too far on 14-48 texts. SST-2, 8 a class,
+# 5 draws: 0.621 at 2e-4, 0.649 at 5e-5 (SetFit 0.628); docs/accuracy.md ("Few labels").
+FEW_SHOT_PAIRS_LR = 5e-5
 PAIR_BATCH = 16  # SetFit's batch size
 PAIR_LR = 2e-5  # SetFit's body learning rate
+
+
+def with_pair_phase(settings, few_shot, iterations):
+    """The recipe's flags with the pair phase (iterations pairs of each kind per text): few_shot_pairs recorded,
+    and the classifier's learning rate FEW_SHOT_PAIRS_LR where --lr was left to its default."""
+    few_shot = dict(few_shot, few_shot_pairs=iterations)
+    if settings.lr is None:
+        settings, few_shot["lr"] = dataclasses.replace(settings, lr=FEW_SHOT_PAIRS_LR), FEW_SHOT_PAIRS_LR
+    return settings, few_shot
 
 
 def sentence_pairs(label_ids, iterations, seed):
@@ -128,17 +141,126 @@ def pair_phase(model, train_set, collate, device, seed, iterations=PAIR_ITERATIO
     return len(pairs)
 
 
+# The pair phase trains the mean of the token states, but a sequence-classification head reads the first token,
+# which on MiniLM points elsewhere (cosine with the mean 0.34-0.35 on two sentences; after an added pooling layer
+# 0.999). The layer below writes the mean into every position, the first included, so the head reads what the
+# pair phase trained, and the checkpoint stays an ordinary model of its architecture (one layer more: classify,
+# export, serve and pipeline load it as any other). Its figures: docs/accuracy.md ("Few labels").
+MEAN_POOL_SCALE = 100.0  # the mean's weight against the first token's own state in the layer's residual sum
+
+
+def add_mean_pooling_layer(model):
+    """Append to the encoder of a BERT-shaped model (BERT, RoBERTa, ELECTRA...: layers of attention.self.query/
+    key/value, attention.output and output) a layer that writes the mean of the previous layer's token states
+    over the real tokens into every position: queries and keys of zero make the attention uniform over the
+    unmasked tokens, values the identity; the mean, scaled by MEAN_POOL_SCALE, outweighs the residual and the
+    layer norm returns it standardized; the feed-forward part adds zero. Returns False (the model unchanged)
+    for other layer shapes."""
+    import copy
+    import torch
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    last = layers[-1] if layers else None
+    try:
+        attention, mixed, feed_forward = last.attention.self, last.attention.output, last.output
+        linears = (attention.query, attention.key, attention.value, mixed.dense, feed_forward.dense)
+        norms = (mixed.LayerNorm, feed_forward.LayerNorm)
+    except AttributeError:
+        return False
+    if not (all(isinstance(module, torch.nn.Linear) for module in linears)
+            and all(isinstance(module, torch.nn.LayerNorm) for module in norms)):
+        return False
+    layer = copy.deepcopy(last)
+    size = attention.value.weight.shape[0]
+    identity = torch.eye(size, dtype=attention.value.weight.dtype)
+    with torch.no_grad():
+        for linear in (layer.attention.self.query, layer.attention.self.key, layer.output.dense):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        layer.attention.self.value.weight.copy_(identity)
+        layer.attention.self.value.bias.zero_()
+        layer.attention.output.dense.weight.copy_(identity * MEAN_POOL_SCALE)
+        layer.attention.output.dense.bias.zero_()
+        for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+    if hasattr(layer.attention.self, "layer_idx"):
+        layer.attention.self.layer_idx = len(layers)
+    layers.append(layer)
+    model.config.num_hidden_layers = len(layers)
+    return True
+
+
+# Then the head, fitted on the encoder as the pair phase left it (frozen), as SetFit fits its logistic regression,
+# before the whole model is fine-tuned at FEW_SHOT_PAIRS_LR: from a random head that rate trained 6 classes too
+# slowly (emotion, 8 a class, draws 0-1: 0.324 against 0.359 at 2e-4), which itself moved the encoder too far on
+# SST-2. Linear probing, then fine-tuning (Kumar et al. 2022); figures: docs/accuracy.md ("Few labels").
+HEAD_STEPS = 100
+HEAD_BATCH = 64
+HEAD_LR = 1e-3
+
+
+def head_parameters(model):
+    """The parameters of a sequence-classification model outside its embeddings and layers (BERT: the pooler and
+    the classifier; RoBERTa and ELECTRA: the classification head; DistilBERT: pre_classifier and classifier)."""
+    base = model.base_model
+    body = {id(parameter) for name in ("embeddings", "encoder", "transformer")
+            if hasattr(base, name) for parameter in getattr(base, name).parameters()}
+    return [parameter for parameter in model.parameters() if id(parameter) not in body]
+
+
+def fit_head(model, train_set, collate, device, seed, steps=HEAD_STEPS, lr=HEAD_LR):
+    """The head (head_parameters) trained alone, the rest frozen and without dropout: steps of AdamW on seeded
+    batches of HEAD_BATCH training texts with the model's own loss. Returns the last batch's loss."""
+    import torch
+    columns = [name for name in ("input_ids", "token_type_ids", "labels") if name in train_set.column_names]
+    items = [dict(zip(columns, values)) for values in zip(*(train_set[name] for name in columns))]
+    head = head_parameters(model)
+    trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for parameter in head:
+        parameter.requires_grad = True
+    optimizer = torch.optim.AdamW(head, lr=lr)
+    rng = random.Random(seed)
+    model.eval()
+    loss = None
+    for _ in range(steps):
+        chunk = items if len(items) <= HEAD_BATCH else rng.sample(items, HEAD_BATCH)
+        batch = {key: value.to(device) for key, value in collate(chunk).items()
+                 if key in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for parameter, was in trainable.items():
+        parameter.requires_grad = was
+    model.train()
+    return loss.item() if loss is not None else None
+
+
 def pairs_first(run, resume):
     """The pair phase of the few-shot recipe where prepare() chose it (run.few_shot["few_shot_pairs"]), on
-    run.model before its trainer wraps it. Not on --resume: the saved state holds the weights it led to."""
+    run.model before its trainer wraps it, then the mean-pooling layer (add_mean_pooling_layer) and the head fitted
+    alone (fit_head). On --resume only the layer: the saved state holds the weights the rest led to."""
     iterations = (run.few_shot or {}).get("few_shot_pairs")
-    if not iterations or resume:
+    if not iterations:
         return
     from data_load import TextClassificationCollator
     from utils.log import log
-    run.model.to(run.device)
-    if run.context.is_main:
-        log.info(f"few-shot recipe: the encoder first learns from pairs of the {len(run.train_set)} training texts "
-                 f"({iterations} of each kind per text, SetFit's contrastive phase; --few_shot_pairs 0: none)")
-    pair_phase(run.model, run.train_set, TextClassificationCollator(run.tokenizer), run.device, run.settings.seed,
-               iterations, show_progress=run.context.is_main)
+    if not resume:
+        run.model.to(run.device)
+        if run.context.is_main:
+            log.info(f"few-shot recipe: the encoder first learns from pairs of the {len(run.train_set)} training "
+                     f"texts ({iterations} of each kind per text, SetFit's contrastive phase; --few_shot_pairs 0: none)")
+        pair_phase(run.model, run.train_set, TextClassificationCollator(run.tokenizer), run.device, run.settings.seed,
+                   iterations, show_progress=run.context.is_main)
+    # on --resume the saved state holds the pooling layer's weights, trained since: the layer must be there to take them
+    if add_mean_pooling_layer(run.model) and run.context.is_main and not resume:
+        log.info("few-shot recipe: a last layer passes the mean of the tokens, which the pairs trained, to the "
+                 "classifier (which reads the first token)")
+    if not resume:
+        loss = fit_head(run.model, run.train_set, TextClassificationCollator(run.tokenizer), run.device,
+                        run.settings.seed)
+        if run.context.is_main:
+            log.info(f"few-shot recipe: the head fitted first on the paired encoder ({HEAD_STEPS} steps at "
+                     f"{HEAD_LR:g}, the rest frozen; loss {loss:.4f}), then the whole model fine-tunes")

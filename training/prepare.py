@@ -17,7 +17,7 @@ from data_load.lengths import clamp_max_length, model_max_length
 from data_load.long_text import check_stride, default_stride
 from data_load.vocabulary import UNK_WARN_SHARE, check_vocabulary, extend_vocabulary
 from scoring.metrics import best_metric_problem
-from training.few_shot import few_shot_schedule, is_few_shot, keeps_last_weights
+from training.few_shot import few_shot_schedule, is_few_shot, keeps_last_weights, with_pair_phase
 from training.loss import class_weights, label_log_odds, target_scale
 from utils.errors import UserError
 from utils.hub import resolve_model_name
@@ -125,7 +125,7 @@ def prepare(options, trainer_name):
         settings, few_shot = few_shot_schedule(schedule, len(splits.train), schedule_defaults())
         # the pair phase trains the whole encoder on class-labelled pairs: not for LoRA or a frozen encoder
         if schedule.few_shot_pairs and single_label and not model_options.lora_r and not model_options.freeze_encoder:
-            few_shot["few_shot_pairs"] = schedule.few_shot_pairs
+            settings, few_shot = with_pair_phase(settings, few_shot, schedule.few_shot_pairs)
     fingerprint = run_fingerprint(options.record, trainer_name, splits.labels, context.world_size, splits.digests())
     if run_options.resume:
         check_resume_matches(run_options.model_fn, fingerprint)
@@ -141,7 +141,7 @@ def prepare(options, trainer_name):
         added = extend_vocabulary(tokenizer, model, splits.train.texts())
         log.info(f"--extend_vocab {extend_vocab}: {unknown_share:.1%} of the training words were unknown; "
                  f"added {added} characters to the vocabulary")
-    lr = schedule.lr if schedule.lr is not None else default_learning_rate(model, lora=bool(model_options.lora_r))
+    lr = settings.lr if settings.lr is not None else default_learning_rate(model, lora=bool(model_options.lora_r))
     if model_options.lora_r:
         model = add_lora(model, model_options, train_embeddings=added > 0)
     max_length = clamp_max_length(model_options.max_length, model_max_length(model, tokenizer))
