@@ -29,9 +29,9 @@ serve: setup
 
 # Two workers on two cores: most of a test's time is a tiny model training or a script's own work
 # (tests/conftest.py runs most scripts in process), so two files at a time finish sooner; --dist loadfile keeps a file's shared fixtures (the
-# end-to-end fine-tunes) on one worker.
+# end-to-end fine-tunes) on one worker. --durations: the slowest 25, where to look when the suite nears its 8 minutes.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests

@@ -184,7 +184,8 @@ def add_training_flags(p):
     train.add_argument("--few_shot_pairs", type=int_at_least(0), default=20,
                        help="with the few-shot recipe, single-label: first train the encoder on this many pairs "
                             "of each kind (same class, other class) per training example, SetFit's contrastive "
-                            "phase, then the classifier (0: no pair phase)")
+                            "phase; then a layer hands the mean of the tokens to the classifier, the head is fitted "
+                            "alone and the whole model fine-tunes at --lr 5e-5 unless given (0: none of this)")
     train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     train.add_argument("--lr", type=float_above(0), default=None,
                        help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "

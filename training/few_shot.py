@@ -65,7 +65,7 @@ def few_shot_schedule(schedule, n_train, defaults):
 PAIR_ITERATIONS = 20  # pairs of each kind (same class, other class) per example: SetFit's num_iterations
 # The classifier's learning rate after the pair phase (and the pooling layer below), where --lr is not given: the
 # default for MiniLM's width (2e-4) moves the encoder the phase trained too far on 14-48 texts. SST-2, 8 a class,
-# 5 draws: 0.621 at 2e-4, 0.649 at 5e-5 (SetFit 0.628); docs/accuracy.md ("Few labels").
+# 5 draws, with the pooling layer: 0.620 at 2e-4, 0.649 at 5e-5 (SetFit 0.628); docs/accuracy.md ("Few labels").
 FEW_SHOT_PAIRS_LR = 5e-5
 PAIR_BATCH = 16  # SetFit's batch size
 PAIR_LR = 2e-5  # SetFit's body learning rate
