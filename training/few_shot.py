@@ -99,6 +99,14 @@ def sentence_pairs(label_ids, iterations, seed):
     return pairs
 
 
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def on_device(batch, device, keys):
+    """The collated batch's tensors named in keys, on the device."""
+    return {key: value.to(device) for key, value in batch.items() if key in keys}
+
+
 def mean_pooled(encoder, batch):
     """The encoder's last hidden states averaged over each text's real tokens (sentence-transformers' pooling)."""
     hidden = encoder(**batch).last_hidden_state
@@ -113,8 +121,9 @@ def pair_phase(model, train_set, collate, device, seed, iterations=PAIR_ITERATIO
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
-    columns = [name for name in ("input_ids", "token_type_ids") if name in train_set.column_names]
-    items = [dict(zip(columns, values)) for values in zip(*(train_set[name] for name in columns))]
+
+    from data_load.dataset import model_inputs
+    items = list(model_inputs(train_set))
     pairs = sentence_pairs([int(label) for label in train_set["labels"]], iterations, seed)
     if not pairs:
         return 0
@@ -128,8 +137,7 @@ def pair_phase(model, train_set, collate, device, seed, iterations=PAIR_ITERATIO
     for start in tqdm(range(0, len(pairs), PAIR_BATCH), desc="few-shot pairs", disable=not show_progress,
                       dynamic_ncols=True):
         chunk = pairs[start:start + PAIR_BATCH]
-        sides = [{key: value.to(device) for key, value in collate([items[pair[side]] for pair in chunk]).items()
-                  if key in ("input_ids", "attention_mask", "token_type_ids")} for side in (0, 1)]
+        sides = [on_device(collate([items[pair[side]] for pair in chunk]), device, ENCODER_INPUTS) for side in (0, 1)]
         similarity = torch.cosine_similarity(mean_pooled(encoder, sides[0]), mean_pooled(encoder, sides[1]))
         target = torch.tensor([pair[2] for pair in chunk], device=device, dtype=similarity.dtype)
         loss = torch.nn.functional.mse_loss(similarity, target)
@@ -212,8 +220,9 @@ def fit_head(model, train_set, collate, device, seed, steps=HEAD_STEPS, lr=HEAD_
     """The head (head_parameters) trained alone, the rest frozen and without dropout: steps of AdamW on seeded
     batches of HEAD_BATCH training texts with the model's own loss. Returns the last batch's loss."""
     import torch
-    columns = [name for name in ("input_ids", "token_type_ids", "labels") if name in train_set.column_names]
-    items = [dict(zip(columns, values)) for values in zip(*(train_set[name] for name in columns))]
+
+    from data_load.dataset import model_inputs
+    items = list(model_inputs(train_set))
     head = head_parameters(model)
     trainable = {parameter: parameter.requires_grad for parameter in model.parameters()}
     for parameter in model.parameters():
@@ -226,9 +235,7 @@ def fit_head(model, train_set, collate, device, seed, steps=HEAD_STEPS, lr=HEAD_
     loss = None
     for _ in range(steps):
         chunk = items if len(items) <= HEAD_BATCH else rng.sample(items, HEAD_BATCH)
-        batch = {key: value.to(device) for key, value in collate(chunk).items()
-                 if key in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-        loss = model(**batch).loss
+        loss = model(**on_device(collate(chunk), device, (*ENCODER_INPUTS, "labels"))).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -245,22 +252,22 @@ def pairs_first(run, resume):
     iterations = (run.few_shot or {}).get("few_shot_pairs")
     if not iterations:
         return
+    if resume:  # the saved state holds the pooling layer's weights, trained since: the layer must be there to take them
+        add_mean_pooling_layer(run.model)
+        return
     from data_load import TextClassificationCollator
     from utils.log import log
-    if not resume:
-        run.model.to(run.device)
-        if run.context.is_main:
-            log.info(f"few-shot recipe: the encoder first learns from pairs of the {len(run.train_set)} training "
-                     f"texts ({iterations} of each kind per text, SetFit's contrastive phase; --few_shot_pairs 0: none)")
-        pair_phase(run.model, run.train_set, TextClassificationCollator(run.tokenizer), run.device, run.settings.seed,
-                   iterations, show_progress=run.context.is_main)
-    # on --resume the saved state holds the pooling layer's weights, trained since: the layer must be there to take them
-    if add_mean_pooling_layer(run.model) and run.context.is_main and not resume:
+    collate = TextClassificationCollator(run.tokenizer)
+    run.model.to(run.device)
+    if run.context.is_main:
+        log.info(f"few-shot recipe: the encoder first learns from pairs of the {len(run.train_set)} training "
+                 f"texts ({iterations} of each kind per text, SetFit's contrastive phase; --few_shot_pairs 0: none)")
+    pair_phase(run.model, run.train_set, collate, run.device, run.settings.seed, iterations,
+               show_progress=run.context.is_main)
+    if add_mean_pooling_layer(run.model) and run.context.is_main:
         log.info("few-shot recipe: a last layer passes the mean of the tokens, which the pairs trained, to the "
                  "classifier (which reads the first token)")
-    if not resume:
-        loss = fit_head(run.model, run.train_set, TextClassificationCollator(run.tokenizer), run.device,
-                        run.settings.seed)
-        if run.context.is_main:
-            log.info(f"few-shot recipe: the head fitted first on the paired encoder ({HEAD_STEPS} steps at "
-                     f"{HEAD_LR:g}, the rest frozen; loss {loss:.4f}), then the whole model fine-tunes")
+    loss = fit_head(run.model, run.train_set, collate, run.device, run.settings.seed)
+    if run.context.is_main:
+        log.info(f"few-shot recipe: the head fitted first on the paired encoder ({HEAD_STEPS} steps at "
+                 f"{HEAD_LR:g}, the rest frozen; loss {loss:.4f}), then the whole model fine-tunes")
