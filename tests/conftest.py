@@ -147,6 +147,9 @@ def shared(*parts):
     return path
 
 
+N_EMOTION_TRAIN = 480  # the end-to-end fine-tunes' training lines (tests/test_end_to_end.py)
+
+
 def emotion_rows(split, n):
     """First n (label, text) rows of the emotion corpus (`text;label`, header line, split on the last `;`)."""
     lines = shared("emotion", f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:n + 1]
@@ -160,9 +163,9 @@ def write_tsv(path, rows):
 
 @pytest.fixture(scope="session")
 def emotion_data(tmp_path_factory):
-    """960 training and 300 validation lines of emotion in the reference `label<TAB>sentence` format."""
+    """480 training and 300 validation lines of emotion in the reference `label<TAB>sentence` format."""
     directory = tmp_path_factory.mktemp("emotion")
-    return {"train": write_tsv(directory / "train.tsv", emotion_rows("train", 960)),
+    return {"train": write_tsv(directory / "train.tsv", emotion_rows("train", N_EMOTION_TRAIN)),
             "valid": write_tsv(directory / "valid.tsv", emotion_rows("val", 300))}
 
 
