@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def main():
     p.add_argument("--n_train", type=int, default=4000, help="emotion lines to fine-tune the benchmark model on")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model_fn", help="reuse this model (exported) instead of fine-tuning one")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds, each classify_plm.py then every server and client count; medians reported, the "
+                        "ratios taken within a round (this machine's speed drifts by up to 1.4x between minutes)")
     args = p.parse_args()
     require_shared()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -58,37 +62,59 @@ def main():
         texts = [text.replace("\t", " ") for _, text in emotion("val", args.n_sentences, seed=3)]
         rows = []
         for system in args.systems:
-            rate, labels = classify_rate(model_fn, SYSTEMS[system], texts, env)
-            print(f"{system}: classify_plm.py {rate:.1f} sentences/s", file=sys.stderr)
-            rows.append({"system": system, "server": "classify_plm.py (stdin)", "clients": "",
-                         "sentences/s": f"{rate:.1f}"})
-            unbatched = {}
-            for name, flags in (("unbatched", UNBATCHED), ("batched", BATCHED)):
-                server = Server(model_fn, SYSTEMS[system] + flags, env)
-                try:
-                    for clients in args.clients:
-                        before = server.batches()
-                        result = asyncio.run(load(server.port, texts, clients))
-                        after = server.batches()
-                        agree = sum(a == b for a, b in zip(result["labels"], labels)) / len(labels)
-                        served = len(texts) / result["seconds"]
-                        if name == "unbatched":
-                            unbatched[clients] = served
-                        print(f"{system} {name} {clients} clients: {served:.1f} sentences/s, p99 "
-                              f"{result['p99'] * 1000:.1f} ms", file=sys.stderr)
-                        rows.append({
-                            "system": system, "server": f"serve_plm.py {name}", "clients": clients,
-                            "sentences/s": f"{served:.1f}", "p50 ms": f"{result['p50'] * 1000:.1f}",
-                            "p99 ms": f"{result['p99'] * 1000:.1f}", "vs classify_plm": f"{served / rate:.2f}x",
-                            "vs unbatched": f"{served / unbatched[clients]:.2f}x" if name == "batched" else "",
-                            "mean batch": f"{(after[1] - before[1]) / max(after[0] - before[0], 1):.1f}",
-                            "agreement": f"{agree:.2%}",
-                            "start-up s": f"{server.startup:.2f}" if clients == args.clients[0] else ""})
-                finally:
-                    server.stop()
+            rows += measure(system, model_fn, texts, args.clients, args.repeats, env)
         print(f"\n{len(texts)} emotion validation sentences, one per request; {args.threads} threads for the model")
         print(table(rows, ["system", "server", "clients", "sentences/s", "p50 ms", "p99 ms", "vs classify_plm",
                            "vs unbatched", "mean batch", "agreement", "start-up s"]))
+
+
+def measure(system, model_fn, texts, client_counts, repeats, env):
+    """The table's rows of one system: classify_plm.py's rate, then both servers at each client count, `repeats`
+    rounds taking turns; each figure the median over the rounds, each ratio the median of the rounds' ratios."""
+    servers = {}
+    try:
+        for name, flags in (("unbatched", UNBATCHED), ("batched", BATCHED)):
+            servers[name] = Server(model_fn, SYSTEMS[system] + flags, env)
+        rates, runs = [], {}
+        for _ in range(repeats):
+            rate, labels = classify_rate(model_fn, SYSTEMS[system], texts, env)
+            rates.append(rate)
+            print(f"{system}: classify_plm.py {rate:.1f} sentences/s", file=sys.stderr)
+            for name, server in servers.items():
+                for clients in client_counts:
+                    before = server.batches()
+                    result = asyncio.run(load(server.port, texts, clients))
+                    after = server.batches()
+                    served = len(texts) / result["seconds"]
+                    print(f"{system} {name} {clients} clients: {served:.1f} sentences/s, p99 "
+                          f"{result['p99'] * 1000:.1f} ms", file=sys.stderr)
+                    runs.setdefault((name, clients), []).append({
+                        "served": served, "vs classify": served / rate, "p50": result["p50"], "p99": result["p99"],
+                        "batch": (after[1] - before[1]) / max(after[0] - before[0], 1),
+                        "agree": sum(a == b for a, b in zip(result["labels"], labels)) / len(labels)})
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = [{"system": system, "server": "classify_plm.py (stdin)", "clients": "",
+             "sentences/s": f"{median(rates):.1f}"}]
+    for (name, clients), rounds in runs.items():
+        unbatched = runs[("unbatched", clients)]
+        rows.append({
+            "system": system, "server": f"serve_plm.py {name}", "clients": clients,
+            "sentences/s": f"{median(r['served'] for r in rounds):.1f}",
+            "p50 ms": f"{median(r['p50'] for r in rounds) * 1000:.1f}",
+            "p99 ms": f"{median(r['p99'] for r in rounds) * 1000:.1f}",
+            "vs classify_plm": f"{median(r['vs classify'] for r in rounds):.2f}x",
+            "vs unbatched": (f"{median(r['served'] / u['served'] for r, u in zip(rounds, unbatched)):.2f}x"
+                             if name == "batched" else ""),
+            "mean batch": f"{median(r['batch'] for r in rounds):.1f}",
+            "agreement": f"{min(r['agree'] for r in rounds):.2%}",
+            "start-up s": f"{servers[name].startup:.2f}" if clients == client_counts[0] else ""})
+    return rows
+
+
+def median(values):
+    return statistics.median(list(values))
 
 
 def classify_rate(model_fn, flags, texts, env):
