@@ -64,9 +64,9 @@ def add_file_flags(parser):
                        help="lines (rows) a shard: the unit of work, of parallelism and of what a rerun redoes")
     group.add_argument("--num_workers", type=int_at_least(1), default=None,
                        help="shards classified at once. local engine default: " + LOCAL_DEFAULT_HELP +
-                            "; ray: the actors in the pool (default: the cluster's CPUs)")
+                            "; ray: the actors (default: the cluster's CPUs)")
     group.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="local: processes on this machine; ray: Ray Data on a Ray cluster (pip install -r "
+                       help="local: processes on this machine; ray: actors on a Ray cluster (pip install -r "
                             "requirements/ray.txt), local or joined with --ray_address")
     group.add_argument("--ray_address",
                        help="an existing Ray cluster (`ray start --head` prints it, e.g. 10.0.0.1:6379, or auto); "
@@ -91,7 +91,7 @@ def check_file_flags(args):
         raise UserError("--ray_address: only with --engine ray")
     check_backend_installed(args.backend)
     if args.engine == "ray":
-        require(["ray"], "--engine ray", "pip install -r requirements/ray.txt (ray[data]==2.60.0), or use the default "
+        require(["ray"], "--engine ray", "pip install -r requirements/ray.txt (ray==2.60.0), or use the default "
                                          "--engine local")
 
 

@@ -1,13 +1,15 @@
-"""`classify_plm.py --engine ray`: the shards of a file-mode job (batch/job.py) classified on Ray Data.
+"""`classify_plm.py --engine ray`: the shards of a file-mode job (batch/job.py) classified by Ray actors.
 
-The driver plans the shards and keeps the manifest, as with the local engine; Ray Data runs a dataset
-of the pending shards through `map_batches` with the classifier as a callable class in an actor pool
-(`--num_workers` actors, each loading the model once, with its own intra-op threads). Each actor reads
-its shard with the project's readers, classifies it and writes its part file under a temporary name,
-renamed when complete. Ray's own read_parquet/write_parquet are not used: they name output files at
-random, so a retried task could leave a duplicate; a part file named by its shard is rewritten whole
-by a retry, which keeps the output exactly once. When an actor dies, Ray Data restarts it and retries
-its shard (map_batches' actor pool defaults: max_restarts=-1, max_task_retries=-1).
+The driver plans the shards and keeps the manifest, as with the local engine; `--num_workers` Ray actors
+(each loading the model once, with its own intra-op threads) take the pending shards one at a time, the
+next shard going to whichever actor is free. Each actor reads its shard with the project's readers,
+classifies it and writes its part file under a temporary name, renamed when complete. Ray Data's
+read_parquet/write_parquet are not used: they name output files at random, so a retried task could
+leave a duplicate; a part file named by its shard is rewritten whole by a retry, which keeps the output
+exactly once. When an actor dies, Ray restarts it and retries its shard (max_restarts=-1,
+max_task_retries=-1, what Ray Data's actor pool, used before, sets). Plain actors rather than a Ray Data
+pipeline: the same work, and 2.3 s less from start to the first shard (Ray Data's import and executor;
+docs/benchmarks.md).
 
 On a cluster, every node needs this checkout and its environment at the same path, and the inputs,
 the model and --output_fn on a filesystem all nodes share (NFS, a mounted bucket): README "Classify a
@@ -21,7 +23,6 @@ import sys
 from pathlib import Path
 
 from batch.shard_work import classify_shard, load_worker_classifier
-from data_load.shards import Shard
 from utils.errors import UserError, first_line
 from utils.log import log
 from utils.runtime import usable_cpus, worker_threads
@@ -33,16 +34,14 @@ CONNECT_TIMEOUT_S = 5  # an unreachable --ray_address fails within this, not aft
 def import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra: pandas, pyarrow, fsspec)
     except ImportError:
-        raise UserError("--engine ray needs Ray Data, which is not installed: pip install -r requirements/ray.txt "
-                        "(ray[data]==2.60.0), or use the default --engine local") from None
+        raise UserError("--engine ray needs Ray, which is not installed: pip install -r requirements/ray.txt "
+                        "(ray==2.60.0), or use the default --engine local") from None
     return ray
 
 
-# Ray's C++ core prints notices at error level that ask nothing of the user (every Ray Data actor pool
-# gets "has constructor arguments in the object store and max_restarts > 0"); real failures still reach
-# the driver as exceptions. RAY_BACKEND_LOG_LEVEL=info (or warning) brings them back.
+# Ray's C++ core prints notices at error level that ask nothing of the user (an actor with max_restarts > 0
+# gets "has constructor arguments in the object store"); real failures still reach the driver as exceptions. RAY_BACKEND_LOG_LEVEL=info (or warning) brings them back.
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 
@@ -52,6 +51,8 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 # What a local cluster leaves out, being one job's on one machine: the metrics exporter and the timeline
 # (no dashboard or Prometheus reads them) and usage reports; docs/benchmarks.md has the start-up and rate.
 LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False, "enable_timeline": False}
+CLUSTER_PROCESSES = ("gcs_server", "raylet")  # a local cluster's own, watched while the job runs (_check_alive)
+CLUSTER_CHECK_S = 1.0
 
 
 def connect(ray, address):
@@ -108,18 +109,16 @@ def _auth_token_found():
 
 
 class ShardClassifier:
-    """One actor of the pool: the model loaded once, then whole shards, one a call."""
+    """One actor: the model loaded once, then whole shards, one a call."""
 
     def __init__(self, job, threads):
         os.environ["OMP_NUM_THREADS"] = str(threads)  # onnxruntime's session and torch read it (load_session)
         self.job = job
         self.classifier = load_worker_classifier(job)
 
-    def __call__(self, batch):
-        import numpy as np
-        results = [classify_shard(self.job, Shard(*(int(batch[key][i]) for key in Shard.__dataclass_fields__)),
-                                  self.classifier) for i in range(len(batch["index"]))]
-        return {key: np.array([result[key] for result in results]) for key in ("shard", "rows", "empty")}
+    def classify(self, shard):
+        """shard: data_load.shards.Shard; its counts, as batch.shard_work.classify_shard returns them."""
+        return classify_shard(self.job, shard, self.classifier)
 
 
 def classify_on_ray(job, pending, num_workers, address, finished):
@@ -216,11 +215,6 @@ def _run(job, pending, num_workers, address, finished):
     ray = import_ray()
     started = connect(ray, address)
     try:
-        import ray.data
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # classify_plm.py's own bar counts lines
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off...) are not the user's
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # each actor reserves its share of the cluster's CPUs (all fit at once), and runs that many
         # intra-op threads unless OMP_NUM_THREADS says otherwise
@@ -231,24 +225,50 @@ def _run(job, pending, num_workers, address, finished):
                  f"{len(pending)} shards")
         if not pending:
             return
-        items = [{key: getattr(shard, key) for key in Shard.__dataclass_fields__} for shard in pending]
-        shards = ray.data.from_items(items, override_num_blocks=len(items))
-        # one shard a task and none queued behind a busy actor: shards take minutes, so a free actor
+        actor_class = ray.remote(num_cpus=per_actor, max_restarts=-1, max_task_retries=-1)(ShardClassifier)
+        actors = [actor_class.remote(job, threads) for _ in range(min(num_workers, len(pending)))]
+        queue = list(reversed(pending))  # popped from the end: the first shard first
+        # one shard an actor and none queued behind a busy one: shards take minutes, so a free actor
         # should take the next one
-        pool = ray.data.ActorPoolStrategy(size=min(num_workers, len(pending)), max_tasks_in_flight_per_actor=1)
-        results = shards.map_batches(ShardClassifier, fn_constructor_args=(job, threads), batch_size=1, compute=pool,
-                                     num_cpus=per_actor)
-        try:
-            for row in results.iter_rows():
-                finished(int(row["shard"]), {key: int(row[key]) for key in ("rows", "empty")})
-        except Exception as error:
-            user_error = _user_error(error)
-            if user_error is not None:
-                raise user_error from None
-            raise UserError(f"the Ray job failed: {first_line(error)}") from None
+        running = {actor.classify.remote(queue.pop()): actor for actor in actors}
+        cluster = _cluster_processes() if started else []
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=CLUSTER_CHECK_S)
+            _check_alive(cluster)
+            if not done:
+                continue
+            actor = running.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as error:
+                user_error = _user_error(error)
+                if user_error is not None:
+                    raise user_error from None
+                raise UserError(f"the Ray job failed: {first_line(error)}") from None
+            finished(result["shard"], {key: result[key] for key in ("rows", "empty")})
+            if queue:
+                running[actor.classify.remote(queue.pop())] = actor
     finally:
         if started:
             shut_down_all_of_ray(ray)
+
+
+def _cluster_processes():
+    """The GCS and raylet of the local cluster this process started."""
+    import psutil
+    return [process for process in psutil.Process().children(recursive=True)
+            if process.name() in CLUSTER_PROCESSES]
+
+
+def _check_alive(processes):
+    """Actors call each other directly: with its raylet killed, a local cluster finished the shards already on
+    its actors and then waited without end for one to restart (no raylet to start it). A dead GCS or raylet
+    stops the job instead, the finished shards kept."""
+    import psutil
+    for process in processes:
+        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+            raise UserError(f"the Ray job stopped: the local Ray cluster's {process.name()} process (pid {process.pid}) "
+                            "died (killed, or out of memory)")
 
 
 def shut_down_all_of_ray(ray):

@@ -105,6 +105,9 @@ class ParquetPart(Part):
     def __init__(self, path, job, source):
         super().__init__(path, job, source)
         self.writer = None
+        # the temporary file from the shard's start (the writer opens it at the first chunk, which is often the
+        # whole shard): the output directory shows which shards are running; bench/classify_scale.py times by it
+        Path(path).touch()
         self.input_schema = None
         if source.kind == "parquet" and job.columns.keep:
             import pyarrow.parquet as pq

@@ -1,4 +1,4 @@
-"""Classifying a corpus: the stdin filter against file mode (local engine) and file mode on Ray Data.
+"""Classifying a corpus: the stdin filter against file mode (local engine) and file mode on Ray.
 
     python bench/classify_scale.py                          # 200k lines, then memory at 100k and 1M lines
     python bench/classify_scale.py --n_lines 20000 --memory_lines 0
@@ -84,14 +84,15 @@ def save_checkpoint(directory, model, tokenizer, save_model):
                    stdout=subprocess.DEVNULL)
 
 
-def measure(command, stdin_path=None, env=None, watch=None):
+def measure(command, stdin_path=None, env=None, watch=None, cwd=ROOT):
     """(seconds, peak RSS of the process tree in MiB, stderr's last line, shard times). With `watch` (file
     mode's --output_fn), shard times are (seconds from the command's start to the first shard started,
     seconds to the last shard finished), seen from the part files: a shard's temporary part file appears as
-    it starts (batch/shard_work.py writes as it goes) and its part-NNNNN file when it is done."""
+    it starts (batch/shard_work.py creates it then; before 2026-12-07 a Parquet part appeared with its first chunk,
+    often the whole shard, so start-up included a shard's work) and its part-NNNNN file when it is done."""
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     started = time.time()
-    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd,
                                env=env, start_new_session=True)
     import threading
     stderr = []
@@ -154,7 +155,8 @@ def run_system(name, model_fn, corpus_path, out_dir, env, baseline_root=None, sh
     shutil.rmtree(out_dir, ignore_errors=True)
     flags = SYSTEMS[name.removesuffix(" before")]
     return measure([*base, "--input_fn", str(corpus_path), "--output_fn", str(out_dir), "--shard_size",
-                    str(shard_size), *flags], env=env, watch=out_dir)
+                    str(shard_size), *flags], env=env, watch=out_dir,
+                   cwd=root)  # Ray's workers put the driver's directory first on sys.path: the checkout's own code
 
 
 def main():
