@@ -261,9 +261,9 @@ def _cluster_processes():
 
 
 def _check_alive(processes):
-    """Actors call each other directly: with its raylet killed, a local cluster finished the shards already on
-    its actors and then waited without end for one to restart (no raylet to start it). A dead GCS or raylet
-    stops the job instead, the finished shards kept."""
+    """Actors call each other directly: with its raylet killed, a job on a local cluster went on (and ended with
+    exit 0), with nothing left to restart an actor that died or to stop the workers. A dead GCS or raylet stops
+    the job instead, the finished shards kept."""
     import psutil
     for process in processes:
         if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:

@@ -117,7 +117,7 @@ def test_a_bad_row_read_by_an_actor_is_one_line_and_the_finished_shards_stay(clu
 def test_raylet_killed_mid_job_is_one_line_and_the_finished_shards_stay(model, tmp_path):
     """The raylet of the local cluster the command starts, SIGKILLed once a shard is written: Ray's C++ core
     ended the driver at once, exit status 1 and nothing on stderr (with Ray Data); Ray's actors then went on
-    without it until one had to restart, and waited for that without end. Now one line and exit code 2 (the
+    without it, with nothing left to restart one that died. Now one line and exit code 2 (the
     driver watches the cluster's processes), the finished shards kept for the rerun, and none of the run's
     processes left."""
     import psutil
