@@ -189,7 +189,7 @@ def add_training_flags(p):
     train.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1)
     train.add_argument("--lr", type=float_above(0), default=None,
                        help="peak learning rate (AdamW); default by model width: 2e-4 up to hidden size 512 "
-                            "(MiniLM, small BERTs), 5e-5 above (BERT-base, KcBERT, RoBERTa)")
+                            "(MiniLM, small BERTs), 5e-5 above (BERT-base, KcBERT, RoBERTa); 10x that with --lora_r")
     train.add_argument("--weight_decay", type=float_at_least(0), default=0.01,
                        help="AdamW weight decay (not applied to biases and LayerNorm weights)")
     train.add_argument("--warmup_ratio", type=float_range(0, 1, high_open=True), default=0.1,
