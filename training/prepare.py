@@ -74,8 +74,9 @@ class Prepared:
                    if self.regression_scale else {})}
 
 
-# LoRA's default rate against full fine-tuning's: on emotion (4,000 rows, 2 epochs, MiniLM, r 16, native trainer)
-# 5x (1e-3, peft's examples' rate) scored 3.8 points below full fine-tuning, 10x (2e-3) 0.05 below (bench/lora.py)
+# LoRA's default rate against full fine-tuning's: on emotion (4,000 rows, 2 epochs, MiniLM, r 16, seed 0) 5x (1e-3,
+# peft's examples' rate) scored 3.8 (native) and 6.2 (hf) points below full fine-tuning, 10x (2e-3) 0.05 and 2.0
+# below (bench/lora.py; docs/accuracy.md has a second seed)
 LORA_LR_FACTOR = 10
 
 def default_learning_rate(model, lora=False):
