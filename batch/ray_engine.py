@@ -114,10 +114,18 @@ class ShardClassifier:
     def __init__(self, job, threads):
         os.environ["OMP_NUM_THREADS"] = str(threads)  # onnxruntime's session and torch read it (load_session)
         self.job = job
-        self.classifier = load_worker_classifier(job)
+        self.classifier, self.error = None, None
+        try:
+            self.classifier = load_worker_classifier(job)
+        except UserError as error:
+            # raised by the first call instead: Ray reports a constructor's exception as the actor's death, with
+            # the traceback as its only text, where a call's exception reaches the driver as itself (_user_error)
+            self.error = error
 
     def classify(self, shard):
         """shard: data_load.shards.Shard; its counts, as batch.shard_work.classify_shard returns them."""
+        if self.error is not None:
+            raise self.error
         return classify_shard(self.job, shard, self.classifier)
 
 

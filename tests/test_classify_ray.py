@@ -114,6 +114,22 @@ def test_a_bad_row_read_by_an_actor_is_one_line_and_the_finished_shards_stay(clu
     assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
 
 
+def test_a_model_the_actors_cannot_load_is_one_line_and_leaves_nothing(cluster, model, tmp_path):
+    """A truncated weights file, read first by the actors: Ray reports an actor constructor's exception as the
+    actor's death, its text a traceback; the actors now raise it from their first shard, as the user's line."""
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(REVIEWS[:10]) + "\n")
+    failed = run_script("classify_plm.py", "--model_fn", broken, "--input_fn", corpus, "--output_fn", tmp_path / "out",
+                        "--engine", "ray", "--ray_address", cluster, "--num_workers", 1, check=False)
+    assert_clean_failure(failed, f"{broken}: cannot load the checkpoint (truncated or corrupt file?)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_raylet_killed_mid_job_is_one_line_and_the_finished_shards_stay(model, tmp_path):
     """The raylet of the local cluster the command starts, SIGKILLed once a shard is written: Ray's C++ core
     ended the driver at once, exit status 1 and nothing on stderr (with Ray Data); Ray's actors then went on
