@@ -41,7 +41,8 @@ def import_ray():
 
 
 # Ray's C++ core prints notices at error level that ask nothing of the user (an actor with max_restarts > 0
-# gets "has constructor arguments in the object store"); real failures still reach the driver as exceptions. RAY_BACKEND_LOG_LEVEL=info (or warning) brings them back.
+# gets "has constructor arguments in the object store"); real failures still reach the driver as exceptions.
+# RAY_BACKEND_LOG_LEVEL=info (or warning) brings them back.
 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 

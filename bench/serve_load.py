@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, emotion, machine, require_shared, table, write_tsv
+from common import ROOT, emotion, machine, median, require_shared, table, write_tsv
 
 SYSTEMS = {"torch fp32": [], "torch int8": ["--quantize", "int8"], "onnx fp32": ["--backend", "onnx"],
            "onnx int8": ["--backend", "onnx", "--quantize", "int8"]}
@@ -111,10 +110,6 @@ def measure(system, model_fn, texts, client_counts, repeats, env):
             "agreement": f"{min(r['agree'] for r in rounds):.2%}",
             "start-up s": f"{servers[name].startup:.2f}" if clients == client_counts[0] else ""})
     return rows
-
-
-def median(values):
-    return statistics.median(list(values))
 
 
 def classify_rate(model_fn, flags, texts, env):
