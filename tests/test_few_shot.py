@@ -108,6 +108,38 @@ def test_fit_head_trains_the_head_alone(tiny_model):
         assert torch.equal(parameter, before[name]) != (id(parameter) in head), name
 
 
+def test_fit_head_holds_the_output_weights_small(tiny_model, monkeypatch):
+    """fit_head's L2 penalty (HEAD_C, SetFit's logistic regression's C) on the layer that writes the logits: the same
+    fit without it (C huge) ends with larger output weights; the layer found is the classifier's last Linear."""
+    import copy
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    import training.few_shot as few_shot
+    from data_load import TextClassificationCollator
+    roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                             num_attention_heads=2, intermediate_size=32))
+    assert few_shot.output_layer(roberta) is roberta.classifier.out_proj
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [f"{word} is here" for word in ("apple", "pear", "plum", "grape", "truck", "train", "boat", "plane")]
+    encoded = tokenizer(texts)
+    train_set = Dataset.from_dict({"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"],
+                                   "labels": [0, 0, 0, 0, 1, 1, 1, 1]})
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    assert add_mean_pooling_layer(model) and few_shot.output_layer(model) is model.classifier
+    collate = TextClassificationCollator(tokenizer)
+    norms = {}
+    for c in (1.0, 1e9):
+        monkeypatch.setattr(few_shot, "HEAD_C", c)
+        fitted = copy.deepcopy(model)
+        fit_head(fitted, train_set, collate, torch.device("cpu"), seed=0, steps=100, lr=0.02)
+        norms[c] = fitted.classifier.weight.norm().item()
+    assert norms[1.0] < 0.8 * norms[1e9], norms
+
+
 def test_the_pooling_layer_hands_the_mean_to_the_first_token(tmp_path, tiny_model):
     """After add_mean_pooling_layer the first token's output is the previous layer's mean over the real tokens
     (standardized), the saved model is an ordinary one with a layer more, and a layer of another shape is left."""
