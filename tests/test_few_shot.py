@@ -135,9 +135,9 @@ def test_fit_head_holds_the_output_weights_small(tiny_model, monkeypatch):
     for c in (1.0, 1e9):
         monkeypatch.setattr(few_shot, "HEAD_C", c)
         fitted = copy.deepcopy(model)
-        fit_head(fitted, train_set, collate, torch.device("cpu"), seed=0, steps=100, lr=0.02)
+        fit_head(fitted, train_set, collate, torch.device("cpu"), seed=0, steps=40, lr=0.02)
         norms[c] = fitted.classifier.weight.norm().item()
-    assert norms[1.0] < 0.8 * norms[1e9], norms
+    assert norms[1.0] < 0.6 * norms[1e9], norms  # 0.79 against 2.30 here
 
 
 def test_the_pooling_layer_hands_the_mean_to_the_first_token(tmp_path, tiny_model):
