@@ -78,8 +78,9 @@ def test_recipe_for_a_small_set_and_not_for_a_large_one(tmp_path, tiny_model):
         assert float(a.split("\t")[1]) == pytest.approx(float(b.split("\t")[1]), abs=1e-3)
 
 
-def test_fit_head_trains_the_head_alone(tiny_model):
-    """fit_head lowers the loss by training the pooler and the classifier only, and leaves requires_grad as it was.
+@pytest.fixture
+def head_fit_case(tiny_model):
+    """(the tiny model with the mean-pooling layer, 8 texts of two classes, their collator): what fit_head takes.
     (The untrained tiny model's first token is nearly the same for every text: the head reads the mean, as in the
     recipe.)"""
     import torch
@@ -95,11 +96,17 @@ def test_fit_head_trains_the_head_alone(tiny_model):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
     assert add_mean_pooling_layer(model)
+    return model, train_set, TextClassificationCollator(tokenizer)
+
+
+def test_fit_head_trains_the_head_alone(head_fit_case):
+    """fit_head lowers the loss by training the pooler and the classifier only, and leaves requires_grad as it was."""
+    import torch
+    model, train_set, collate = head_fit_case
     head = {id(parameter) for parameter in head_parameters(model)}
     assert head == {id(parameter) for name, parameter in model.named_parameters()
                     if name.startswith(("bert.pooler.", "classifier."))}
     before = {name: parameter.clone() for name, parameter in model.named_parameters()}
-    collate = TextClassificationCollator(tokenizer)
     first = fit_head(model, train_set, collate, torch.device("cpu"), seed=0, steps=1)
     last = fit_head(model, train_set, collate, torch.device("cpu"), seed=0, steps=100, lr=0.02)  # an untrained encoder
     assert last < first / 2
@@ -108,29 +115,20 @@ def test_fit_head_trains_the_head_alone(tiny_model):
         assert torch.equal(parameter, before[name]) != (id(parameter) in head), name
 
 
-def test_fit_head_holds_the_output_weights_small(tiny_model, monkeypatch):
+def test_fit_head_holds_the_output_weights_small(head_fit_case, monkeypatch):
     """fit_head's L2 penalty (HEAD_C, SetFit's logistic regression's C) on the layer that writes the logits: the same
     fit without it (C huge) ends with larger output weights; the layer found is the classifier's last Linear."""
     import copy
 
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+    from transformers import RobertaConfig, RobertaForSequenceClassification
 
     import training.few_shot as few_shot
-    from data_load import TextClassificationCollator
     roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                              num_attention_heads=2, intermediate_size=32))
     assert few_shot.output_layer(roberta) is roberta.classifier.out_proj
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    texts = [f"{word} is here" for word in ("apple", "pear", "plum", "grape", "truck", "train", "boat", "plane")]
-    encoded = tokenizer(texts)
-    train_set = Dataset.from_dict({"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"],
-                                   "labels": [0, 0, 0, 0, 1, 1, 1, 1]})
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
-    assert add_mean_pooling_layer(model) and few_shot.output_layer(model) is model.classifier
-    collate = TextClassificationCollator(tokenizer)
+    model, train_set, collate = head_fit_case
+    assert few_shot.output_layer(model) is model.classifier
     norms = {}
     for c in (1.0, 1e9):
         monkeypatch.setattr(few_shot, "HEAD_C", c)
