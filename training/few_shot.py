@@ -15,7 +15,8 @@ import math
 import random
 
 # auto: the recipe when the training set has at most this many examples per class on average (SetFit's
-# range, 8 to 64 a class); the bundled sample (216 a class) and the benches' 4,000-row emotion keep the defaults
+# range, 8 to 64 a class; at 64 on SST-2, 3 draws, the recipe 0.763 against the defaults' 0.680); the bundled
+# sample (216 a class) and the benches' 4,000-row emotion keep the defaults
 FEW_SHOT_PER_CLASS = 64
 FEW_SHOT_BATCH = 8
 FEW_SHOT_STEPS = 200  # issue 30: 20 epochs of 8 on 96 rows (220 steps) scored 0.337 / 0.447 against 0.257 / 0.230
