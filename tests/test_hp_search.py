@@ -124,6 +124,7 @@ def test_search_with_hf_reports_each_evaluation(tmp_path, tiny_model):
                                                                                                 "n_epochs": 1}
 
 
+@pytest.mark.slow  # one script run (~5 s)
 def test_bad_search_flags_are_one_line(tmp_path, search_flags, capsys):
     malformed = tmp_path / "space.json"
     malformed.write_text('{"lr": {"low": 1e-5, "high": 1e-4},}')
