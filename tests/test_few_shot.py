@@ -124,11 +124,12 @@ def test_fit_head_holds_the_output_weights_small(head_fit_case, monkeypatch):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     import training.few_shot as few_shot
+    from checkpoint.pretrained import output_layer
     roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                              num_attention_heads=2, intermediate_size=32))
-    assert few_shot.output_layer(roberta) is roberta.classifier.out_proj
+    assert output_layer(roberta) is roberta.classifier.out_proj
     model, train_set, collate = head_fit_case
-    assert few_shot.output_layer(model) is model.classifier
+    assert output_layer(model) is model.classifier
     norms = {}
     for c in (1.0, 1e9):
         monkeypatch.setattr(few_shot, "HEAD_C", c)

@@ -14,6 +14,8 @@ import dataclasses
 import math
 import random
 
+from checkpoint.pretrained import output_layer
+
 # auto: the recipe when the training set has at most this many examples per class on average (SetFit's
 # range, 8 to 64 a class; at 64 on SST-2, 3 draws, the recipe 0.763 against the defaults' 0.680); the bundled
 # sample (216 a class) and the benches' 4,000-row emotion keep the defaults
@@ -220,12 +222,6 @@ def head_parameters(model):
     body = {id(parameter) for name in ("embeddings", "encoder", "transformer")
             if hasattr(base, name) for parameter in getattr(base, name).parameters()}
     return [parameter for parameter in model.parameters() if id(parameter) not in body]
-
-
-def output_layer(model):
-    """The head's last linear layer, the one that writes the logits (BERT's classifier, RoBERTa's out_proj)."""
-    import torch
-    return [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
 
 
 def fit_head(model, train_set, collate, device, seed, steps=HEAD_STEPS, lr=HEAD_LR):
