@@ -12,6 +12,8 @@ Systems, all in this process on the same threads, taking turns for the timings (
   onnx fp32, torch fp32                 the references
   onnx int8 per batch, torch int8 per batch   dynamic quantization as shipped before: one activation scale per
                                         batch tensor (quantize_dynamic, both backends)
+  onnx int8 as before                   the same per-batch graph run with all of onnxruntime's fusions, as before
+                                        issue 33 (inference.onnx_classifier.SLOWER_FUSIONS): today's speed to beat
   onnx int8, torch int8                 as shipped now: activations quantized per token
 Columns: lines/s (batched, model loaded), texts labelled two ways over the shuffled copies, labels that
 differ alone vs batched, the largest logit difference alone vs batched, agreement with the backend's fp32
@@ -102,10 +104,16 @@ def classifiers(model_fn, per_batch):
     systems = {"onnx fp32": OnnxClassifier(options("onnx", "none")),
                "onnx int8": OnnxClassifier(options("onnx", "int8")),
                "onnx int8 per batch": OnnxClassifier(options("onnx", "int8")),
+               "onnx int8 as before": OnnxClassifier(options("onnx", "int8")),
                "torch fp32": TorchClassifier(options("torch", "none")),
                "torch int8": TorchClassifier(options("torch", "int8")),
                "torch int8 per batch": TorchClassifier(options("torch", "none"))}
     systems["onnx int8 per batch"].session = load_session(per_batch)
+    import onnxruntime  # the per-batch graph as it ran before issue 33: every fusion of onnxruntime's (SLOWER_FUSIONS)
+    session_options = onnxruntime.SessionOptions()
+    session_options.intra_op_num_threads, session_options.log_severity_level = int(os.environ["OMP_NUM_THREADS"]), 3
+    systems["onnx int8 as before"].session = onnxruntime.InferenceSession(str(per_batch), session_options,
+                                                                         providers=["CPUExecutionProvider"])
     old = systems["torch int8 per batch"]
     old.model = quantize_dynamic(old.model, {__import__("torch").nn.Linear: per_channel_dynamic_qconfig})
     return systems

@@ -22,6 +22,10 @@ TEMPERATURE_KEY = "finetune_plm.temperature"
 # ONNX metadata of an int8 export: how its activations are quantized. Exports from before it was recorded
 # scale each batch as a whole, so their labels can depend on the batch: the classifier says so
 ACTIVATIONS_KEY, PER_TOKEN = "finetune_plm.int8_activations", "per_token"
+# Graph rewrites of onnxruntime's that make these models slower: its CPU SkipLayerNormalization kernel (the residual
+# Add and LayerNormalization fused) takes longer than the two nodes it replaces (docs/benchmarks.md, "Figures
+# behind the code"). The numbers are the same up to float rounding.
+SLOWER_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def load_session(path):
@@ -35,7 +39,8 @@ def load_session(path):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
     try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=SLOWER_FUSIONS)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... kinds
         raise UserError(f"{path}: cannot load the ONNX model (truncated or corrupt file?): {first_line(error)}; "
                         f"export it again with python export_plm.py --model_fn {path.parent}") from None
