@@ -207,6 +207,10 @@ def test_export_model_shapes(tmp_path, kind, capsys):
     session = onnxruntime.InferenceSession(str(model_fn / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     expected = ["input_ids", "attention_mask"] + ["token_type_ids"] * (kind == "bert")
     assert [i.name for i in session.get_inputs()] == expected
+    import onnx  # each attention on the (batch, sequence, hidden) layout: no Transpose left (attention_on_hidden_layout)
+    for name in ("model.onnx", "model.int8.onnx"):
+        nodes = onnx.load(model_fn / name).graph.node
+        assert [n.op_type for n in nodes].count("Attention") == 2 and not [n for n in nodes if n.op_type == "Transpose"]
     from inference.onnx_classifier import ACTIVATIONS_KEY
     int8 = ("--backend", "onnx", "--quantize", "int8", "--batch_size", 128)
     assert_the_same_answer_in_any_batch(classifier_in_process(model_fn, *int8), pairs)
