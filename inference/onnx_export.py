@@ -241,7 +241,7 @@ def attention_on_hidden_layout(path, config):
     """The exporter writes each attention as Reshape + Transpose of the query, key and value into (batch, heads,
     sequence, head size), the Attention node, and Transpose + Reshape of its output back: eight copies a layer.
     Opset 23's Attention takes and gives the (batch, sequence, hidden) layout itself when told the number of
-    heads, so those eight nodes go (the numbers are the same; 2-5% faster int8 on emotion: docs/benchmarks.md,
+    heads, so those eight nodes go (the same numbers, faster: docs/benchmarks.md,
     "Figures behind the code"). An attention of any other shape is left as exported."""
     import onnx
     from onnx import helper, numpy_helper
