@@ -12,8 +12,9 @@ Systems, all in this process on the same threads, taking turns for the timings (
   onnx fp32, torch fp32                 the references
   onnx int8 per batch, torch int8 per batch   dynamic quantization as shipped before: one activation scale per
                                         batch tensor (quantize_dynamic, both backends)
-  onnx int8 as before                   the same per-batch graph run with all of onnxruntime's fusions, as before
-                                        issue 33 (inference.onnx_classifier.SLOWER_FUSIONS): today's speed to beat
+  onnx int8 as before                   the same per-batch graph run with all of onnxruntime's fusions, as sessions
+                                        were before inference.onnx_classifier.SLOWER_FUSIONS (the graph is this
+                                        export's: exports before commit 8c3023b also had transposes around attention)
   onnx int8, torch int8                 as shipped now: activations quantized per token
 Columns: lines/s (batched, model loaded), texts labelled two ways over the shuffled copies, labels that
 differ alone vs batched, the largest logit difference alone vs batched, agreement with the backend's fp32
