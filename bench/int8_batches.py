@@ -110,11 +110,7 @@ def classifiers(model_fn, per_batch):
                "torch int8": TorchClassifier(options("torch", "int8")),
                "torch int8 per batch": TorchClassifier(options("torch", "none"))}
     systems["onnx int8 per batch"].session = load_session(per_batch)
-    import onnxruntime  # the per-batch graph as it ran before issue 33: every fusion of onnxruntime's (SLOWER_FUSIONS)
-    session_options = onnxruntime.SessionOptions()
-    session_options.intra_op_num_threads, session_options.log_severity_level = int(os.environ["OMP_NUM_THREADS"]), 3
-    systems["onnx int8 as before"].session = onnxruntime.InferenceSession(str(per_batch), session_options,
-                                                                         providers=["CPUExecutionProvider"])
+    systems["onnx int8 as before"].session = load_session(per_batch, disabled_fusions=())  # every onnxruntime fusion
     old = systems["torch int8 per batch"]
     old.model = quantize_dynamic(old.model, {__import__("torch").nn.Linear: per_channel_dynamic_qconfig})
     return systems

@@ -28,9 +28,11 @@ ACTIVATIONS_KEY, PER_TOKEN = "finetune_plm.int8_activations", "per_token"
 SLOWER_FUSIONS = ["SkipLayerNormFusion"]
 
 
-def load_session(path):
+def load_session(path, disabled_fusions=SLOWER_FUSIONS):
     """An onnxruntime session on the CPU. Threads: OMP_NUM_THREADS where set, as torch reads it (onnxruntime
-    itself ignores it), else onnxruntime's default of one per physical core, which is also torch's."""
+    itself ignores it), else onnxruntime's default of one per physical core, which is also torch's.
+    disabled_fusions: onnxruntime's graph rewrites left out (a bench passes () to run a graph as sessions ran it
+    before SLOWER_FUSIONS)."""
     import onnxruntime
     path = Path(path)
     options = onnxruntime.SessionOptions()
@@ -40,7 +42,7 @@ def load_session(path):
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=SLOWER_FUSIONS)
+                                            disabled_optimizers=list(disabled_fusions))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... kinds
         raise UserError(f"{path}: cannot load the ONNX model (truncated or corrupt file?): {first_line(error)}; "
                         f"export it again with python export_plm.py --model_fn {path.parent}") from None

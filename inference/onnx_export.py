@@ -204,7 +204,7 @@ def export_fp32(model, arrays, path):
             program.save(path)
     except Exception as error:  # the exporter raises many kinds; the model cannot be exported as it is
         raise UserError(f"torch.onnx.export failed for this model: {first_line(error)}") from None
-    attention_on_hidden_layout(path, model.config if hasattr(model, "config") else model.model.config)
+    attention_on_hidden_layout(path, model.config)
 
 
 def quantize_int8(source, target):
@@ -290,7 +290,9 @@ def attention_on_hidden_layout(path, config):
     rewritten = model.SerializeToString()
     try:  # a graph onnxruntime cannot load: the export as it was (the verification then judges that one)
         import onnxruntime
-        onnxruntime.InferenceSession(rewritten, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()  # loaded only, not optimized: the verification's session runs it
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        onnxruntime.InferenceSession(rewritten, options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime raises its own Fail/InvalidGraph/... kinds
         return
     with open(path, "wb") as file:
@@ -383,6 +385,7 @@ class TemperatureScaled(torch.nn.Module):
     def __init__(self, model, temperature):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.config = model.config  # the exported model's shape (attention_on_hidden_layout reads it)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):  # named: the exporter's dynamic axes
         from transformers.modeling_outputs import SequenceClassifierOutput
